@@ -1,0 +1,56 @@
+# remap — build, run and test. Two commands do everything on a fresh Debian 12:
+#   make run    installs what is missing, builds, starts remapd on ./.remap
+#   make test   installs what the tests need, builds, runs every test
+SHELL := /bin/bash
+export PATH := /opt/swift/usr/bin:$(PATH)
+
+SWIFT ?= swift
+STATE_DIR ?= .remap
+POOL_SIZE ?= 4G
+
+# Debian packages: what the build links against, and what the tests drive.
+BUILD_PACKAGES := pkg-config libmicrohttpd-dev liburing-dev libsystemd-dev libsqlite3-dev
+RUN_PACKAGES := curl qemu-utils libnbd-bin
+TEST_PACKAGES := $(RUN_PACKAGES) python3 python3-pytest python3-libnbd nbdkit fio xfsprogs fuse3
+
+APT_INSTALL = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+.PHONY: all deps test-deps build build-debug run test unit-test integration-test clean
+
+all: build
+
+deps:
+	@$(call APT_INSTALL,$(BUILD_PACKAGES) $(RUN_PACKAGES))
+
+test-deps:
+	@$(call APT_INSTALL,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+
+build: deps
+	$(SWIFT) build -c release
+
+build-debug:
+	$(SWIFT) build --build-tests
+
+# Starts remapd in the foreground on a local state directory; on first start
+# it creates pool 'default' on a $(POOL_SIZE) file there. Ctrl-C stops it.
+run: build
+	./.build/release/remapd --state-dir $(STATE_DIR) --default-pool-size $(POOL_SIZE)
+
+unit-test: build-debug
+	$(SWIFT) test --skip-build
+
+integration-test: build-debug
+	REMAPD=$(CURDIR)/.build/debug/remapd REMAPCTL=$(CURDIR)/.build/debug/remapctl \
+	  /usr/bin/python3 -m pytest -q -ra Tests/Integration
+
+test: test-deps
+	$(MAKE) --no-print-directory unit-test
+	$(MAKE) --no-print-directory integration-test
+
+clean:
+	rm -rf .build

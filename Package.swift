@@ -1,0 +1,62 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// liburing.h pulls in <sys/socket.h> etc.; without _GNU_SOURCE in every
+// module glibc's fd_set is defined twice and the modules clash.
+let gnuSource: [CSetting] = [.define("_GNU_SOURCE")]
+let swiftGnuSource: [SwiftSetting] = [
+    .unsafeFlags(["-Xcc", "-D_GNU_SOURCE"]),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+let upcoming: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "remap",
+    products: [
+        .executable(name: "remapd", targets: ["remapd"]),
+        .executable(name: "remapctl", targets: ["remapctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries (Debian -dev packages) and the thin C shims Swift needs.
+        .target(
+            name: "CMicroHTTPD",
+            cSettings: gnuSource,
+            linkerSettings: [.linkedLibrary("microhttpd")]
+        ),
+        .target(
+            name: "CURing",
+            cSettings: gnuSource,
+            linkerSettings: [.linkedLibrary("uring")]
+        ),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd"),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3"),
+
+        .target(name: "RemapCore", swiftSettings: upcoming),
+        .target(name: "RemapStore", dependencies: ["RemapCore", "CSQLite"], swiftSettings: swiftGnuSource),
+        .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapStore", "CURing"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
+        .target(name: "RemapAPI", dependencies: ["RemapCore", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
+        .executableTarget(
+            name: "remapd",
+            dependencies: [
+                "RemapCore", "RemapStore", "RemapEngine", "RemapAPI", "CSystemd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftGnuSource
+        ),
+        .executableTarget(
+            name: "remapctl",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: upcoming
+        ),
+
+        .testTarget(name: "RemapCoreTests", dependencies: ["RemapCore"], swiftSettings: upcoming),
+        .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
+    ]
+)

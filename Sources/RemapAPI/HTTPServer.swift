@@ -1,0 +1,108 @@
+import CMicroHTTPD
+import Glibc
+import RemapCore
+
+/// The REST server: libmicrohttpd on one listening socket (unix or TCP),
+/// one thread per connection, every request handed to a `Router`.
+public final class HTTPServer: Sendable {
+    /// Bodies larger than this are refused with 413.
+    public static let maximumBodySize = 1 << 20
+
+    private let router: Router
+    // The daemon handle is set once in start() and cleared in stop(), both
+    // from the daemon's main thread.
+    private nonisolated(unsafe) var daemon: OpaquePointer?
+
+    public init(router: Router) {
+        self.router = router
+    }
+
+    /// Starts serving on `listenFD` (bound and listening already).
+    public func start(listenFD: Int32, connectionLimit: UInt32 = 256, timeoutSeconds: UInt32 = 60) throws(RemapError) {
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        guard let started = cmhd_start(listenFD, connectionLimit, timeoutSeconds, accessHandler, context, completedHandler, nil) else {
+            throw .io(errno: errno, context: "starting the REST server")
+        }
+        daemon = started
+    }
+
+    /// Stops serving and closes the listening socket.
+    public func stop() {
+        if let daemon { MHD_stop_daemon(daemon) }
+        daemon = nil
+    }
+
+    /// Per-request state while the body arrives.
+    final class Exchange {
+        var body: [UInt8] = []
+        var tooLarge = false
+    }
+
+    fileprivate func respond(_ connection: OpaquePointer, _ response: HTTPResponse) -> MHD_Result {
+        let reply = response.body.withUnsafeBytes { raw in
+            MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), mustCopy)
+        }
+        guard let reply else { return MHD_Result.NO }
+        if let type = response.contentType { MHD_add_response_header(reply, "Content-Type", type) }
+        for (name, value) in response.headers { MHD_add_response_header(reply, name, value) }
+        let result = MHD_queue_response(connection, UInt32(response.status), reply)
+        MHD_destroy_response(reply)
+        return result
+    }
+
+    fileprivate func handle(_ connection: OpaquePointer, method: String, path: String, exchange: Exchange) -> MHD_Result {
+        if exchange.tooLarge {
+            return respond(connection, Router.problem(Problem(
+                status: 413, code: "payload-too-large", title: "Payload too large",
+                detail: "request body is larger than \(Self.maximumBodySize) bytes")))
+        }
+        let contentType = cmhd_header(connection, "Content-Type").map { String(cString: $0) }
+        let request = HTTPRequest(method: method, path: path, contentType: contentType, body: exchange.body)
+        return respond(connection, router.handle(request))
+    }
+}
+
+/// libmicrohttpd calls this first with the headers, then once per piece of
+/// body, then once more with nothing: that last call answers.
+private let accessHandler: MHD_AccessHandlerCallback = { context, connection, url, method, _, uploadData, uploadSize, state in
+    guard let context, let connection, let state, let uploadSize else { return MHD_Result.NO }
+    let server = Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue()
+    guard let existing = state.pointee else {
+        let exchange = HTTPServer.Exchange()
+        if let length = cmhd_header(connection, "Content-Length").flatMap({ Int(String(cString: $0)) }),
+           length > HTTPServer.maximumBodySize {
+            exchange.tooLarge = true
+        }
+        state.pointee = Unmanaged.passRetained(exchange).toOpaque()
+        return MHD_Result.YES
+    }
+    let exchange = Unmanaged<HTTPServer.Exchange>.fromOpaque(existing).takeUnretainedValue()
+    if uploadSize.pointee > 0 {
+        if let uploadData, !exchange.tooLarge {
+            if exchange.body.count + uploadSize.pointee > HTTPServer.maximumBodySize {
+                exchange.tooLarge = true
+                exchange.body = []
+            } else {
+                uploadData.withMemoryRebound(to: UInt8.self, capacity: uploadSize.pointee) {
+                    exchange.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: uploadSize.pointee))
+                }
+            }
+        }
+        uploadSize.pointee = 0
+        return MHD_Result.YES
+    }
+    let methodName = method.map { String(cString: $0) } ?? ""
+    let path = url.map { String(cString: $0) } ?? "/"
+    return server.handle(connection, method: methodName, path: path, exchange: exchange)
+}
+
+/// Releases the per-request state when libmicrohttpd is done with a request.
+private let completedHandler: MHD_RequestCompletedCallback = { _, _, state, _ in
+    guard let state, let existing = state.pointee else { return }
+    Unmanaged<HTTPServer.Exchange>.fromOpaque(existing).release()
+    state.pointee = nil
+}
+
+/// MHD_RESPMEM_MUST_COPY: the importer's name for the case varies between
+/// libmicrohttpd versions, its value (2) does not.
+private let mustCopy = MHD_ResponseMemoryMode(rawValue: 2)!  // invariant: a case of the closed enum

@@ -1,0 +1,78 @@
+import Foundation
+
+/// A parsed JSON document, so request bodies can be checked field by field
+/// and every mistake named precisely.
+enum JSONValue: Decodable, Equatable {
+    case null
+    case bool(Bool)
+    case integer(Int64)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null; return }
+        if let value = try? container.decode(Bool.self) { self = .bool(value); return }
+        if let value = try? container.decode(Int64.self) { self = .integer(value); return }
+        if let value = try? container.decode(Double.self) { self = .number(value); return }
+        if let value = try? container.decode(String.self) { self = .string(value); return }
+        if let value = try? container.decode([JSONValue].self) { self = .array(value); return }
+        self = .object(try container.decode([String: JSONValue].self))
+    }
+
+    /// Parses a request body that must be a JSON object.
+    static func object(from body: [UInt8]) throws(Problem) -> [String: JSONValue] {
+        let value: JSONValue
+        do {
+            value = try JSONDecoder().decode(JSONValue.self, from: Data(body))
+        } catch {
+            throw .invalidArgument("request body is not valid JSON")
+        }
+        guard case .object(let object) = value else { throw .invalidArgument("request body must be a JSON object") }
+        return object
+    }
+
+    var typeName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .integer: return "an integer"
+        case .number: return "a fractional number"
+        case .string: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
+        }
+    }
+}
+
+/// Reads the fields of a JSON object body, rejecting unknown ones.
+struct JSONFields {
+    let object: [String: JSONValue]
+
+    init(_ object: [String: JSONValue], allowed: Set<String>) throws(Problem) {
+        if let unknown = object.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw .invalidArgument("unknown field '\(unknown)'; allowed: \(allowed.sorted().joined(separator: ", "))")
+        }
+        self.object = object
+    }
+
+    func string(_ key: String, required: Bool = true) throws(Problem) -> String? {
+        switch object[key] {
+        case nil: if required { throw .invalidArgument("field '\(key)' is required") }; return nil
+        case .string(let value): return value
+        case let other?: throw .invalidArgument("field '\(key)' must be a string, got \(other.typeName)")
+        }
+    }
+
+    func positiveInteger(_ key: String) throws(Problem) -> UInt64 {
+        switch object[key] {
+        case nil: throw .invalidArgument("field '\(key)' is required")
+        case .integer(let value):
+            guard value > 0 else { throw .invalidArgument("field '\(key)' must be greater than 0, got \(value)") }
+            return UInt64(value)
+        case let other?: throw .invalidArgument("field '\(key)' must be an integer number of bytes, got \(other.typeName)")
+        }
+    }
+}

@@ -1,0 +1,57 @@
+/// Physical space from one or more suppliers, cut into fixed-size chunks.
+///
+/// Physical chunks are numbered pool-wide: supplier 0 holds chunks
+/// `0..<n0`, supplier 1 the next `n1`, and so on. Owned by one thread (the
+/// engine's); not Sendable on purpose.
+public final class Pool {
+    public static let defaultChunkSize: UInt64 = 64 * 1024
+    public static let chunkSizeRange: ClosedRange<UInt64> = 4096...(4 * 1024 * 1024)
+
+    public let name: String
+    public let chunkSize: UInt64
+    public private(set) var suppliers: [Supplier] = []
+    /// First physical chunk of each supplier.
+    public private(set) var firstChunks: [UInt64] = []
+    public var allocator = ChunkAllocator(capacity: 0)
+
+    public init(name: String, chunkSize: UInt64, suppliers: [Supplier]) throws(RemapError) {
+        try Name.validate(name, kind: "pool")
+        guard Self.chunkSizeRange.contains(chunkSize), chunkSize.nonzeroBitCount == 1 else {
+            throw .invalidArgument("chunk size must be a power of two from 4 KiB to 4 MiB, got \(chunkSize)")
+        }
+        self.name = name
+        self.chunkSize = chunkSize
+        for supplier in suppliers { try add(supplier) }
+    }
+
+    /// Adds a supplier; its whole chunks become free space at once.
+    public func add(_ supplier: Supplier) throws(RemapError) {
+        let chunks = supplier.sizeBytes / chunkSize
+        guard chunks > 0 else {
+            throw .invalidArgument("supplier '\(supplier.path)' is smaller than one chunk (\(chunkSize) bytes)")
+        }
+        firstChunks.append(allocator.capacity)
+        suppliers.append(supplier)
+        allocator.grow(by: chunks)
+    }
+
+    /// Which supplier holds physical chunk `chunk`, and at what byte offset.
+    public func location(of chunk: UInt64) -> (supplier: Int, offset: UInt64) {
+        var index = firstChunks.count - 1
+        while index > 0 && firstChunks[index] > chunk { index -= 1 }
+        return (index, (chunk - firstChunks[index]) * chunkSize)
+    }
+
+    public var capacityBytes: UInt64 { allocator.capacity * chunkSize }
+    public var allocatedBytes: UInt64 { allocator.usedCount * chunkSize }
+    public var freeBytes: UInt64 { allocator.freeCount * chunkSize }
+
+    public var info: PoolInfo {
+        PoolInfo(
+            name: name, chunkSizeBytes: chunkSize, capacityBytes: capacityBytes,
+            allocatedBytes: allocatedBytes, freeBytes: freeBytes,
+            suppliers: suppliers.map {
+                SupplierInfo(id: $0.id, kind: $0.kind.rawValue, path: $0.path, sizeBytes: $0.sizeBytes)
+            })
+    }
+}

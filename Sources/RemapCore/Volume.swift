@@ -1,0 +1,40 @@
+/// A virtual LBA range of a given size, thin over one pool. Owned by the
+/// engine's thread.
+public final class Volume {
+    /// Compact key used by the chunk mappings in metadata.
+    public let key: Int64
+    public let id: String
+    public let name: String
+    public let pool: Pool
+    public let sizeBytes: UInt64
+    public let createdAt: String
+    public var map: ChunkMap
+
+    public init(key: Int64, id: String, name: String, pool: Pool, sizeBytes: UInt64, createdAt: String) {
+        self.key = key
+        self.id = id
+        self.name = name
+        self.pool = pool
+        self.sizeBytes = sizeBytes
+        self.createdAt = createdAt
+        self.map = ChunkMap(virtualChunks: (sizeBytes + pool.chunkSize - 1) / pool.chunkSize)
+    }
+
+    public var allocatedBytes: UInt64 { map.mappedCount * pool.chunkSize }
+
+    public var info: VolumeInfo {
+        VolumeInfo(
+            id: id, name: name, pool: pool.name, sizeBytes: sizeBytes,
+            allocatedBytes: allocatedBytes, createdAt: createdAt, exportName: name)
+    }
+
+    /// Checks a size for a new volume: positive and whole 512-byte sectors,
+    /// which every block client assumes.
+    public static func validate(sizeBytes: UInt64) throws(RemapError) {
+        guard sizeBytes > 0 else { throw .invalidArgument("sizeBytes must be greater than 0") }
+        guard sizeBytes % 512 == 0 else {
+            throw .invalidArgument("sizeBytes must be a multiple of 512, got \(sizeBytes)")
+        }
+        guard sizeBytes <= UInt64(Int64.max) / 2 else { throw .invalidArgument("sizeBytes \(sizeBytes) is too large") }
+    }
+}

@@ -1,0 +1,436 @@
+import CURing
+import Dispatch
+import Glibc
+import RemapCore
+import RemapStore
+import Synchronization
+
+/// The data-path engine: one io_uring ring and the thread that drives it.
+///
+/// The engine thread owns the live state (pools, volumes, chunk maps,
+/// allocators, pending metadata). Other threads never touch it: they `post`
+/// work to the engine (woken through an eventfd the ring watches) and wait
+/// for the answer. A control-plane command therefore runs between two data
+/// requests, which gives every point-in-time operation one clear order.
+public final class Engine: @unchecked Sendable {  // mutable state is only touched on the engine thread
+    /// Reported by `GET /v1/version`.
+    public let name = "io_uring"
+
+    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private let eventFD: Int32
+    private let wakeBuffer = IOBuffer(count: 8)
+    private let store: MetadataStore
+    private let committer: Committer
+    private let stopped = DispatchSemaphore(value: 0)
+
+    let ring: Ring
+    private(set) var pools: [String: Pool] = [:]
+    private(set) var volumes: [String: Volume] = [:]
+    /// Open supplier files by pool name, in supplier order.
+    private var supplierFDs: [String: [Int32]] = [:]
+    private var nextVolumeKey: Int64 = 1
+    /// Volumes whose creation is not yet durable.
+    private var undurable: Set<Int64> = []
+
+    /// Metadata changes of completed writes, committed at the next FLUSH or
+    /// periodic commit.
+    private var pending: [MetadataChange] = []
+    /// Chunks mapped by a write that has not completed yet; they join
+    /// `pending` when a write into them completes.
+    private var unsettled: [ChunkKey: UInt64] = [:]
+    private var lastCommit = monotonicNanoseconds()
+    private static let commitInterval: Int64 = 5_000_000_000
+
+    private var listeners: [Int32] = []
+    private var connections: [ObjectIdentifier: NBDConnection] = [:]
+    private var exportUsers: [Int64: Int] = [:]
+    private var stopping = false
+    private var finalCommitSubmitted = false
+    private var finished = false
+
+    struct ChunkKey: Hashable {
+        var volume: Int64
+        var chunk: UInt64
+    }
+
+    /// Loads every pool and volume from `store`, opens the suppliers and
+    /// zeroes chunks a crash left dirty. Runs on the caller's thread, before
+    /// `start()`.
+    public init(store: MetadataStore, ringEntries: UInt32 = 256) throws(RemapError) {
+        self.store = store
+        self.committer = Committer(store: store)
+        self.ring = try Ring(entries: ringEntries)
+        self.eventFD = try systemCall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
+        try load()
+    }
+
+    private func load() throws(RemapError) {
+        for stored in try store.pools() {
+            let pool = try Pool(name: stored.name, chunkSize: stored.chunkSize, suppliers: stored.suppliers)
+            pools[pool.name] = pool
+            var fds: [Int32] = []
+            for supplier in stored.suppliers { fds.append(try SupplierFile.open(supplier)) }
+            supplierFDs[pool.name] = fds
+        }
+        var byKey: [Int64: Volume] = [:]
+        for stored in try store.volumes() {
+            guard let pool = pools[stored.pool] else {
+                throw .internal("metadata: volume '\(stored.name)' names missing pool '\(stored.pool)'")
+            }
+            let volume = Volume(key: stored.key, id: stored.id, name: stored.name, pool: pool,
+                                sizeBytes: stored.sizeBytes, createdAt: stored.createdAt)
+            volumes[volume.name] = volume
+            byKey[volume.key] = volume
+            nextVolumeKey = max(nextVolumeKey, volume.key + 1)
+        }
+        try store.forEachMapping { (key, virtual, physical) throws(RemapError) in
+            guard let volume = byKey[key], virtual < volume.map.virtualChunks,
+                  physical < volume.pool.allocator.capacity, !volume.pool.allocator.isUsed(physical)
+            else {
+                throw .internal("metadata: invalid mapping volume \(key) chunk \(virtual) -> \(physical)")
+            }
+            volume.map.map(virtual, to: physical)
+            volume.pool.allocator.markUsed(physical)
+        }
+        // Chunks freed before a crash may not have been zeroed yet.
+        for (poolName, chunks) in try store.dirtyChunks() {
+            guard let pool = pools[poolName] else { continue }
+            let job = zeroJob(pool: pool, chunks: chunks)
+            for range in job.zeroRanges { try Committer.zero(range) }
+            for fd in Set(job.zeroRanges.map(\.fd)) { try systemCall("fdatasync supplier") { fdatasync(fd) } }
+            try store.apply(job.afterZeroing)
+        }
+    }
+
+    /// Creates pool `name` on one new file supplier at `path` if no pool
+    /// exists yet. Runs before `start()`.
+    public func bootstrapPool(name: String, path: String, sizeBytes: UInt64, chunkSize: UInt64 = Pool.defaultChunkSize) throws(RemapError) {
+        guard pools.isEmpty else { return }
+        let (supplier, fd) = try SupplierFile.create(path: path, sizeBytes: sizeBytes, preallocate: true)
+        let pool = try Pool(name: name, chunkSize: chunkSize, suppliers: [supplier])
+        try store.apply([.createPool(name: name, chunkSize: chunkSize), .addSupplier(pool: name, ordinal: 0, supplier: supplier)])
+        pools[name] = pool
+        supplierFDs[name] = [fd]
+    }
+
+    // MARK: - Running
+
+    /// Starts the engine and committer threads.
+    public func start() {
+        committer.start()
+        armWake()
+        startThread(name: "remap-engine") { [self] in
+            while !finished {
+                ring.run(timeoutNanoseconds: 1_000_000_000)
+                tick()
+            }
+            stopped.signal()
+        }
+    }
+
+    /// Serves NBD on a listening socket.
+    public func serveNBD(listener fd: Int32) {
+        post { [self] in
+            listeners.append(fd)
+            accept(on: fd)
+        }
+    }
+
+    /// Stops accepting, lets every connection finish what is in flight,
+    /// commits all pending metadata and ends the engine thread. Blocks.
+    public func stop() {
+        post { [self] in
+            stopping = true
+            for fd in listeners { shutdown(fd, Int32(SHUT_RDWR)) }
+            for connection in connections.values { connection.endInput() }
+            tick()
+        }
+        stopped.wait()
+        committer.stop()
+    }
+
+    /// Runs `work` on the engine thread.
+    func post(_ work: @escaping @Sendable () -> Void) {
+        inbox.withLock { $0.append(work) }
+        var one: UInt64 = 1
+        _ = write(eventFD, &one, 8)
+    }
+
+    private func armWake() {
+        ring.read(fd: eventFD, into: wakeBuffer.pointer, count: 8, offset: 0) { [self] _ in
+            let work = inbox.withLock { queue in
+                let taken = queue
+                queue.removeAll()
+                return taken
+            }
+            for item in work { item() }
+            if !finished { armWake() }
+        }
+    }
+
+    private func tick() {
+        if stopping && connections.isEmpty && !finalCommitSubmitted {
+            finalCommitSubmitted = true
+            commit { [self] _ in finished = true }
+            return
+        }
+        if !pending.isEmpty && monotonicNanoseconds() - lastCommit > Self.commitInterval {
+            commit { result in
+                if case .failure(let error) = result { log("periodic metadata commit failed: \(error)") }
+            }
+        }
+    }
+
+    private func accept(on fd: Int32) {
+        ring.accept(fd: fd) { [self] result in
+            if result >= 0 {
+                if stopping {
+                    close(result)
+                } else {
+                    var one: Int32 = 1
+                    setsockopt(result, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                    let connection = NBDConnection(fd: result, engine: self)
+                    connections[ObjectIdentifier(connection)] = connection
+                    connection.greet()
+                }
+            } else if result != -EINTR && result != -ECONNABORTED && result != -EMFILE && result != -ENFILE {
+                // The listener was shut down (stop) or is broken: stop accepting on it.
+                if !stopping { log("NBD accept failed: \(String(cString: strerror(-result)))") }
+                return
+            }
+            if !stopping { accept(on: fd) }
+        }
+    }
+
+    // MARK: - Used by connections (engine thread)
+
+    func supplierFD(pool: Pool, index: Int) -> Int32 {
+        supplierFDs[pool.name]![index]  // invariant: every loaded pool has its fds
+    }
+
+    func volume(named name: String) -> Volume? { volumes[name] }
+
+    var exportNames: [String] { volumes.keys.sorted() }
+
+    func attach(_ volume: Volume) { exportUsers[volume.key, default: 0] += 1 }
+
+    func detach(_ volume: Volume) { exportUsers[volume.key, default: 1] -= 1 }
+
+    func connectionClosed(_ connection: NBDConnection) {
+        connections[ObjectIdentifier(connection)] = nil
+        if stopping { tick() }
+    }
+
+    /// Records chunks a write is about to map for the first time.
+    func willWrite(_ volume: Volume, newMappings: [NewMapping]) {
+        for mapping in newMappings {
+            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] = mapping.physicalChunk
+        }
+    }
+
+    /// Phase 3 of a write: its data is on the supplier; mappings it
+    /// depends on join the pending metadata transaction.
+    func didWrite(_ volume: Volume, offset: UInt64, length: Int) {
+        guard !unsettled.isEmpty, length > 0 else { return }
+        let chunkSize = volume.pool.chunkSize
+        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
+            let key = ChunkKey(volume: volume.key, chunk: chunk)
+            if let physical = unsettled.removeValue(forKey: key) {
+                pending.append(.map(volume: volume.key, virtualChunk: chunk, physicalChunk: physical))
+            }
+        }
+    }
+
+    /// FLUSH: syncs every supplier, then commits the pending metadata;
+    /// `completion` runs on the engine thread once both are durable.
+    func flush(_ completion: @escaping (Result<Void, RemapError>) -> Void) {
+        commit(completion)
+    }
+
+    private var allSupplierFDs: [Int32] { supplierFDs.values.flatMap { $0 } }
+
+    private func commit(extra: [MetadataChange] = [], _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+        let changes = pending + extra
+        pending = []
+        lastCommit = monotonicNanoseconds()
+        submit(CommitJob(syncFDs: allSupplierFDs, changes: changes) { _ in }, completion)
+    }
+
+    /// Hands `job` to the committer; `completion` comes back on the engine thread.
+    private func submit(_ job: CommitJob, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+        var job = job
+        let done = UncheckedBox(completion)
+        job.completion = { [self] result in post { done.value(result) } }
+        committer.submit(job)
+    }
+
+    private func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
+        var ranges: [ZeroRange] = []
+        for chunk in chunks.sorted() {
+            let location = pool.location(of: chunk)
+            let supplier = pool.suppliers[location.supplier]
+            let fd = supplierFD(pool: pool, index: location.supplier)
+            if var last = ranges.last, last.fd == fd, last.offset + last.length == location.offset {
+                last.length += pool.chunkSize
+                ranges[ranges.count - 1] = last
+            } else {
+                ranges.append(ZeroRange(fd: fd, offset: location.offset, length: pool.chunkSize,
+                                        punch: supplier.kind == .file && !supplier.preallocated))
+            }
+        }
+        return CommitJob(syncFDs: [], changes: [], zeroRanges: ranges,
+                         afterZeroing: chunks.map { .clearDirty(pool: pool.name, physicalChunk: $0) }) { _ in }
+    }
+
+    // MARK: - Control plane (any thread but the engine's; blocking)
+
+    /// Runs `work` on the engine thread and waits for the answer it gives,
+    /// possibly later (after a commit).
+    private func call<T: Sendable>(_ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
+        let answer = Mutex<Result<T, RemapError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        post {
+            work { result in
+                answer.withLock { $0 = result }
+                done.signal()
+            }
+        }
+        done.wait()
+        // invariant: set before the semaphore was signalled
+        return try answer.withLock { $0! }.get()
+    }
+
+    public func poolInfos() -> [PoolInfo] {
+        (try? call { [self] reply in reply(.success(pools.values.map(\.info).sorted { $0.name < $1.name })) }) ?? []
+    }
+
+    public func poolInfo(named name: String) throws(RemapError) -> PoolInfo {
+        try call { [self] reply in
+            reply(pools[name].map { .success($0.info) } ?? .failure(.notFound(kind: "pool", name: name)))
+        }
+    }
+
+    public func volumeInfos() -> [VolumeInfo] {
+        (try? call { [self] reply in reply(.success(volumes.values.map(\.info).sorted { $0.name < $1.name })) }) ?? []
+    }
+
+    public func volumeInfo(named name: String) throws(RemapError) -> VolumeInfo {
+        try call { [self] reply in
+            reply(volumes[name].map { .success($0.info) } ?? .failure(.notFound(kind: "volume", name: name)))
+        }
+    }
+
+    /// Creates a volume, durably; returns it and whether it is new (false:
+    /// one with the same name and spec existed already).
+    public func createVolume(_ spec: VolumeSpec) throws(RemapError) -> (VolumeInfo, created: Bool) {
+        try Name.validate(spec.name, kind: "volume")
+        try Volume.validate(sizeBytes: spec.sizeBytes)
+        return try call { [self] reply in
+            guard let pool = pools[spec.pool] else { return reply(.failure(.notFound(kind: "pool", name: spec.pool))) }
+            if let existing = volumes[spec.name] {
+                guard existing.pool === pool, existing.sizeBytes == spec.sizeBytes else {
+                    return reply(.failure(.alreadyExists(
+                        kind: "volume", name: spec.name,
+                        detail: "volume '\(spec.name)' exists with another spec (\(existing.sizeBytes) bytes in pool '\(existing.pool.name)')")))
+                }
+                let info = existing.info
+                if undurable.contains(existing.key) {
+                    // Answer only once the first create's commit is durable.
+                    submit(CommitJob(syncFDs: [], changes: []) { _ in }) { result in reply(result.map { (info, false) }) }
+                } else {
+                    reply(.success((info, false)))
+                }
+                return
+            }
+            let volume = Volume(key: nextVolumeKey, id: randomUUID(), name: spec.name, pool: pool,
+                                sizeBytes: spec.sizeBytes, createdAt: utcTimestamp())
+            nextVolumeKey += 1
+            volumes[volume.name] = volume
+            undurable.insert(volume.key)
+            let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
+                                      sizeBytes: volume.sizeBytes, createdAt: volume.createdAt)
+            commit(extra: [.createVolume(stored)]) { [self] result in
+                undurable.remove(volume.key)
+                if case .failure = result { volumes[volume.name] = nil }
+                reply(result.map { (volume.info, true) })
+            }
+        }
+    }
+
+    /// Deletes a volume; answers once the deletion is durable and its chunks
+    /// are zeroed and free again.
+    public func deleteVolume(named name: String) throws(RemapError) {
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            if let users = exportUsers[volume.key], users > 0 {
+                return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
+            }
+            volumes[name] = nil
+            var chunks: [UInt64] = []
+            volume.map.forEachMapping { _, physical in chunks.append(physical) }
+            var job = zeroJob(pool: volume.pool, chunks: chunks)
+            job.syncFDs = allSupplierFDs
+            job.changes = pending + [.deleteVolume(key: volume.key)]
+                + chunks.map { .markDirty(pool: volume.pool.name, physicalChunk: $0) }
+            pending = []
+            lastCommit = monotonicNanoseconds()
+            submit(job) { [self] result in
+                switch result {
+                case .success:
+                    for chunk in chunks { volume.pool.allocator.release(chunk) }
+                case .failure(let error):
+                    log("deleting volume '\(name)' failed: \(error)")
+                    volumes[name] = volume
+                }
+                reply(result)
+            }
+        }
+    }
+}
+
+/// Carries a non-Sendable value to the engine thread, where it is used.
+struct UncheckedBox<T>: @unchecked Sendable {  // created and consumed on the engine thread only
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+func monotonicNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
+/// Writes one line to standard error (the journal under systemd).
+public func log(_ message: String) {
+    let line = Array("remapd: \(message)\n".utf8)
+    line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// An RFC 4122 version 4 UUID.
+func randomUUID() -> String {
+    var generator = SystemRandomNumberGenerator()
+    var bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40
+    bytes[8] = (bytes[8] & 0x3f) | 0x80
+    let hex = bytes.map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+    let parts = [0..<8, 8..<12, 12..<16, 16..<20, 20..<32].map { range in
+        String(hex[hex.index(hex.startIndex, offsetBy: range.lowerBound)..<hex.index(hex.startIndex, offsetBy: range.upperBound)])
+    }
+    return parts.joined(separator: "-")
+}
+
+/// Now as `2026-11-25T18:00:00Z`.
+func utcTimestamp() -> String {
+    var now = time(nil)
+    var parts = tm()
+    gmtime_r(&now, &parts)
+    var buffer = [CChar](repeating: 0, count: 32)
+    let count = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%SZ", &parts)
+    return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

@@ -1,0 +1,84 @@
+internal import CSQLite
+import RemapCore
+
+/// One SQLite connection. Not thread-safe: its owner serialises access.
+final class SQLiteDatabase {
+    private var handle: OpaquePointer?
+    private var statements: [String: OpaquePointer] = [:]
+
+    init(path: String) throws(RemapError) {
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        guard rc == SQLITE_OK else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(handle)
+            throw .io(errno: rc, context: "opening metadata database \(path): \(message)")
+        }
+        sqlite3_busy_timeout(handle, 5000)
+    }
+
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close(handle)
+    }
+
+    func execute(_ sql: String) throws(RemapError) {
+        var error: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(handle, sql, nil, nil, &error)
+        if rc != SQLITE_OK {
+            let message = error.map { String(cString: $0) } ?? "unknown"
+            sqlite3_free(error)
+            throw .io(errno: rc, context: "metadata: \(message) in \(sql.prefix(60))")
+        }
+    }
+
+    /// Runs a cached prepared statement with `bindings`, calling `row` for
+    /// each result row.
+    func run(_ sql: String, _ bindings: [SQLValue] = [], row: (Row) throws(RemapError) -> Void = { _ in }) throws(RemapError) {
+        let statement = try prepared(sql)
+        defer { sqlite3_reset(statement); sqlite3_clear_bindings(statement) }
+        for (index, value) in bindings.enumerated() {
+            let position = Int32(index + 1)
+            switch value {
+            case .integer(let number): sqlite3_bind_int64(statement, position, number)
+            case .text(let text): sqlite3_bind_text(statement, position, text, -1, sqliteTransient)
+            }
+        }
+        while true {
+            let rc = sqlite3_step(statement)
+            if rc == SQLITE_DONE { return }
+            guard rc == SQLITE_ROW else { throw failure(rc, sql) }
+            try row(Row(statement: statement))
+        }
+    }
+
+    private func prepared(_ sql: String) throws(RemapError) -> OpaquePointer {
+        if let statement = statements[sql] { return statement }
+        var statement: OpaquePointer?
+        let rc = sqlite3_prepare_v2(handle, sql, -1, &statement, nil)
+        guard rc == SQLITE_OK, let statement else { throw failure(rc, sql) }
+        statements[sql] = statement
+        return statement
+    }
+
+    private func failure(_ rc: Int32, _ sql: String) -> RemapError {
+        .io(errno: rc, context: "metadata: \(String(cString: sqlite3_errmsg(handle))) in \(sql.prefix(60))")
+    }
+
+    struct Row {
+        let statement: OpaquePointer
+        func integer(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+        func text(_ column: Int32) -> String {
+            sqlite3_column_text(statement, column).map { String(cString: $0) } ?? ""
+        }
+    }
+}
+
+enum SQLValue {
+    case integer(Int64)
+    case text(String)
+}
+
+/// SQLITE_TRANSIENT is a macro casting -1 to a function pointer, which Swift
+/// cannot import: SQLite copies the bound text before the call returns.
+private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)

@@ -1,0 +1,121 @@
+import Foundation
+
+/// Typed calls to remapd's REST API (v1).
+///
+/// Each call is one request on a fresh connection. Error statuses come back
+/// as ``ClientError/problem(_:httpStatus:reason:)``; a body that does not
+/// match the API's shape as ``ClientError/unexpectedBody(path:reason:)``.
+struct APIClient: Sendable {
+    let connection: HTTPConnection
+    /// Sent as a bearer token on every request when set.
+    let bearerToken: String?
+
+    /// A decoded response together with its status and raw body; `--json`
+    /// prints the raw body so users see exactly what the daemon said.
+    struct Reply<Value: Sendable>: Sendable {
+        var status: Int
+        var value: Value
+        var body: [UInt8]
+    }
+
+    func health() throws(ClientError) -> Reply<Health> {
+        try get("/v1/health")
+    }
+
+    func version() throws(ClientError) -> Reply<ServerVersion> {
+        try get("/v1/version")
+    }
+
+    func pools() throws(ClientError) -> Reply<PoolList> {
+        try get("/v1/pools")
+    }
+
+    func pool(named name: String) throws(ClientError) -> Reply<Pool> {
+        try get("/v1/pools/\(PathComponent.encode(name))")
+    }
+
+    func volumes() throws(ClientError) -> Reply<VolumeList> {
+        try get("/v1/volumes")
+    }
+
+    func volume(named name: String) throws(ClientError) -> Reply<Volume> {
+        try get("/v1/volumes/\(PathComponent.encode(name))")
+    }
+
+    /// Creates a volume. The reply's status tells the outcome: 201 for a new
+    /// volume, 200 when one with the same spec already existed.
+    func createVolume(_ spec: VolumeSpec) throws(ClientError) -> Reply<Volume> {
+        let body: [UInt8]
+        do {
+            body = Array(try JSONEncoder().encode(spec))
+        } catch {
+            // A struct of strings and integers always encodes.
+            preconditionFailure("cannot encode a volume spec: \(error)")
+        }
+        let path = "/v1/volumes"
+        return try decode(perform(HTTPRequest(method: "POST", path: path, body: body)), path: path)
+    }
+
+    /// Deletes a volume; remapd answers 204 with no body.
+    func deleteVolume(named name: String) throws(ClientError) {
+        let path = "/v1/volumes/\(PathComponent.encode(name))"
+        _ = try perform(HTTPRequest(method: "DELETE", path: path))
+    }
+
+    // MARK: - Plumbing
+
+    private func get<Value: Decodable>(_ path: String) throws(ClientError) -> Reply<Value> {
+        try decode(perform(HTTPRequest(method: "GET", path: path)), path: path)
+    }
+
+    /// Sends the request with the token attached and turns error statuses
+    /// into thrown problems.
+    private func perform(_ request: HTTPRequest) throws(ClientError) -> HTTPResponse {
+        var request = request
+        request.bearerToken = bearerToken
+        let response = try connection.send(request)
+        guard response.isSuccess else {
+            throw .problem(Self.problem(in: response), httpStatus: response.status, reason: response.reason)
+        }
+        return response
+    }
+
+    private func decode<Value: Decodable>(_ response: HTTPResponse, path: String) throws(ClientError) -> Reply<Value> {
+        do {
+            let value = try JSONDecoder().decode(Value.self, from: Data(response.body))
+            return Reply(status: response.status, value: value, body: response.body)
+        } catch let error as DecodingError {
+            throw .unexpectedBody(path: path, reason: Self.explain(error))
+        } catch {
+            throw .unexpectedBody(path: path, reason: String(describing: error))
+        }
+    }
+
+    /// The problem document in an error response. A body that is not one
+    /// (say, a proxy's plain-text page) still lends its first line as detail.
+    private static func problem(in response: HTTPResponse) -> Problem {
+        if let problem = try? JSONDecoder().decode(Problem.self, from: Data(response.body)) {
+            return problem
+        }
+        let text = String(decoding: response.body, as: UTF8.self)
+        let firstLine = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+        return Problem(detail: firstLine.count <= 200 ? firstLine : nil)
+    }
+
+    /// A short account of why a body did not decode, naming the field.
+    private static func explain(_ error: DecodingError) -> String {
+        func field(_ path: [any CodingKey]) -> String {
+            path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            return "missing field '\(field(context.codingPath + [key]))'"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            return "field '\(field(context.codingPath))' has the wrong type"
+        case .dataCorrupted(let context):
+            return context.codingPath.isEmpty ? "the body is not valid JSON" : "field '\(field(context.codingPath))' is invalid"
+        @unknown default:
+            return "the body does not match the API"
+        }
+    }
+}

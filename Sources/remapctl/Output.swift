@@ -1,0 +1,46 @@
+import Glibc
+
+/// Where remapctl's text goes: results to standard output, the one-line
+/// error to standard error.
+enum Output {
+    /// Writes `text` to standard output as is; callers end it with a newline.
+    static func print(_ text: String) {
+        Swift.print(text, terminator: "")
+    }
+
+    /// Prints a response body for `--json`: pretty, keys sorted. A body that
+    /// is not JSON is printed as received.
+    static func printJSON(_ body: [UInt8]) {
+        if let document = JSONValue(parsing: body) {
+            print(document.prettyPrinted + "\n")
+        } else {
+            let text = String(decoding: body, as: UTF8.self)
+            print(text.hasSuffix("\n") || text.isEmpty ? text : text + "\n")
+        }
+    }
+
+    /// Writes `remapctl: <message>` as a single line to standard error.
+    static func printError(_ message: String) {
+        print(toStandardError: "remapctl: \(message.singleLine)\n")
+    }
+
+    /// Writes `text` to standard error as is, unbuffered.
+    static func print(toStandardError text: String) {
+        let bytes = Array(text.utf8)
+        var written = 0
+        while written < bytes.count {
+            let count = bytes[written...].withUnsafeBytes { raw in
+                write(STDERR_FILENO, raw.baseAddress, raw.count)
+            }
+            if count < 0 && errno == EINTR { continue }
+            // Nowhere is left to report a failing standard error to.
+            guard count > 0 else { return }
+            written += count
+        }
+    }
+
+    /// A size both ways, e.g. `1.0 GiB (1073741824 bytes)`.
+    static func size(_ bytes: Int) -> String {
+        "\(ByteSize.format(bytes)) (\(bytes) bytes)"
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+
+/// `remapctl`, the command-line client of the remap storage daemon.
+///
+/// Exit status: 0 on success, 1 when remapd cannot be reached or answers
+/// with an error, 2 when the command line is wrong.
+@main
+struct RemapCtl: ParsableCommand {
+    /// remapctl's own release.
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "remapctl",
+        abstract: "Control the remap storage daemon.",
+        discussion: """
+            remapctl talks to remapd's REST API on its unix socket (see --socket) \
+            or over TCP (--url). Use --json on any command to get the daemon's \
+            JSON instead of tables.
+            """,
+        version: version,
+        subcommands: [
+            PoolCommand.self,
+            VolumeCommand.self,
+            VersionCommand.self,
+            HealthCommand.self,
+        ])
+
+    /// Exit status for a wrong command line. ArgumentParser uses 64
+    /// (`EX_USAGE`); remap's tools use 2, like most Unix commands.
+    static let usageExitCode = ExitCode(2)
+
+    /// Runs the command, mapping failures to remapctl's exit statuses and
+    /// its one-line error format.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as ClientError {
+            Output.printError(error.message)
+            exit(withError: ExitCode.failure)
+        } catch {
+            guard exitCode(for: error) == .validationFailure else {
+                exit(withError: error)
+            }
+            // ArgumentParser's message (with usage) goes out as usual; only the
+            // status changes.
+            Output.print(toStandardError: fullMessage(for: error) + "\n")
+            exit(withError: usageExitCode)
+        }
+    }
+}

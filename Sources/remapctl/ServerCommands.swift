@@ -1,0 +1,46 @@
+import ArgumentParser
+
+/// `remapctl version`: the client's and the daemon's versions.
+struct VersionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "version",
+        abstract: "Show the versions of remapctl and of the remapd it talks to.")
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let reply = try global.makeClient().version()
+        if global.json {
+            Output.printJSON(reply.body)
+            return
+        }
+        let server = reply.value
+        var fields = FieldList()
+        fields.append("remapctl", RemapCtl.version)
+        fields.append("remapd", server.version)
+        fields.append("api", server.api)
+        fields.append("engine", server.engine)
+        Output.print(fields.rendered())
+    }
+}
+
+/// `remapctl health`: whether the daemon is up and serving.
+struct HealthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "health",
+        abstract: "Check that remapd is up; exits 0 when it reports ok.")
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let reply = try global.makeClient().health()
+        if global.json {
+            Output.printJSON(reply.body)
+        } else {
+            Output.print(reply.value.status + "\n")
+        }
+        if reply.value.status != "ok" {
+            throw ExitCode.failure
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import CSystemd
+import Glibc
+import RemapAPI
+import RemapCore
+import RemapEngine
+import RemapStore
+
+/// The remap daemon: REST control plane, NBD data path, metadata.
+@main
+struct Remapd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remapd",
+        abstract: "Serve thin block volumes that tell the truth about space.",
+        version: remapVersion)
+
+    @Option(help: "Directory for metadata and the default pool's file (default: $STATE_DIRECTORY, else /var/lib/remap).")
+    var stateDir: String?
+
+    @Option(help: "Unix socket for the REST API (default: STATE_DIR/api.sock).")
+    var apiSocket: String?
+
+    @Option(help: "Also serve the REST API on TCP HOST:PORT (off unless given).")
+    var apiListen: String?
+
+    @Option(help: "Unix socket for NBD (default: STATE_DIR/nbd.sock).")
+    var nbdSocket: String?
+
+    @Option(help: "Also serve NBD on TCP HOST:PORT (off unless given; 10809 is NBD's port).")
+    var nbdListen: String?
+
+    @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1073741824.")
+    var defaultPoolSize: String = "4G"
+
+    func validate() throws {
+        guard let size = ByteCount.parse(defaultPoolSize), size > 0 else {
+            throw ValidationError("--default-pool-size '\(defaultPoolSize)' is not a size (examples: 4G, 512M, 1073741824)")
+        }
+        guard size >= Pool.defaultChunkSize else {
+            throw ValidationError("--default-pool-size must be at least one chunk (\(Pool.defaultChunkSize) bytes)")
+        }
+    }
+
+    func run() throws {
+        do {
+            try serve()
+        } catch {
+            log("cannot start: \(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    private func serve() throws(RemapError) {
+        let stateDirectory = absolute(stateDir ?? environmentStateDirectory ?? "/var/lib/remap")
+        try makeDirectory(stateDirectory)
+        let lock = try lockStateDirectory(stateDirectory)
+        defer { close(lock) }
+
+        // SIGTERM and SIGINT are taken by sigwait below; every thread started
+        // from here on inherits the mask.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        let store = try MetadataStore(path: stateDirectory + "/metadata.db")
+        let engine = try Engine(store: store)
+        let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
+        try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)
+
+        let apiPath = absolute(apiSocket ?? stateDirectory + "/api.sock")
+        let nbdPath = absolute(nbdSocket ?? stateDirectory + "/nbd.sock")
+        var socketPaths: [String] = []
+        defer { for path in socketPaths { unlink(path) } }
+
+        let apiUnix = try SocketListener.unix(path: apiPath)
+        socketPaths.append(apiPath)
+        let nbdUnix = try SocketListener.unix(path: nbdPath)
+        socketPaths.append(nbdPath)
+        let apiTCP = try apiListen.map { (address) throws(RemapError) in try SocketListener.tcp(address) }
+        let nbdTCP = try nbdListen.map { (address) throws(RemapError) in try SocketListener.tcp(address) }
+
+        engine.start()
+        engine.serveNBD(listener: nbdUnix)
+        if let nbdTCP { engine.serveNBD(listener: nbdTCP) }
+
+        let router = Router(control: engine)
+        var servers: [HTTPServer] = []
+        for fd in [apiUnix] + (apiTCP.map { [$0] } ?? []) {
+            let server = HTTPServer(router: router)
+            try server.start(listenFD: fd)
+            servers.append(server)
+        }
+
+        for pool in engine.poolInfos() {
+            log("pool '\(pool.name)': \(ByteCount.format(pool.capacityBytes)) in \(pool.suppliers.count) supplier(s), \(ByteCount.format(pool.allocatedBytes)) allocated, chunk \(ByteCount.format(pool.chunkSizeBytes))")
+        }
+        log("serving \(engine.volumeInfos().count) volume(s) with the \(engine.name) engine; state in \(stateDirectory)")
+        log("REST API on unix:\(apiPath)" + (apiListen.map { " and http://\($0)" } ?? ""))
+        log("NBD on unix:\(nbdPath)" + (nbdListen.map { " and nbd://\($0)" } ?? ""))
+        sd_notify(0, "READY=1\nSTATUS=serving")
+
+        var received: Int32 = 0
+        sigwait(&signals, &received)
+        log("received \(received == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
+        sd_notify(0, "STOPPING=1")
+        for server in servers { server.stop() }
+        engine.stop()
+        log("stopped cleanly")
+    }
+
+    private var environmentStateDirectory: String? {
+        guard let value = getenv("STATE_DIRECTORY") else { return nil }
+        // systemd passes a colon-separated list when several are configured.
+        return String(cString: value).split(separator: ":").first.map(String.init)
+    }
+
+    private func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
+        guard getcwd(&buffer, buffer.count) != nil else { return path }
+        let cwd = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return cwd + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
+    }
+
+    private func makeDirectory(_ path: String) throws(RemapError) {
+        var current = ""
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, 0o750) != 0 && errno != EEXIST {
+                throw .io(errno: errno, context: "creating \(current): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// One daemon per state directory: a second one fails here, clearly,
+    /// instead of corrupting the first one's metadata.
+    private func lockStateDirectory(_ path: String) throws(RemapError) -> Int32 {
+        let lockPath = path + "/remapd.lock"
+        let fd = try systemCall("opening \(lockPath)") { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            close(fd)
+            throw .inUse("another remapd is already using state directory \(path)")
+        }
+        return fd
+    }
+}
+
+extension Engine: ControlPlane {
+    public var engineName: String { name }
+}

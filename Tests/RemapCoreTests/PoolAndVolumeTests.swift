@@ -1,0 +1,77 @@
+import RemapCore
+import Testing
+
+@Suite struct PoolAndVolumeTests {
+    let chunk: UInt64 = 64 * 1024
+
+    func pool(chunks: UInt64, suppliers: Int = 1) throws -> Pool {
+        let each = (0..<suppliers).map {
+            Supplier(id: "s\($0)", kind: .file, path: "/p/\($0)", sizeBytes: chunks * chunk, preallocated: true)
+        }
+        return try Pool(name: "p", chunkSize: chunk, suppliers: each)
+    }
+
+    @Test func accounting_identity_holds_through_writes_and_frees() throws {
+        let pool = try pool(chunks: 100)
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 30, createdAt: "")
+        #expect(pool.capacityBytes == 100 * chunk)
+        _ = try volume.writePlan(offset: 0, length: Int(3 * chunk))
+        _ = try volume.writePlan(offset: chunk / 2, length: 10)  // overwrite: no new chunk
+        #expect(pool.allocatedBytes == 3 * chunk)
+        #expect(volume.allocatedBytes == 3 * chunk)
+        #expect(pool.allocatedBytes + pool.freeBytes == pool.capacityBytes)
+    }
+
+    @Test func unaligned_write_maps_every_chunk_it_touches() throws {
+        let pool = try pool(chunks: 100)
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 30, createdAt: "")
+        let (segments, fresh) = try volume.writePlan(offset: chunk - 512, length: Int(chunk) + 1024)
+        #expect(fresh.map(\.virtualChunk) == [0, 1, 2])
+        // Fresh chunks are contiguous, so the three pieces merge into one I/O.
+        #expect(segments == [IOSegment(bufferOffset: 0, length: Int(chunk) + 1024, target: .supplier(index: 0, offset: chunk - 512))])
+    }
+
+    @Test func read_plan_reports_holes_as_zeros() throws {
+        let pool = try pool(chunks: 100)
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 30, createdAt: "")
+        _ = try volume.writePlan(offset: chunk, length: Int(chunk))
+        let plan = volume.readPlan(offset: 0, length: Int(3 * chunk))
+        #expect(plan == [
+            IOSegment(bufferOffset: 0, length: Int(chunk), target: .zeros),
+            IOSegment(bufferOffset: Int(chunk), length: Int(chunk), target: .supplier(index: 0, offset: 0)),
+            IOSegment(bufferOffset: Int(2 * chunk), length: Int(chunk), target: .zeros),
+        ])
+    }
+
+    @Test func out_of_space_fails_at_once_and_leaves_nothing_allocated() throws {
+        let pool = try pool(chunks: 4)
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 30, createdAt: "")
+        _ = try volume.writePlan(offset: 0, length: Int(2 * chunk))
+        #expect(throws: RemapError.self) { _ = try volume.writePlan(offset: 10 * chunk, length: Int(3 * chunk)) }
+        #expect(pool.allocatedBytes == 2 * chunk)
+        #expect(volume.map.mappedCount == 2)
+        // Overwrites of allocated chunks still work when the pool is full.
+        _ = try volume.writePlan(offset: 20 * chunk, length: Int(2 * chunk))
+        _ = try volume.writePlan(offset: 0, length: 100)
+        #expect(pool.freeBytes == 0)
+    }
+
+    @Test func chunks_span_suppliers() throws {
+        let pool = try pool(chunks: 2, suppliers: 2)
+        #expect(pool.location(of: 0) == (0, 0))
+        #expect(pool.location(of: 3) == (1, chunk))
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 20, createdAt: "")
+        let (segments, _) = try volume.writePlan(offset: 0, length: Int(4 * chunk))
+        #expect(segments.count == 2)  // not merged across suppliers
+    }
+
+    @Test(arguments: [UInt64(0), 1000, 513])
+    func rejects_bad_volume_sizes(size: UInt64) {
+        #expect(throws: RemapError.self) { try Volume.validate(sizeBytes: size) }
+    }
+
+    @Test(arguments: [UInt64(1024), 3 << 16, 8 << 20])
+    func rejects_bad_chunk_sizes(size: UInt64) {
+        #expect(throws: RemapError.self) { _ = try Pool(name: "p", chunkSize: size, suppliers: []) }
+    }
+}
