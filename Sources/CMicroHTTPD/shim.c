@@ -1,4 +1,13 @@
 #include "CMicroHTTPD.h"
+#include <string.h>
+
+/* Leaves the URL as sent: the router splits the path on '/' first and then
+   decodes each segment, so an escaped '/' (%2F) stays inside its segment. */
+static size_t cmhd_keep_escaped(void *cls, struct MHD_Connection *connection, char *text) {
+    (void)cls;
+    (void)connection;
+    return strlen(text);
+}
 
 struct MHD_Daemon *cmhd_start(int listen_fd,
                               unsigned int connection_limit,
@@ -13,6 +22,7 @@ struct MHD_Daemon *cmhd_start(int listen_fd,
         MHD_OPTION_CONNECTION_LIMIT, connection_limit,
         MHD_OPTION_CONNECTION_TIMEOUT, connection_timeout_seconds,
         MHD_OPTION_NOTIFY_COMPLETED, completed, completed_cls,
+        MHD_OPTION_UNESCAPE_CALLBACK, cmhd_keep_escaped, NULL,
         MHD_OPTION_END);
 }
 

@@ -1,7 +1,7 @@
 /// A request as the router sees it: the body is complete.
 public struct HTTPRequest: Sendable {
     public var method: String
-    /// The path, percent-decoded, without the query.
+    /// The path as sent (still percent-encoded), without the query.
     public var path: String
     public var contentType: String?
     public var body: [UInt8]
@@ -16,5 +16,30 @@ public struct HTTPResponse: Sendable {
 
     static func noContent() -> HTTPResponse {
         HTTPResponse(status: 204, contentType: nil, body: [])
+    }
+}
+
+/// Percent-decoding of one path segment; nil when the escapes are malformed
+/// or the result is not UTF-8.
+func percentDecoded(_ segment: Substring) -> String? {
+    var bytes: [UInt8] = []
+    var iterator = segment.utf8.makeIterator()
+    while let byte = iterator.next() {
+        guard byte == UInt8(ascii: "%") else {
+            bytes.append(byte)
+            continue
+        }
+        guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else { return nil }
+        bytes.append(high << 4 | low)
+    }
+    return String(validating: bytes, as: UTF8.self)
+}
+
+private func hexValue(_ byte: UInt8) -> UInt8? {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+    default: return nil
     }
 }

@@ -19,7 +19,13 @@ public struct Router: Sendable {
     }
 
     private func route(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        let parts = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+        var parts: [String] = []
+        for segment in request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst() {
+            guard let decoded = percentDecoded(segment) else {
+                throw Problem.invalidArgument("malformed percent-encoding in path segment '\(segment)'")
+            }
+            parts.append(decoded)
+        }
         switch parts.count >= 1 && parts[0] == "v1" ? Array(parts.dropFirst()) : [] {
         case ["health"]:
             try allow(request, ["GET"])
