@@ -29,11 +29,37 @@ struct RemapCtl: ParsableCommand {
     /// (`EX_USAGE`); remap's tools use 2, like most Unix commands.
     static let usageExitCode = ExitCode(2)
 
+    /// Options that take a value and that every command accepts.
+    static let globalOptionsWithValue: Set<String> = ["--socket", "--url", "--token", "--token-file"]
+
+    /// Moves global options written before the subcommand
+    /// (`remapctl --socket S volume list`) after it, where ArgumentParser
+    /// looks for them.
+    static func globalOptionsLast(_ arguments: [String]) -> [String] {
+        var leading: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            let name = String(argument.split(separator: "=", maxSplits: 1).first ?? "")
+            if globalOptionsWithValue.contains(argument), index + 1 < arguments.count {
+                leading += [argument, arguments[index + 1]]
+                index += 2
+            } else if globalOptionsWithValue.contains(name) || argument == "--json" {
+                leading.append(argument)
+                index += 1
+            } else {
+                break
+            }
+        }
+        guard !leading.isEmpty, index < arguments.count else { return arguments }
+        return Array(arguments[index...]) + leading
+    }
+
     /// Runs the command, mapping failures to remapctl's exit statuses and
     /// its one-line error format.
     static func main() {
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(globalOptionsLast(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch let error as ClientError {
             Output.printError(error.message)
