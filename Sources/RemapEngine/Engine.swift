@@ -45,6 +45,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
     private var exportUsers: [Int64: Int] = [:]
     private var stopping = false
+    private var heartbeat: (interval: Int64, ping: @Sendable () -> Void, last: Int64)?
     private var finalCommitSubmitted = false
     private var finished = false
 
@@ -115,13 +116,20 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     // MARK: - Running
 
+    /// Calls `ping` from the engine thread about every `interval`
+    /// nanoseconds, so a watchdog sees the data path itself alive. Set
+    /// before `start()`.
+    public func setHeartbeat(every interval: Int64, _ ping: @escaping @Sendable () -> Void) {
+        heartbeat = (interval, ping, 0)
+    }
+
     /// Starts the engine and committer threads.
     public func start() {
         committer.start()
         armWake()
         startThread(name: "remap-engine") { [self] in
             while !finished {
-                ring.run(timeoutNanoseconds: 1_000_000_000)
+                ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
                 tick()
             }
             stopped.signal()
@@ -169,6 +177,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     }
 
     private func tick() {
+        if let beat = heartbeat {
+            let now = monotonicNanoseconds()
+            if now - beat.last >= beat.interval {
+                beat.ping()
+                heartbeat?.last = now
+            }
+        }
         if stopping && connections.isEmpty && !finalCommitSubmitted {
             finalCommitSubmitted = true
             commit { [self] _ in finished = true }

@@ -1,5 +1,4 @@
 import ArgumentParser
-import CSystemd
 import Glibc
 import RemapAPI
 import RemapCore
@@ -70,18 +69,44 @@ struct Remapd: ParsableCommand {
         let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
         try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)
 
-        let apiPath = absolute(apiSocket ?? stateDirectory + "/api.sock")
-        let nbdPath = absolute(nbdSocket ?? stateDirectory + "/nbd.sock")
+        let runtimeDirectory = environmentDirectory("RUNTIME_DIRECTORY")
+        let apiPath = absolute(apiSocket ?? (runtimeDirectory ?? stateDirectory) + "/api.sock")
+        let nbdPath = absolute(nbdSocket ?? (runtimeDirectory ?? stateDirectory) + "/nbd.sock")
         var socketPaths: [String] = []
         defer { for path in socketPaths { unlink(path) } }
 
-        let apiUnix = try SocketListener.unix(path: apiPath)
-        socketPaths.append(apiPath)
-        let nbdUnix = try SocketListener.unix(path: nbdPath)
-        socketPaths.append(nbdPath)
+        // Sockets systemd passed (matched by FileDescriptorName=) are adopted;
+        // the others are bound here.
+        var activated = Systemd.activatedSockets()
+        let apiUnix: Int32
+        var apiWhere = "unix:\(apiPath)"
+        var nbdWhere = "unix:\(nbdPath)"
+        if let fd = activated.removeValue(forKey: "api") {
+            apiUnix = fd
+            apiWhere = "socket-activated fd \(fd)"
+        } else {
+            apiUnix = try SocketListener.unix(path: apiPath)
+            socketPaths.append(apiPath)
+        }
+        let nbdUnix: Int32
+        if let fd = activated.removeValue(forKey: "nbd") {
+            nbdUnix = fd
+            nbdWhere = "socket-activated fd \(fd)"
+        } else {
+            nbdUnix = try SocketListener.unix(path: nbdPath)
+            socketPaths.append(nbdPath)
+        }
+        for (name, fd) in activated {
+            log("ignoring activated socket '\(name)' (expected FileDescriptorName=api or nbd)")
+            close(fd)
+        }
         let apiTCP = try apiListen.map { (address) throws(RemapError) in try SocketListener.tcp(address) }
         let nbdTCP = try nbdListen.map { (address) throws(RemapError) in try SocketListener.tcp(address) }
 
+        if let interval = Systemd.watchdogInterval {
+            // Pinged from the engine thread: if the data path hangs, so do the pings.
+            engine.setHeartbeat(every: interval / 3) { Systemd.notify("WATCHDOG=1") }
+        }
         engine.start()
         engine.serveNBD(listener: nbdUnix)
         if let nbdTCP { engine.serveNBD(listener: nbdTCP) }
@@ -98,22 +123,25 @@ struct Remapd: ParsableCommand {
             log("pool '\(pool.name)': \(ByteCount.format(pool.capacityBytes)) in \(pool.suppliers.count) supplier(s), \(ByteCount.format(pool.allocatedBytes)) allocated, chunk \(ByteCount.format(pool.chunkSizeBytes))")
         }
         log("serving \(engine.volumeInfos().count) volume(s) with the \(engine.name) engine; state in \(stateDirectory)")
-        log("REST API on unix:\(apiPath)" + (apiListen.map { " and http://\($0)" } ?? ""))
-        log("NBD on unix:\(nbdPath)" + (nbdListen.map { " and nbd://\($0)" } ?? ""))
-        sd_notify(0, "READY=1\nSTATUS=serving")
+        log("REST API on \(apiWhere)" + (apiListen.map { " and http://\($0)" } ?? ""))
+        log("NBD on \(nbdWhere)" + (nbdListen.map { " and nbd://\($0)" } ?? ""))
+        Systemd.notify("READY=1\nSTATUS=serving \(engine.volumeInfos().count) volume(s)")
 
         var received: Int32 = 0
         sigwait(&signals, &received)
         log("received \(received == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
-        sd_notify(0, "STOPPING=1")
+        Systemd.notify("STOPPING=1\nSTATUS=stopping: finishing in-flight I/O")
         for server in servers { server.stop() }
         engine.stop()
         log("stopped cleanly")
     }
 
-    private var environmentStateDirectory: String? {
-        guard let value = getenv("STATE_DIRECTORY") else { return nil }
-        // systemd passes a colon-separated list when several are configured.
+    private var environmentStateDirectory: String? { environmentDirectory("STATE_DIRECTORY") }
+
+    /// A directory systemd passes (StateDirectory=, RuntimeDirectory=): a
+    /// colon-separated list when several are configured; remapd uses the first.
+    private func environmentDirectory(_ variable: String) -> String? {
+        guard let value = getenv(variable) else { return nil }
         return String(cString: value).split(separator: ":").first.map(String.init)
     }
 
