@@ -8,11 +8,17 @@ public protocol ControlPlane: Sendable {
     var engineName: String { get }
     func poolInfos() -> [PoolInfo]
     func poolInfo(named name: String) throws(RemapError) -> PoolInfo
+    /// Durable when it returns; `created` is false when an identical pool existed.
+    func createPool(_ spec: PoolSpec) throws(RemapError) -> (PoolInfo, created: Bool)
+    func deletePool(named name: String) throws(RemapError)
+    func addSupplier(toPool name: String, _ spec: SupplierSpec) throws(RemapError) -> PoolInfo
     func volumeInfos() -> [VolumeInfo]
     func volumeInfo(named name: String) throws(RemapError) -> VolumeInfo
     /// Durable when it returns; `created` is false when an identical volume existed.
     func createVolume(_ spec: VolumeSpec) throws(RemapError) -> (VolumeInfo, created: Bool)
+    func updateVolume(named name: String, _ patch: VolumePatch) throws(RemapError) -> VolumeInfo
     func deleteVolume(named name: String) throws(RemapError)
+    func dataPathStatistics() -> DataPathStatistics
 }
 
 /// remap's version, reported by `GET /v1/version`.

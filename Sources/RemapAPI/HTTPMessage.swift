@@ -4,6 +4,8 @@ public struct HTTPRequest: Sendable {
     /// The path as sent (still percent-encoded), without the query.
     public var path: String
     public var contentType: String?
+    /// Query parameters in order, percent-decoded.
+    public var query: [(name: String, value: String)] = []
     public var body: [UInt8]
 }
 

@@ -9,12 +9,15 @@ public final class HTTPServer: Sendable {
     public static let maximumBodySize = 1 << 20
 
     private let router: Router
+    /// When set, every request needs `Authorization: Bearer <token>` (TCP).
+    private let token: String?
     // The daemon handle is set once in start() and cleared in stop(), both
     // from the daemon's main thread.
     private nonisolated(unsafe) var daemon: OpaquePointer?
 
-    public init(router: Router) {
+    public init(router: Router, token: String? = nil) {
         self.router = router
+        self.token = token
     }
 
     /// Starts serving on `listenFD` (bound and listening already).
@@ -27,6 +30,26 @@ public final class HTTPServer: Sendable {
     }
 
     /// Stops serving and closes the listening socket.
+    /// The query parameters, percent-decoded ('+' is a space), in order.
+    /// libmicrohttpd leaves them escaped (see the shim's unescape callback).
+    static func query(_ connection: OpaquePointer) -> [(name: String, value: String)] {
+        final class Collected { var pairs: [(name: String, value: String)] = [] }
+        let collected = Collected()
+        withExtendedLifetime(collected) {
+            _ = MHD_get_connection_values(connection, MHD_ValueKind.GET_ARGUMENT_KIND, { context, _, key, value in
+                guard let context, let key else { return MHD_Result.YES }
+                let collected = Unmanaged<Collected>.fromOpaque(context).takeUnretainedValue()
+                let decode = { (raw: UnsafePointer<CChar>) -> String in
+                    let text = String(cString: raw).replacingPlus()
+                    return percentDecoded(Substring(text)) ?? text
+                }
+                collected.pairs.append((decode(key), value.map(decode) ?? ""))
+                return MHD_Result.YES
+            }, Unmanaged.passUnretained(collected).toOpaque())
+        }
+        return collected.pairs
+    }
+
     public func stop() {
         if let daemon { MHD_stop_daemon(daemon) }
         daemon = nil
@@ -36,6 +59,20 @@ public final class HTTPServer: Sendable {
     final class Exchange {
         var body: [UInt8] = []
         var tooLarge = false
+        var unauthorized = false
+    }
+
+    /// Whether the request carries the bearer token (when one is required).
+    /// The comparison takes the same time wherever the first difference is.
+    fileprivate func authorized(_ connection: OpaquePointer) -> Bool {
+        guard let token else { return true }
+        guard let header = cmhd_header(connection, "Authorization").map({ String(cString: $0) }) else { return false }
+        let expected = Array("Bearer \(token)".utf8)
+        let given = Array(header.utf8)
+        guard given.count == expected.count else { return false }
+        var difference: UInt8 = 0
+        for index in expected.indices { difference |= expected[index] ^ given[index] }
+        return difference == 0
     }
 
     fileprivate func respond(_ connection: OpaquePointer, _ response: HTTPResponse) -> MHD_Result {
@@ -51,13 +88,19 @@ public final class HTTPServer: Sendable {
     }
 
     fileprivate func handle(_ connection: OpaquePointer, method: String, path: String, exchange: Exchange) -> MHD_Result {
+        if exchange.unauthorized {
+            return respond(connection, Router.problem(Problem(
+                status: 401, code: "unauthorized", title: "Unauthorized",
+                detail: "this listener needs 'Authorization: Bearer <token>' (the token is in the daemon's api.token file)")))
+        }
         if exchange.tooLarge {
             return respond(connection, Router.problem(Problem(
                 status: 413, code: "payload-too-large", title: "Payload too large",
                 detail: "request body is larger than \(Self.maximumBodySize) bytes")))
         }
         let contentType = cmhd_header(connection, "Content-Type").map { String(cString: $0) }
-        let request = HTTPRequest(method: method, path: path, contentType: contentType, body: exchange.body)
+        let request = HTTPRequest(method: method, path: path, contentType: contentType,
+                                  query: Self.query(connection), body: exchange.body)
         return respond(connection, router.handle(request))
     }
 }
@@ -69,6 +112,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { context, connection, ur
     let server = Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue()
     guard let existing = state.pointee else {
         let exchange = HTTPServer.Exchange()
+        exchange.unauthorized = !server.authorized(connection)
         if let length = cmhd_header(connection, "Content-Length").flatMap({ Int(String(cString: $0)) }),
            length > HTTPServer.maximumBodySize {
             exchange.tooLarge = true
@@ -106,3 +150,9 @@ private let completedHandler: MHD_RequestCompletedCallback = { _, _, state, _ in
 /// MHD_RESPMEM_MUST_COPY: the importer's name for the case varies between
 /// libmicrohttpd versions, its value (2) does not.
 private let mustCopy = MHD_ResponseMemoryMode(rawValue: 2)!  // invariant: a case of the closed enum
+
+extension String {
+    fileprivate func replacingPlus() -> String {
+        String(map { $0 == "+" ? " " : $0 })
+    }
+}

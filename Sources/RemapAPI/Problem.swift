@@ -44,6 +44,8 @@ public struct Problem: Error, Encodable, Sendable {
             self.init(status: 400, code: "invalid-argument", title: "Invalid argument", detail: error.description)
         case .inUse:
             self.init(status: 409, code: "in-use", title: "In use", detail: error.description)
+        case .shrinkNotAllowed:
+            self.init(status: 409, code: "shrink-not-allowed", title: "Shrink not allowed", detail: error.description)
         case .noSpace(let requested, let available):
             self.init(status: 507, code: "insufficient-space", title: "Insufficient space", detail: error.description)
             requestedBytes = requested

@@ -5,20 +5,28 @@ import RemapCore
 /// into JSON and problem+json.
 public struct Router: Sendable {
     let control: any ControlPlane
+    let statistics = HTTPStatistics()
 
     public init(control: any ControlPlane) {
         self.control = control
     }
 
+    /// Answers `request`, counting it for /metrics under its route template.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
+        let started = DispatchTime.now().uptimeNanoseconds
+        var route = "unknown"
+        let response: HTTPResponse
         do {
-            return try route(request)
+            response = try self.route(request, &route)
         } catch {
-            return Self.problem(error)
+            response = Self.problem(error)
         }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        statistics.record(route: route, method: request.method, status: response.status, seconds: seconds)
+        return response
     }
 
-    private func route(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
+    private func route(_ request: HTTPRequest, _ route: inout String) throws(Problem) -> HTTPResponse {
         var parts: [String] = []
         for segment in request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst() {
             guard let decoded = percentDecoded(segment) else {
@@ -26,35 +34,101 @@ public struct Router: Sendable {
             }
             parts.append(decoded)
         }
-        switch parts.count >= 1 && parts[0] == "v1" ? Array(parts.dropFirst()) : [] {
-        case ["health"]:
+        if parts == ["metrics"] {
+            route = "/metrics"
             try allow(request, ["GET"])
+            try noQuery(request)
+            return metrics()
+        }
+        let path = parts.first == "v1" ? Array(parts.dropFirst()) : []
+        switch path.count {
+        case 1 where path[0] == "health":
+            route = "/v1/health"
+            try allow(request, ["GET"])
+            try noQuery(request)
             return Self.json(200, ["status": "ok"])
-        case ["version"]:
+        case 1 where path[0] == "version":
+            route = "/v1/version"
             try allow(request, ["GET"])
+            try noQuery(request)
             return Self.json(200, ["version": remapVersion, "api": "v1", "engine": control.engineName])
-        case ["pools"]:
-            try allow(request, ["GET"])
-            return Self.json(200, PoolList(pools: control.poolInfos()))
-        case let path where path.count == 2 && path[0] == "pools":
-            try allow(request, ["GET"])
-            return Self.json(200, try answer { () throws(RemapError) in try control.poolInfo(named: path[1]) })
-        case ["volumes"]:
+        case 1 where path[0] == "pools":
+            route = "/v1/pools"
             try allow(request, ["GET", "POST"])
-            if request.method == "GET" { return Self.json(200, VolumeList(volumes: control.volumeInfos())) }
-            let spec = try volumeSpec(request)
+            try noQuery(request)
+            if request.method == "GET" { return Self.json(200, PoolList(pools: control.poolInfos())) }
+            let spec = try RequestBodies.poolSpec(request)
+            let (pool, created) = try answer { () throws(RemapError) in try control.createPool(spec) }
+            return Self.json(created ? 201 : 200, pool)
+        case 2 where path[0] == "pools":
+            route = "/v1/pools/{name}"
+            try allow(request, ["GET", "DELETE"])
+            try noQuery(request)
+            if request.method == "GET" {
+                return Self.json(200, try answer { () throws(RemapError) in try control.poolInfo(named: path[1]) })
+            }
+            try answer { () throws(RemapError) in try control.deletePool(named: path[1]) }
+            return .noContent()
+        case 3 where path[0] == "pools" && path[2] == "suppliers":
+            route = "/v1/pools/{name}/suppliers"
+            try allow(request, ["POST"])
+            try noQuery(request)
+            let spec = try RequestBodies.supplierSpec(request)
+            return Self.json(201, try answer { () throws(RemapError) in try control.addSupplier(toPool: path[1], spec) })
+        case 1 where path[0] == "volumes":
+            route = "/v1/volumes"
+            try allow(request, ["GET", "POST"])
+            if request.method == "GET" { return try listVolumes(request) }
+            try noQuery(request)
+            let spec = try RequestBodies.volumeSpec(request)
             let (volume, created) = try answer { () throws(RemapError) in try control.createVolume(spec) }
             return Self.json(created ? 201 : 200, volume)
-        case let path where path.count == 2 && path[0] == "volumes":
-            try allow(request, ["GET", "DELETE"])
-            if request.method == "GET" {
+        case 2 where path[0] == "volumes":
+            route = "/v1/volumes/{name}"
+            try allow(request, ["GET", "PATCH", "DELETE"])
+            switch request.method {
+            case "GET":
+                try noQuery(request)
                 return Self.json(200, try answer { () throws(RemapError) in try control.volumeInfo(named: path[1]) })
+            case "PATCH":
+                let patch = try RequestBodies.volumePatch(request)
+                return Self.json(200, try answer { () throws(RemapError) in try control.updateVolume(named: path[1], patch) })
+            default:
+                try noQuery(request)
+                try answer { () throws(RemapError) in try control.deleteVolume(named: path[1]) }
+                return .noContent()
             }
-            try answer { () throws(RemapError) in try control.deleteVolume(named: path[1]) }
-            return .noContent()
         default:
             throw Problem.notFound("no such endpoint: \(request.path)")
         }
+    }
+
+    /// `GET /v1/volumes?pool=&label=&limit=&pageToken=`: filtered, sorted by
+    /// name, one page at a time.
+    private func listVolumes(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
+        let query = try QueryParameters(request.query, allowed: ["pool", "label", "limit", "pageToken"])
+        let limit = try query.integer("limit", in: 1...1000) ?? 100
+        var volumes = control.volumeInfos()
+        if let pool = query.value("pool") { volumes = volumes.filter { $0.pool == pool } }
+        if let label = query.value("label") {
+            let parts = label.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard !parts[0].isEmpty else { throw .invalidArgument("label filter must be 'key' or 'key=value', got '\(label)'") }
+            volumes = volumes.filter { parts.count == 1 ? $0.labels[parts[0]] != nil : $0.labels[parts[0]] == parts[1] }
+        }
+        if let token = query.value("pageToken") {
+            guard let after = PageToken.decode(token) else { throw .invalidArgument("pageToken '\(token)' is not valid") }
+            volumes = volumes.filter { $0.name > after }
+        }
+        let page = Array(volumes.prefix(limit))
+        let next = volumes.count > limit ? page.last.map { PageToken.encode($0.name) } : nil
+        return Self.json(200, VolumeList(volumes: page, nextPageToken: next))
+    }
+
+    private func metrics() -> HTTPResponse {
+        let text = MetricsText.render(
+            pools: control.poolInfos(), volumes: control.volumeInfos(),
+            dataPath: control.dataPathStatistics(), http: statistics.snapshot())
+        return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(text.utf8))
     }
 
     private func answer<T>(_ body: () throws(RemapError) -> T) throws(Problem) -> T {
@@ -70,24 +144,10 @@ public struct Router: Sendable {
         }
     }
 
-    private func volumeSpec(_ request: HTTPRequest) throws(Problem) -> VolumeSpec {
-        try requireJSON(request)
-        let fields = try JSONFields(try JSONValue.object(from: request.body), allowed: ["name", "sizeBytes", "pool"])
-        let name = try fields.string("name")!  // invariant: required fields are never nil
-        let size = try fields.positiveInteger("sizeBytes")
-        let pool = try fields.string("pool", required: false) ?? "default"
-        return VolumeSpec(name: name, sizeBytes: size, pool: pool)
-    }
-
-    private func requireJSON(_ request: HTTPRequest) throws(Problem) {
-        if let type = request.contentType {
-            let media = type.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-            guard media == "application/json" else {
-                throw Problem(status: 415, code: "unsupported-media-type", title: "Unsupported media type",
-                              detail: "request body must be application/json, got '\(type)'")
-            }
+    private func noQuery(_ request: HTTPRequest) throws(Problem) {
+        if let first = request.query.first {
+            throw .invalidArgument("unknown query parameter '\(first.name)'")
         }
-        guard !request.body.isEmpty else { throw .invalidArgument("request body is empty; a JSON object is required") }
     }
 
     // MARK: - Encoding
@@ -107,9 +167,32 @@ public struct Router: Sendable {
         let body = (try? encoder.encode(problem)).map { Array($0) + [0x0a] } ?? Array("{\"status\":500}\n".utf8)
         var response = HTTPResponse(status: problem.status, contentType: "application/problem+json", body: body)
         if let allow = problem.allow { response.headers.append(("Allow", allow)) }
+        if problem.status == 401 { response.headers.append(("WWW-Authenticate", "Bearer realm=\"remap\"")) }
         return response
     }
 }
 
 struct PoolList: Encodable { var pools: [PoolInfo] }
-struct VolumeList: Encodable { var volumes: [VolumeInfo] }
+
+struct VolumeList: Encodable {
+    var volumes: [VolumeInfo]
+    var nextPageToken: String?
+}
+
+/// Page tokens are opaque to clients: the hex of the last name returned.
+enum PageToken {
+    static func encode(_ name: String) -> String {
+        name.utf8.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
+
+    static func decode(_ token: String) -> String? {
+        let digits = Array(token.utf8)
+        guard !digits.isEmpty, digits.count % 2 == 0, digits.count <= 512 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: digits.count, by: 2) {
+            guard let byte = UInt8(String(decoding: digits[index..<index + 2], as: UTF8.self), radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+}

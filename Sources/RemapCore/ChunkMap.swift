@@ -8,7 +8,7 @@ public struct ChunkMap: Sendable {
     static let pageSize = 1 << pageShift
     static let hole = UInt64.max
 
-    public let virtualChunks: UInt64
+    public private(set) var virtualChunks: UInt64
     public private(set) var mappedCount: UInt64 = 0
     private var pages: [[UInt64]?]
 
@@ -48,6 +48,20 @@ public struct ChunkMap: Sendable {
         pages[pageIndex]![slot] = Self.hole
         mappedCount -= 1
         return old
+    }
+
+    /// Grows (with holes) or shrinks (dropping the mappings past the end).
+    public mutating func resize(virtualChunks newCount: UInt64) {
+        if newCount < virtualChunks {
+            for chunk in newCount..<virtualChunks where lookup(chunk) != nil { unmap(chunk) }
+        }
+        let pageCount = Int((newCount + UInt64(Self.pageSize) - 1) >> Self.pageShift)
+        if pageCount > pages.count {
+            pages.append(contentsOf: repeatElement(nil, count: pageCount - pages.count))
+        } else {
+            pages.removeLast(pages.count - pageCount)
+        }
+        virtualChunks = newCount
     }
 
     /// Every mapping, in virtual order.

@@ -5,6 +5,11 @@ public struct PoolInfo: Codable, Sendable, Equatable {
     public var capacityBytes: UInt64
     public var allocatedBytes: UInt64
     public var freeBytes: UInt64
+    /// Sum of the sizes of the pool's volumes.
+    public var provisionedBytes: UInt64
+    /// provisionedBytes / capacityBytes; 0 for a pool without capacity.
+    public var overcommitRatio: Double
+    public var volumeCount: Int
     public var suppliers: [SupplierInfo]
 }
 
@@ -13,6 +18,7 @@ public struct SupplierInfo: Codable, Sendable, Equatable {
     public var kind: String
     public var path: String
     public var sizeBytes: UInt64
+    public var preallocated: Bool
 }
 
 /// What the control plane shows of a volume.
@@ -25,6 +31,7 @@ public struct VolumeInfo: Codable, Sendable, Equatable {
     public var createdAt: String
     /// The NBD export that serves this volume.
     public var exportName: String
+    public var labels: [String: String]
 }
 
 /// A request to create a volume.
@@ -32,10 +39,64 @@ public struct VolumeSpec: Sendable, Equatable {
     public var name: String
     public var sizeBytes: UInt64
     public var pool: String
+    public var labels: [String: String]
 
-    public init(name: String, sizeBytes: UInt64, pool: String) {
+    public init(name: String, sizeBytes: UInt64, pool: String, labels: [String: String] = [:]) {
         self.name = name
         self.sizeBytes = sizeBytes
         self.pool = pool
+        self.labels = labels
+    }
+}
+
+/// A change to a volume: new size and/or a new set of labels.
+public struct VolumePatch: Sendable, Equatable {
+    public var sizeBytes: UInt64?
+    public var labels: [String: String]?
+    /// Shrinking unmaps data past the new end: only when asked for.
+    public var allowShrink: Bool
+
+    public init(sizeBytes: UInt64?, labels: [String: String]?, allowShrink: Bool) {
+        self.sizeBytes = sizeBytes
+        self.labels = labels
+        self.allowShrink = allowShrink
+    }
+}
+
+/// A request to create a pool.
+public struct PoolSpec: Sendable, Equatable {
+    public var name: String
+    public var chunkSize: UInt64
+    public var suppliers: [SupplierSpec]
+
+    public init(name: String, chunkSize: UInt64, suppliers: [SupplierSpec]) {
+        self.name = name
+        self.chunkSize = chunkSize
+        self.suppliers = suppliers
+    }
+}
+
+/// What a new supplier should be.
+public enum SupplierSpec: Sendable, Equatable {
+    /// A file remap creates, of `sizeBytes`, allocated on the host when `preallocate`.
+    case file(path: String, sizeBytes: UInt64, preallocate: Bool)
+    /// An existing block device, used whole.
+    case block(path: String)
+
+    public var path: String {
+        switch self {
+        case .file(let path, _, _), .block(let path): return path
+        }
+    }
+
+    /// Whether `supplier` is what this spec asked for.
+    public func describes(_ supplier: Supplier) -> Bool {
+        switch self {
+        case .file(let path, let size, let preallocate):
+            return supplier.kind == .file && supplier.path == path && supplier.sizeBytes == size
+                && (supplier.preallocated || !preallocate)
+        case .block(let path):
+            return supplier.kind == .block && supplier.path == path
+        }
     }
 }

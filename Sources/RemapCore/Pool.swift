@@ -14,11 +14,17 @@ public final class Pool {
     public private(set) var firstChunks: [UInt64] = []
     public var allocator = ChunkAllocator(capacity: 0)
 
+    public static let maximumSuppliers = 64
+
+    public static func validate(chunkSize: UInt64) throws(RemapError) {
+        guard chunkSizeRange.contains(chunkSize), chunkSize.nonzeroBitCount == 1 else {
+            throw .invalidArgument("chunkSizeBytes must be a power of two from 4096 to 4194304, got \(chunkSize)")
+        }
+    }
+
     public init(name: String, chunkSize: UInt64, suppliers: [Supplier]) throws(RemapError) {
         try Name.validate(name, kind: "pool")
-        guard Self.chunkSizeRange.contains(chunkSize), chunkSize.nonzeroBitCount == 1 else {
-            throw .invalidArgument("chunk size must be a power of two from 4 KiB to 4 MiB, got \(chunkSize)")
-        }
+        try Self.validate(chunkSize: chunkSize)
         self.name = name
         self.chunkSize = chunkSize
         for supplier in suppliers { try add(supplier) }
@@ -46,12 +52,17 @@ public final class Pool {
     public var allocatedBytes: UInt64 { allocator.usedCount * chunkSize }
     public var freeBytes: UInt64 { allocator.freeCount * chunkSize }
 
-    public var info: PoolInfo {
-        PoolInfo(
+    /// What the control plane shows; `volumes` are the pool's volumes.
+    public func info(volumes: [Volume]) -> PoolInfo {
+        let provisioned = volumes.reduce(UInt64(0)) { $0 + $1.sizeBytes }
+        return PoolInfo(
             name: name, chunkSizeBytes: chunkSize, capacityBytes: capacityBytes,
-            allocatedBytes: allocatedBytes, freeBytes: freeBytes,
+            allocatedBytes: allocatedBytes, freeBytes: freeBytes, provisionedBytes: provisioned,
+            overcommitRatio: capacityBytes == 0 ? 0 : Double(provisioned) / Double(capacityBytes),
+            volumeCount: volumes.count,
             suppliers: suppliers.map {
-                SupplierInfo(id: $0.id, kind: $0.kind.rawValue, path: $0.path, sizeBytes: $0.sizeBytes)
+                SupplierInfo(id: $0.id, kind: $0.kind.rawValue, path: $0.path, sizeBytes: $0.sizeBytes,
+                             preallocated: $0.preallocated)
             })
     }
 }

@@ -7,6 +7,8 @@ public enum RemapError: Error, Equatable, Sendable {
     case alreadyExists(kind: String, name: String, detail: String)
     case invalidArgument(String)
     case inUse(String)
+    /// A volume would get smaller, and the caller did not allow it.
+    case shrinkNotAllowed(String)
     case noSpace(requestedBytes: UInt64, availableBytes: UInt64)
     /// A system call failed; `context` says what remap was doing.
     case io(errno: Int32, context: String)
@@ -20,6 +22,7 @@ extension RemapError: CustomStringConvertible {
         case .alreadyExists(_, _, let detail): return detail
         case .invalidArgument(let detail): return detail
         case .inUse(let detail): return detail
+        case .shrinkNotAllowed(let detail): return detail
         case .noSpace(let requested, let available):
             return "insufficient space: \(requested) bytes requested, \(available) bytes available"
         case .io(let errno, let context): return "\(context): errno \(errno)"

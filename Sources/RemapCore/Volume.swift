@@ -6,18 +6,42 @@ public final class Volume {
     public let id: String
     public let name: String
     public let pool: Pool
-    public let sizeBytes: UInt64
+    public private(set) var sizeBytes: UInt64
     public let createdAt: String
+    public var labels: [String: String]
     public var map: ChunkMap
 
-    public init(key: Int64, id: String, name: String, pool: Pool, sizeBytes: UInt64, createdAt: String) {
+    public init(key: Int64, id: String, name: String, pool: Pool, sizeBytes: UInt64, createdAt: String,
+                labels: [String: String] = [:]) {
         self.key = key
         self.id = id
         self.name = name
         self.pool = pool
         self.sizeBytes = sizeBytes
         self.createdAt = createdAt
-        self.map = ChunkMap(virtualChunks: (sizeBytes + pool.chunkSize - 1) / pool.chunkSize)
+        self.labels = labels
+        self.map = ChunkMap(virtualChunks: Self.chunks(sizeBytes, pool.chunkSize))
+    }
+
+    private static func chunks(_ bytes: UInt64, _ chunkSize: UInt64) -> UInt64 {
+        (bytes + chunkSize - 1) / chunkSize
+    }
+
+    /// Changes the size. Growing adds holes. Shrinking unmaps every chunk
+    /// that lies wholly past the new end and returns them (virtual,
+    /// physical), for the caller to free once the change is durable; the
+    /// chunks stay allocated in the pool until then.
+    public func resize(to newSize: UInt64) -> [NewMapping] {
+        let newChunks = Self.chunks(newSize, pool.chunkSize)
+        var cut: [NewMapping] = []
+        if newChunks < map.virtualChunks {
+            map.forEachMapping { virtual, physical in
+                if virtual >= newChunks { cut.append(NewMapping(virtualChunk: virtual, physicalChunk: physical)) }
+            }
+        }
+        map.resize(virtualChunks: newChunks)
+        sizeBytes = newSize
+        return cut
     }
 
     public var allocatedBytes: UInt64 { map.mappedCount * pool.chunkSize }
@@ -25,7 +49,7 @@ public final class Volume {
     public var info: VolumeInfo {
         VolumeInfo(
             id: id, name: name, pool: pool.name, sizeBytes: sizeBytes,
-            allocatedBytes: allocatedBytes, createdAt: createdAt, exportName: name)
+            allocatedBytes: allocatedBytes, createdAt: createdAt, exportName: name, labels: labels)
     }
 
     /// Checks a size for a new volume: positive and whole 512-byte sectors,

@@ -15,6 +15,8 @@ import Synchronization
 public final class Engine: @unchecked Sendable {  // mutable state is only touched on the engine thread
     /// Reported by `GET /v1/version`.
     public let name = "io_uring"
+    /// New file suppliers must lie under this directory.
+    public let supplierDirectory: String
 
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     private let eventFD: Int32
@@ -44,6 +46,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private var listeners: [Int32] = []
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
     private var exportUsers: [Int64: Int] = [:]
+    /// Pools being created (their suppliers are being made off this thread).
+    private var poolsInCreation: Set<String> = []
+    private var statistics = DataPathStatistics()
     private var stopping = false
     private var heartbeat: (interval: Int64, ping: @Sendable () -> Void, last: Int64)?
     private var finalCommitSubmitted = false
@@ -57,8 +62,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Loads every pool and volume from `store`, opens the suppliers and
     /// zeroes chunks a crash left dirty. Runs on the caller's thread, before
     /// `start()`.
-    public init(store: MetadataStore, ringEntries: UInt32 = 256) throws(RemapError) {
+    public init(store: MetadataStore, supplierDirectory: String, ringEntries: UInt32 = 256) throws(RemapError) {
         self.store = store
+        self.supplierDirectory = supplierDirectory
         self.committer = Committer(store: store)
         self.ring = try Ring(entries: ringEntries)
         self.eventFD = try systemCall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
@@ -79,7 +85,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 throw .internal("metadata: volume '\(stored.name)' names missing pool '\(stored.pool)'")
             }
             let volume = Volume(key: stored.key, id: stored.id, name: stored.name, pool: pool,
-                                sizeBytes: stored.sizeBytes, createdAt: stored.createdAt)
+                                sizeBytes: stored.sizeBytes, createdAt: stored.createdAt, labels: stored.labels)
             volumes[volume.name] = volume
             byKey[volume.key] = volume
             nextVolumeKey = max(nextVolumeKey, volume.key + 1)
@@ -231,6 +237,16 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     func detach(_ volume: Volume) { exportUsers[volume.key, default: 1] -= 1 }
 
+    /// Counts a finished NBD request for /metrics.
+    func record(command: String, bytes: Int, error: NBD.Error?, started: Int64) {
+        var entry = statistics.commands[command] ?? CommandStatistics()
+        entry.requests += 1
+        entry.bytes += UInt64(bytes)
+        if let error { entry.errors[error.name, default: 0] += 1 }
+        entry.latency.observe(Double(monotonicNanoseconds() - started) / 1e9)
+        statistics.commands[command] = entry
+    }
+
     func connectionClosed(_ connection: NBDConnection) {
         connections[ObjectIdentifier(connection)] = nil
         if stopping { tick() }
@@ -315,13 +331,17 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         return try answer.withLock { $0! }.get()
     }
 
+    private func info(_ pool: Pool) -> PoolInfo {
+        pool.info(volumes: volumes.values.filter { $0.pool === pool })
+    }
+
     public func poolInfos() -> [PoolInfo] {
-        (try? call { [self] reply in reply(.success(pools.values.map(\.info).sorted { $0.name < $1.name })) }) ?? []
+        (try? call { [self] reply in reply(.success(pools.values.map(info).sorted { $0.name < $1.name })) }) ?? []
     }
 
     public func poolInfo(named name: String) throws(RemapError) -> PoolInfo {
         try call { [self] reply in
-            reply(pools[name].map { .success($0.info) } ?? .failure(.notFound(kind: "pool", name: name)))
+            reply(pools[name].map { .success(info($0)) } ?? .failure(.notFound(kind: "pool", name: name)))
         }
     }
 
@@ -335,15 +355,24 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
     }
 
+    public func dataPathStatistics() -> DataPathStatistics {
+        (try? call { [self] reply in
+            var copy = statistics
+            copy.connections = connections.count
+            reply(.success(copy))
+        }) ?? DataPathStatistics()
+    }
+
     /// Creates a volume, durably; returns it and whether it is new (false:
     /// one with the same name and spec existed already).
     public func createVolume(_ spec: VolumeSpec) throws(RemapError) -> (VolumeInfo, created: Bool) {
         try Name.validate(spec.name, kind: "volume")
         try Volume.validate(sizeBytes: spec.sizeBytes)
+        try Labels.validate(spec.labels)
         return try call { [self] reply in
             guard let pool = pools[spec.pool] else { return reply(.failure(.notFound(kind: "pool", name: spec.pool))) }
             if let existing = volumes[spec.name] {
-                guard existing.pool === pool, existing.sizeBytes == spec.sizeBytes else {
+                guard existing.pool === pool, existing.sizeBytes == spec.sizeBytes, existing.labels == spec.labels else {
                     return reply(.failure(.alreadyExists(
                         kind: "volume", name: spec.name,
                         detail: "volume '\(spec.name)' exists with another spec (\(existing.sizeBytes) bytes in pool '\(existing.pool.name)')")))
@@ -358,12 +387,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 return
             }
             let volume = Volume(key: nextVolumeKey, id: randomUUID(), name: spec.name, pool: pool,
-                                sizeBytes: spec.sizeBytes, createdAt: utcTimestamp())
+                                sizeBytes: spec.sizeBytes, createdAt: utcTimestamp(), labels: spec.labels)
             nextVolumeKey += 1
             volumes[volume.name] = volume
             undurable.insert(volume.key)
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
-                                      sizeBytes: volume.sizeBytes, createdAt: volume.createdAt)
+                                      sizeBytes: volume.sizeBytes, createdAt: volume.createdAt, labels: volume.labels)
             commit(extra: [.createVolume(stored)]) { [self] result in
                 undurable.remove(volume.key)
                 if case .failure = result { volumes[volume.name] = nil }
@@ -399,6 +428,169 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
                 reply(result)
             }
+        }
+    }
+
+    /// Changes a volume's size and/or labels, durably. Shrinking unmaps
+    /// the chunks past the new end (and zeroes the cut-off tail of the last
+    /// one), so growing again later reads zeros there.
+    public func updateVolume(named name: String, _ patch: VolumePatch) throws(RemapError) -> VolumeInfo {
+        if let size = patch.sizeBytes { try Volume.validate(sizeBytes: size) }
+        if let labels = patch.labels { try Labels.validate(labels) }
+        return try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            var changes: [MetadataChange] = []
+            var job = CommitJob(syncFDs: allSupplierFDs, changes: []) { _ in }
+            var cut: [NewMapping] = []
+            if let size = patch.sizeBytes, size != volume.sizeBytes {
+                if size < volume.sizeBytes {
+                    guard patch.allowShrink else {
+                        return reply(.failure(.shrinkNotAllowed(
+                            "volume '\(name)' is \(volume.sizeBytes) bytes; shrinking to \(size) discards data: pass allowShrink=true")))
+                    }
+                    if let users = exportUsers[volume.key], users > 0 {
+                        return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
+                    }
+                }
+                let chunkSize = volume.pool.chunkSize
+                let oldSize = volume.sizeBytes
+                cut = volume.resize(to: size)
+                job = zeroJob(pool: volume.pool, chunks: cut.map(\.physicalChunk))
+                job.syncFDs = allSupplierFDs
+                if size < oldSize, size % chunkSize != 0, let physical = volume.map.lookup(size / chunkSize) {
+                    let location = volume.pool.location(of: physical)
+                    job.zeroRanges.append(ZeroRange(
+                        fd: supplierFD(pool: volume.pool, index: location.supplier),
+                        offset: location.offset + size % chunkSize, length: chunkSize - size % chunkSize, punch: false))
+                }
+                changes.append(.resizeVolume(key: volume.key, sizeBytes: size))
+                changes += cut.map { .unmap(volume: volume.key, virtualChunk: $0.virtualChunk) }
+                changes += cut.map { .markDirty(pool: volume.pool.name, physicalChunk: $0.physicalChunk) }
+            }
+            if let labels = patch.labels, labels != volume.labels {
+                volume.labels = labels
+                changes.append(.setLabels(volume: volume.key, labels: labels))
+            }
+            guard !changes.isEmpty else { return reply(.success(volume.info)) }
+            job.changes = pending + changes
+            pending = []
+            lastCommit = monotonicNanoseconds()
+            submit(job) { result in
+                if case .success = result {
+                    for mapping in cut { volume.pool.allocator.release(mapping.physicalChunk) }
+                }
+                // A failed commit leaves the live volume ahead of the metadata;
+                // the error says so and a restart reloads the durable state.
+                reply(result.map { volume.info })
+            }
+        }
+    }
+
+    /// Creates a pool and its suppliers (files are created and allocated on
+    /// the caller's thread, never the engine's), durably.
+    public func createPool(_ spec: PoolSpec) throws(RemapError) -> (PoolInfo, created: Bool) {
+        try Name.validate(spec.name, kind: "pool")
+        try Pool.validate(chunkSize: spec.chunkSize)
+        guard (1...Pool.maximumSuppliers).contains(spec.suppliers.count) else {
+            throw .invalidArgument("a pool needs 1 to \(Pool.maximumSuppliers) suppliers, got \(spec.suppliers.count)")
+        }
+        guard Set(spec.suppliers.map(\.path)).count == spec.suppliers.count else {
+            throw .invalidArgument("the same supplier path appears twice")
+        }
+        let existing: PoolInfo? = try call { [self] reply in
+            if let pool = pools[spec.name] {
+                let same = pool.chunkSize == spec.chunkSize && pool.suppliers.count == spec.suppliers.count
+                    && zip(spec.suppliers, pool.suppliers).allSatisfy { $0.describes($1) }
+                return reply(same ? .success(info(pool)) : .failure(.alreadyExists(
+                    kind: "pool", name: spec.name, detail: "pool '\(spec.name)' exists with another spec")))
+            }
+            guard !poolsInCreation.contains(spec.name) else {
+                return reply(.failure(.inUse("pool '\(spec.name)' is being created by another request")))
+            }
+            poolsInCreation.insert(spec.name)
+            reply(.success(nil))
+        }
+        if let existing { return (existing, false) }
+        var made: [(supplier: Supplier, fd: Int32)] = []
+        let pool: Pool
+        do throws(RemapError) {
+            for supplier in spec.suppliers { made.append(try SupplierFile.make(supplier, under: supplierDirectory)) }
+            pool = try Pool(name: spec.name, chunkSize: spec.chunkSize, suppliers: made.map(\.supplier))
+        } catch {
+            SupplierFile.discard(made)
+            post { [self] in poolsInCreation.remove(spec.name) }
+            throw error
+        }
+        let fds = UncheckedBox(made.map(\.fd))
+        let installed = UncheckedBox(pool)
+        var changes: [MetadataChange] = [.createPool(name: spec.name, chunkSize: spec.chunkSize)]
+        for (ordinal, entry) in made.enumerated() {
+            changes.append(.addSupplier(pool: spec.name, ordinal: ordinal, supplier: entry.supplier))
+        }
+        let creation = changes
+        do throws(RemapError) {
+            return try call { [self] reply in
+                submit(CommitJob(syncFDs: [], changes: creation) { _ in }) { [self] result in
+                    poolsInCreation.remove(spec.name)
+                    if case .success = result {
+                        pools[spec.name] = installed.value
+                        supplierFDs[spec.name] = fds.value
+                    }
+                    reply(result.map { (info(installed.value), true) })
+                }
+            }
+        } catch {
+            SupplierFile.discard(made)
+            throw error
+        }
+    }
+
+    /// Deletes an empty pool; file suppliers remap created are removed.
+    public func deletePool(named name: String) throws(RemapError) {
+        let suppliers: [Supplier] = try call { [self] reply in
+            guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
+            let count = volumes.values.filter { $0.pool === pool }.count
+            guard count == 0 else { return reply(.failure(.inUse("pool '\(name)' still has \(count) volume(s)"))) }
+            pools[name] = nil
+            let fds = supplierFDs.removeValue(forKey: name) ?? []
+            submit(CommitJob(syncFDs: [], changes: [.deletePool(name: name)]) { _ in }) { [self] result in
+                switch result {
+                case .success:
+                    for fd in fds { close(fd) }
+                    reply(.success(pool.suppliers))
+                case .failure(let error):
+                    pools[name] = pool
+                    supplierFDs[name] = fds
+                    reply(.failure(error))
+                }
+            }
+        }
+        for supplier in suppliers where supplier.kind == .file { unlink(supplier.path) }
+    }
+
+    /// Adds a supplier to a live pool; its space is usable at once.
+    public func addSupplier(toPool name: String, _ spec: SupplierSpec) throws(RemapError) -> PoolInfo {
+        _ = try poolInfo(named: name)
+        let made = try SupplierFile.make(spec, under: supplierDirectory)
+        do throws(RemapError) {
+            return try call { [self] reply in
+                guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
+                guard made.supplier.sizeBytes >= pool.chunkSize else {
+                    return reply(.failure(.invalidArgument("supplier '\(made.supplier.path)' is smaller than one chunk (\(pool.chunkSize) bytes)")))
+                }
+                let change = MetadataChange.addSupplier(pool: name, ordinal: pool.suppliers.count, supplier: made.supplier)
+                submit(CommitJob(syncFDs: [], changes: [change]) { _ in }) { [self] result in
+                    if case .success = result {
+                        // invariant: checked above that the supplier holds at least one chunk
+                        try? pool.add(made.supplier)
+                        supplierFDs[name, default: []].append(made.fd)
+                    }
+                    reply(result.map { info(pool) })
+                }
+            }
+        } catch {
+            SupplierFile.discard([made])
+            throw error
         }
     }
 }

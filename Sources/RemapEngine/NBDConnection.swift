@@ -17,8 +17,13 @@ final class NBDConnection {
     private final class Payload {
         let request: NBDRequest
         let buffer: IOBuffer
+        let started: Int64
         var filled = 0
-        init(request: NBDRequest, buffer: IOBuffer) { self.request = request; self.buffer = buffer }
+        init(request: NBDRequest, buffer: IOBuffer, started: Int64) {
+            self.request = request
+            self.buffer = buffer
+            self.started = started
+        }
     }
 
     private static let inputCapacity = 128 * 1024
@@ -95,13 +100,18 @@ final class NBDConnection {
         receiving = false
         guard result > 0 else {
             inputEnded = true
+            if payload != nil {
+                // The client left in the middle of a WRITE: nothing to answer.
+                payload = nil
+                requestsInFlight -= 1
+            }
             return finishIfDone()
         }
         if let payload {
             payload.filled += Int(result)
             if payload.filled == payload.buffer.count {
                 self.payload = nil
-                write(payload.request, payload.buffer)
+                write(payload.request, payload.buffer, payload.started)
             }
         } else {
             end += Int(result)
@@ -159,10 +169,18 @@ final class NBDConnection {
 
     private func protocolError(_ what: String) {
         log("NBD client dropped: \(what)")
+        drop()
+    }
+
+    /// Gives up on the client: nothing more is read or sent. The socket is
+    /// shut down before `endInput` may close it: once closed, its number
+    /// can belong to a connection the ring accepts in the meantime.
+    private func drop() {
+        guard !closed else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
         broken = true
         outgoing.removeAll()
         endInput()
-        shutdown(fd, Int32(SHUT_RDWR))
     }
 
     // MARK: - Handshake
@@ -256,6 +274,7 @@ final class NBDConnection {
     // MARK: - Transmission
 
     private func handleRequest(_ request: NBDRequest) {
+        let started = monotonicNanoseconds()
         guard let volume = export else { return protocolError("request before export") }  // unreachable by phase
         let inRange = request.offset <= volume.sizeBytes && UInt64(request.length) <= volume.sizeBytes - request.offset
         switch NBD.Command(rawValue: request.type) {
@@ -265,7 +284,7 @@ final class NBDConnection {
                 // Skip the payload so the stream stays in sync, and refuse.
                 discarding = length
                 requestsInFlight += 1
-                return reply(request.cookie, error: .invalid)
+                return reply(request, started, error: .invalid)
             }
             requestsInFlight += 1
             let buffer = IOBuffer(count: length)
@@ -273,41 +292,42 @@ final class NBDConnection {
             buffer.pointer.copyMemory(from: input.pointer + start, byteCount: ready)
             start += ready
             if ready == length {
-                write(request, buffer)
+                write(request, buffer, started)
             } else {
-                let pending = Payload(request: request, buffer: buffer)
+                let pending = Payload(request: request, buffer: buffer, started: started)
                 pending.filled = ready
                 payload = pending
             }
         case .read:
             requestsInFlight += 1
             guard request.flags & ~NBD.commandFUA == 0, Int(request.length) <= NBD.maximumPayload, inRange else {
-                return reply(request.cookie, error: .invalid)
+                return reply(request, started, error: .invalid)
             }
-            read(request, volume)
+            read(request, volume, started)
         case .flush:
             requestsInFlight += 1
             engine.flush { [self] result in
-                reply(request.cookie, error: result.nbdError)
+                reply(request, started, error: result.nbdError)
             }
         case .disconnect:
             endInput()
         default:
             requestsInFlight += 1
-            reply(request.cookie, error: .invalid)
+            reply(request, started, error: .invalid)
         }
     }
 
-    private func read(_ request: NBDRequest, _ volume: Volume) {
+    private func read(_ request: NBDRequest, _ volume: Volume, _ started: Int64) {
         let length = Int(request.length)
         let buffer = IOBuffer(count: NBD.simpleReplyHeaderSize + length)
         let data = buffer.pointer + NBD.simpleReplyHeaderSize
         let segments = volume.readPlan(offset: request.offset, length: length)
         let progress = Progress(remaining: segments.count)
         let finish = { [self] in
-            if progress.failure != 0 { return reply(request.cookie, error: .io) }
+            if progress.failure != 0 { return reply(request, started, error: .io) }
             encodeSimpleReply(into: buffer.pointer, error: 0, cookie: request.cookie)
             send(buffer, count: buffer.count)
+            engine.record(command: "read", bytes: length, error: nil, started: started)
             requestsInFlight -= 1
             receive()
         }
@@ -328,24 +348,24 @@ final class NBDConnection {
         if progress.remaining == 0 { finish() }
     }
 
-    private func write(_ request: NBDRequest, _ buffer: IOBuffer) {
+    private func write(_ request: NBDRequest, _ buffer: IOBuffer, _ started: Int64) {
         guard let volume = export else { return }
         let length = Int(request.length)
         let plan: (segments: [IOSegment], newMappings: [NewMapping])
         do {
             plan = try volume.writePlan(offset: request.offset, length: length)
         } catch {
-            return reply(request.cookie, error: error.nbdError)
+            return reply(request, started, error: error.nbdError)
         }
         engine.willWrite(volume, newMappings: plan.newMappings)
         let progress = Progress(remaining: plan.segments.count)
         let finish = { [self] in
             engine.didWrite(volume, offset: request.offset, length: length)
-            if progress.failure != 0 { return reply(request.cookie, error: .io) }
+            if progress.failure != 0 { return reply(request, started, error: .io) }
             if request.flags & NBD.commandFUA != 0 {
-                engine.flush { [self] result in reply(request.cookie, error: result.nbdError) }
+                engine.flush { [self] result in reply(request, started, error: result.nbdError) }
             } else {
-                reply(request.cookie, error: nil)
+                reply(request, started, error: nil)
             }
         }
         for segment in plan.segments {
@@ -360,10 +380,13 @@ final class NBDConnection {
         if plan.segments.isEmpty { finish() }
     }
 
-    /// Answers a request without data.
-    private func reply(_ cookie: UInt64, error: NBD.Error?) {
+    /// Answers a request without data, and counts it.
+    private func reply(_ request: NBDRequest, _ started: Int64, error: NBD.Error?) {
+        let command = NBD.Command(rawValue: request.type)
+        let bytes = command == .write && error == nil ? Int(request.length) : 0
+        engine.record(command: command?.metricName ?? "other", bytes: bytes, error: error, started: started)
         let buffer = IOBuffer(count: NBD.simpleReplyHeaderSize)
-        encodeSimpleReply(into: buffer.pointer, error: error?.rawValue ?? 0, cookie: cookie)
+        encodeSimpleReply(into: buffer.pointer, error: error?.rawValue ?? 0, cookie: request.cookie)
         send(buffer, count: buffer.count)
         requestsInFlight -= 1
         receive()
@@ -397,10 +420,7 @@ final class NBDConnection {
             socketOperations -= 1
             sending = false
             if result < 0 {
-                broken = true
-                outgoing.removeAll()
-                endInput()
-                shutdown(fd, Int32(SHUT_RDWR))
+                drop()
             } else {
                 var sent = Int(result)
                 while sent > 0, let first = outgoing.first {
@@ -473,7 +493,7 @@ extension RemapError {
     var nbdError: NBD.Error {
         switch self {
         case .noSpace: return .noSpace
-        case .invalidArgument, .notFound: return .invalid
+        case .invalidArgument, .notFound, .shrinkNotAllowed: return .invalid
         case .inUse: return .permission
         case .alreadyExists, .io, .internal: return .io
         }

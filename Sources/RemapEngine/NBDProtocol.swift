@@ -39,6 +39,20 @@ enum NBD {
 
     enum Command: UInt16 {
         case read = 0, write = 1, disconnect = 2, flush = 3, trim = 4, cache = 5, writeZeroes = 6, blockStatus = 7
+
+        /// The `command` label in /metrics.
+        var metricName: String {
+            switch self {
+            case .read: return "read"
+            case .write: return "write"
+            case .disconnect: return "disconnect"
+            case .flush: return "flush"
+            case .trim: return "trim"
+            case .cache: return "cache"
+            case .writeZeroes: return "write_zeroes"
+            case .blockStatus: return "block_status"
+            }
+        }
     }
 
     /// Command flags.
@@ -48,6 +62,20 @@ enum NBD {
     enum Error: UInt32 {
         case permission = 1, io = 5, noMemory = 12, invalid = 22, noSpace = 28, overflow = 75
         case notSupported = 95, shutdown = 108
+
+        /// The errno name, for logs and metrics.
+        var name: String {
+            switch self {
+            case .permission: return "EPERM"
+            case .io: return "EIO"
+            case .noMemory: return "ENOMEM"
+            case .invalid: return "EINVAL"
+            case .noSpace: return "ENOSPC"
+            case .overflow: return "EOVERFLOW"
+            case .notSupported: return "ENOTSUP"
+            case .shutdown: return "ESHUTDOWN"
+            }
+        }
     }
 
     static let requestHeaderSize = 28

@@ -45,6 +45,12 @@ public enum SocketListener {
         return fd
     }
 
+    /// Gives `path` to group `group` (for the API socket's 0660 mode).
+    public static func setGroup(of path: String, to group: String) throws(RemapError) {
+        guard let entry = getgrnam(group) else { throw .invalidArgument("no such group '\(group)'") }
+        try systemCall("chown \(path) to group \(group)") { chown(path, uid_t.max, entry.pointee.gr_gid) }
+    }
+
     /// Binds a TCP socket on `HOST:PORT` (`127.0.0.1:10809`, `[::1]:8080`,
     /// `localhost:80`).
     public static func tcp(_ hostPort: String) throws(RemapError) -> Int32 {

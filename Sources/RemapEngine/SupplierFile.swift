@@ -31,6 +31,11 @@ enum SupplierFile {
             if preallocate {
                 if fallocate(fd, 0, 0, off_t(sizeBytes)) != 0 {
                     let error = errno
+                    if error == ENOSPC {
+                        var fs = statvfs()
+                        let available = fstatvfs(fd, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
+                        throw .noSpace(requestedBytes: sizeBytes, availableBytes: available)
+                    }
                     guard error == EOPNOTSUPP else {
                         throw .io(errno: error, context: "allocating \(sizeBytes) bytes for \(path): \(String(cString: strerror(error)))")
                     }
@@ -46,6 +51,58 @@ enum SupplierFile {
         }
         let supplier = Supplier(id: randomUUID(), kind: .file, path: path, sizeBytes: sizeBytes, preallocated: preallocated)
         return (supplier, fd)
+    }
+
+    /// Makes the supplier a spec asks for: creates and allocates a file
+    /// under `directory`, or opens a block device exclusively. Runs on a
+    /// control-plane thread (allocating a large file takes time).
+    static func make(_ spec: SupplierSpec, under directory: String) throws(RemapError) -> (supplier: Supplier, fd: Int32) {
+        let path = spec.path
+        guard path.hasPrefix("/") else { throw .invalidArgument("supplier path '\(path)' must be absolute") }
+        guard !path.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !path.contains("//") else {
+            throw .invalidArgument("supplier path '\(path)' must not contain '.', '..' or '//'")
+        }
+        switch spec {
+        case .file(_, let size, let preallocate):
+            let root = directory.hasSuffix("/") ? directory : directory + "/"
+            guard path.hasPrefix(root), path.count > root.count, !path.hasSuffix("/") else {
+                throw .invalidArgument("file supplier '\(path)' must be a file under the supplier directory \(directory)")
+            }
+            guard size > 0 else { throw .invalidArgument("sizeBytes must be greater than 0") }
+            guard size <= UInt64(Int64.max) else { throw .invalidArgument("sizeBytes \(size) is too large") }
+            var status = stat()
+            if lstat(path, &status) == 0 {
+                throw .alreadyExists(kind: "file", name: path, detail: "supplier file '\(path)' exists already; remap only uses files it creates")
+            }
+            return try create(path: path, sizeBytes: size, preallocate: preallocate)
+        case .block:
+            var status = stat()
+            guard stat(path, &status) == 0 else {
+                throw .invalidArgument("block device '\(path)' does not exist")
+            }
+            guard status.st_mode & S_IFMT == S_IFBLK else {
+                throw .invalidArgument("'\(path)' is not a block device")
+            }
+            // O_EXCL on a block device fails with EBUSY while it is mounted,
+            // part of another device, or opened exclusively elsewhere.
+            let fd = Glibc.open(path, O_RDWR | O_EXCL | O_CLOEXEC)
+            if fd < 0 {
+                let error = errno
+                if error == EBUSY { throw .inUse("block device '\(path)' is mounted or in use") }
+                throw .io(errno: error, context: "opening \(path): \(String(cString: strerror(error)))")
+            }
+            let size: UInt64
+            do throws(RemapError) { size = try self.size(fd: fd, path: path) } catch { close(fd); throw error }
+            return (Supplier(id: randomUUID(), kind: .block, path: path, sizeBytes: size, preallocated: true), fd)
+        }
+    }
+
+    /// Undoes `make` for suppliers that did not join a pool.
+    static func discard(_ made: [(supplier: Supplier, fd: Int32)]) {
+        for entry in made {
+            close(entry.fd)
+            if entry.supplier.kind == .file { unlink(entry.supplier.path) }
+        }
     }
 
     static func size(fd: Int32, path: String) throws(RemapError) -> UInt64 {

@@ -4,10 +4,15 @@ import RemapCore
 /// they happened; the store applies a batch of them as one transaction.
 public enum MetadataChange: Sendable, Equatable {
     case createPool(name: String, chunkSize: UInt64)
+    /// Removes an empty pool and its suppliers.
+    case deletePool(name: String)
     case addSupplier(pool: String, ordinal: Int, supplier: Supplier)
     case createVolume(StoredVolume)
     /// Removes the volume and all its mappings.
     case deleteVolume(key: Int64)
+    case resizeVolume(key: Int64, sizeBytes: UInt64)
+    /// Replaces the volume's labels.
+    case setLabels(volume: Int64, labels: [String: String])
     case map(volume: Int64, virtualChunk: UInt64, physicalChunk: UInt64)
     case unmap(volume: Int64, virtualChunk: UInt64)
     /// A freed chunk that may still hold old data: zeroed before reuse, also
@@ -24,14 +29,17 @@ public struct StoredVolume: Sendable, Equatable {
     public var pool: String
     public var sizeBytes: UInt64
     public var createdAt: String
+    public var labels: [String: String]
 
-    public init(key: Int64, id: String, name: String, pool: String, sizeBytes: UInt64, createdAt: String) {
+    public init(key: Int64, id: String, name: String, pool: String, sizeBytes: UInt64, createdAt: String,
+                labels: [String: String] = [:]) {
         self.key = key
         self.id = id
         self.name = name
         self.pool = pool
         self.sizeBytes = sizeBytes
         self.createdAt = createdAt
+        self.labels = labels
     }
 }
 

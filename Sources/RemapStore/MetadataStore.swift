@@ -46,6 +46,11 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             virtual_chunk INTEGER NOT NULL,
             physical_chunk INTEGER NOT NULL,
             PRIMARY KEY(volume, virtual_chunk)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS volume_labels(
+            volume INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY(volume, key)) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS dirty_chunks(
             pool TEXT NOT NULL,
             physical_chunk INTEGER NOT NULL,
@@ -75,6 +80,10 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         switch change {
         case .createPool(let name, let chunkSize):
             try database.run("INSERT INTO pools(name, chunk_size) VALUES(?, ?)", [.text(name), .integer(Int64(chunkSize))])
+        case .deletePool(let name):
+            try database.run("DELETE FROM dirty_chunks WHERE pool = ?", [.text(name)])
+            try database.run("DELETE FROM suppliers WHERE pool = ?", [.text(name)])
+            try database.run("DELETE FROM pools WHERE name = ?", [.text(name)])
         case .addSupplier(let pool, let ordinal, let supplier):
             try database.run(
                 "INSERT INTO suppliers(id, pool, ordinal, kind, path, size_bytes, preallocated) VALUES(?, ?, ?, ?, ?, ?, ?)",
@@ -85,9 +94,20 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
                 "INSERT INTO volumes(key, id, name, pool, size_bytes, created_at) VALUES(?, ?, ?, ?, ?, ?)",
                 [.integer(volume.key), .text(volume.id), .text(volume.name), .text(volume.pool),
                  .integer(Int64(volume.sizeBytes)), .text(volume.createdAt)])
+            try apply(.setLabels(volume: volume.key, labels: volume.labels), to: database)
         case .deleteVolume(let key):
             try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
+            try database.run("DELETE FROM volume_labels WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM volumes WHERE key = ?", [.integer(key)])
+        case .resizeVolume(let key, let size):
+            // The chunks cut off by a shrink come as .unmap changes of their own.
+            try database.run("UPDATE volumes SET size_bytes = ? WHERE key = ?", [.integer(Int64(size)), .integer(key)])
+        case .setLabels(let volume, let labels):
+            try database.run("DELETE FROM volume_labels WHERE volume = ?", [.integer(volume)])
+            for (key, value) in labels.sorted(by: { $0.key < $1.key }) {
+                try database.run("INSERT INTO volume_labels(volume, key, value) VALUES(?, ?, ?)",
+                                 [.integer(volume), .text(key), .text(value)])
+            }
         case .map(let volume, let virtual, let physical):
             try database.run(
                 "INSERT OR REPLACE INTO mappings(volume, virtual_chunk, physical_chunk) VALUES(?, ?, ?)",
@@ -134,6 +154,11 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
                 volumes.append(StoredVolume(
                     key: row.integer(0), id: row.text(1), name: row.text(2), pool: row.text(3),
                     sizeBytes: UInt64(row.integer(4)), createdAt: row.text(5)))
+            }
+            var index: [Int64: Int] = [:]
+            for (position, volume) in volumes.enumerated() { index[volume.key] = position }
+            try database.run("SELECT volume, key, value FROM volume_labels") { row in
+                if let position = index[row.integer(0)] { volumes[position].labels[row.text(1)] = row.text(2) }
             }
             return volumes
         }

@@ -26,46 +26,94 @@ struct APIClient: Sendable {
         try get("/v1/version")
     }
 
+    /// The daemon's metrics in Prometheus text format, as sent.
+    func metrics() throws(ClientError) -> Reply<String> {
+        let response = try perform(HTTPRequest(method: "GET", path: "/metrics", accept: "text/plain"))
+        return Reply(status: response.status, value: String(decoding: response.body, as: UTF8.self), body: response.body)
+    }
+
+    // MARK: Pools
+
     func pools() throws(ClientError) -> Reply<PoolList> {
         try get("/v1/pools")
     }
 
     func pool(named name: String) throws(ClientError) -> Reply<Pool> {
-        try get("/v1/pools/\(PathComponent.encode(name))")
+        try get(Self.poolPath(name))
     }
 
-    func volumes() throws(ClientError) -> Reply<VolumeList> {
-        try get("/v1/volumes")
+    /// Creates a pool. The reply's status tells the outcome: 201 for a new
+    /// pool, 200 when an identical one already existed.
+    func createPool(_ spec: PoolSpec) throws(ClientError) -> Reply<Pool> {
+        try send("POST", "/v1/pools", spec)
+    }
+
+    /// Deletes a pool that has no volumes; remapd answers 204 with no body.
+    func deletePool(named name: String) throws(ClientError) {
+        _ = try perform(HTTPRequest(method: "DELETE", path: Self.poolPath(name)))
+    }
+
+    /// Adds a supplier to a pool; the reply is the pool with its new capacity.
+    func addSupplier(_ spec: SupplierSpec, toPool name: String) throws(ClientError) -> Reply<Pool> {
+        try send("POST", Self.poolPath(name) + "/suppliers", spec)
+    }
+
+    // MARK: Volumes
+
+    /// One page of the volume list; follow ``VolumeList/nextPageToken`` for
+    /// the rest.
+    func volumes(_ query: VolumeQuery = VolumeQuery()) throws(ClientError) -> Reply<VolumeList> {
+        try get(QueryString.target("/v1/volumes", query.items))
     }
 
     func volume(named name: String) throws(ClientError) -> Reply<Volume> {
-        try get("/v1/volumes/\(PathComponent.encode(name))")
+        try get(Self.volumePath(name))
     }
 
     /// Creates a volume. The reply's status tells the outcome: 201 for a new
     /// volume, 200 when one with the same spec already existed.
     func createVolume(_ spec: VolumeSpec) throws(ClientError) -> Reply<Volume> {
-        let body: [UInt8]
-        do {
-            body = Array(try JSONEncoder().encode(spec))
-        } catch {
-            // A struct of strings and integers always encodes.
-            preconditionFailure("cannot encode a volume spec: \(error)")
-        }
-        let path = "/v1/volumes"
-        return try decode(perform(HTTPRequest(method: "POST", path: path, body: body)), path: path)
+        try send("POST", "/v1/volumes", spec)
+    }
+
+    /// Changes a volume's size or labels. A smaller size is refused with
+    /// `shrink-not-allowed` unless `allowShrink` is set.
+    func updateVolume(named name: String, _ update: VolumeUpdate, allowShrink: Bool = false) throws(ClientError) -> Reply<Volume> {
+        let query = allowShrink ? [(name: "allowShrink", value: "true")] : []
+        return try send("PATCH", QueryString.target(Self.volumePath(name), query), update)
     }
 
     /// Deletes a volume; remapd answers 204 with no body.
     func deleteVolume(named name: String) throws(ClientError) {
-        let path = "/v1/volumes/\(PathComponent.encode(name))"
-        _ = try perform(HTTPRequest(method: "DELETE", path: path))
+        _ = try perform(HTTPRequest(method: "DELETE", path: Self.volumePath(name)))
+    }
+
+    private static func poolPath(_ name: String) -> String {
+        "/v1/pools/\(PathComponent.encode(name))"
+    }
+
+    private static func volumePath(_ name: String) -> String {
+        "/v1/volumes/\(PathComponent.encode(name))"
     }
 
     // MARK: - Plumbing
 
     private func get<Value: Decodable>(_ path: String) throws(ClientError) -> Reply<Value> {
         try decode(perform(HTTPRequest(method: "GET", path: path)), path: path)
+    }
+
+    private func send<Body: Encodable, Value: Decodable>(
+        _ method: String, _ path: String, _ body: Body
+    ) throws(ClientError) -> Reply<Value> {
+        let encoded: [UInt8]
+        do {
+            encoded = Array(try JSONEncoder().encode(body))
+        } catch {
+            // remapctl's request bodies are strings, integers, booleans and
+            // string dictionaries, which always encode.
+            preconditionFailure("cannot encode the body of \(method) \(path): \(error)")
+        }
+        return try decode(perform(HTTPRequest(method: method, path: path, body: encoded)), path: path)
     }
 
     /// Sends the request with the token attached and turns error statuses

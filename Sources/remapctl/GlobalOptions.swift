@@ -48,13 +48,16 @@ struct GlobalOptions: ParsableArguments {
 
     /// A client for the daemon these options point at.
     ///
+    /// - Parameter timeoutSeconds: How long connecting and each wait for the
+    ///   daemon may take; shell completion wants a short one.
     /// - Throws: ``ClientError`` when no socket can be found or the token file
     ///   cannot be read. Nothing is connected yet.
-    func makeClient() throws(ClientError) -> APIClient {
+    func makeClient(timeoutSeconds: Int = 30) throws(ClientError) -> APIClient {
         let address = try ServerAddress.resolve(
             socket: socket, url: url, environment: Self.environment())
         let bearerToken = try tokenFile.map { (path) throws(ClientError) in try BearerToken.read(path: path) } ?? token
-        return APIClient(connection: HTTPConnection(address: address), bearerToken: bearerToken)
+        return APIClient(
+            connection: HTTPConnection(address: address, timeoutSeconds: timeoutSeconds), bearerToken: bearerToken)
     }
 
     private static func environment() -> [String: String] {

@@ -1,5 +1,5 @@
 /// One HTTP/1.1 request as remapctl sends it: always `Connection: close`,
-/// always asking for JSON, with a JSON body when there is one.
+/// asking for JSON unless told otherwise, with a JSON body when there is one.
 struct HTTPRequest: Sendable {
     var method: String
     /// The request target, already percent-encoded (see ``PathComponent``).
@@ -8,12 +8,18 @@ struct HTTPRequest: Sendable {
     var body: [UInt8]?
     /// Sent as `Authorization: Bearer <token>` when set.
     var bearerToken: String?
+    /// The media type asked for; `/metrics` answers in Prometheus text.
+    var accept: String
 
-    init(method: String, path: String, body: [UInt8]? = nil, bearerToken: String? = nil) {
+    init(
+        method: String, path: String, body: [UInt8]? = nil, bearerToken: String? = nil,
+        accept: String = "application/json"
+    ) {
         self.method = method
         self.path = path
         self.body = body
         self.bearerToken = bearerToken
+        self.accept = accept
     }
 
     /// The bytes on the wire: request line, headers, blank line, body.
@@ -22,7 +28,7 @@ struct HTTPRequest: Sendable {
         head += "Host: \(host)\r\n"
         head += "User-Agent: remapctl/\(RemapCtl.version)\r\n"
         head += "Connection: close\r\n"
-        head += "Accept: application/json\r\n"
+        head += "Accept: \(accept)\r\n"
         if let bearerToken {
             head += "Authorization: Bearer \(bearerToken)\r\n"
         }

@@ -39,6 +39,15 @@ enum Output {
         }
     }
 
+    /// A ratio with two decimals and an `x`, e.g. `0.25x` or `3.00x`, as
+    /// pools show how far their volumes overcommit them.
+    static func ratio(_ value: Double) -> String {
+        guard value.isFinite, value >= 0, value < 1e15 else { return "-" }
+        let hundredths = Int((value * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)x"
+    }
+
     /// A size both ways, e.g. `1.0 GiB (1073741824 bytes)`.
     static func size(_ bytes: Int) -> String {
         "\(ByteSize.format(bytes)) (\(bytes) bytes)"

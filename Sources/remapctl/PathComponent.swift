@@ -8,8 +8,14 @@ enum PathComponent {
         if name == "." || name == ".." {
             return String(repeating: "%2E", count: name.count)
         }
+        return percentEncoded(name)
+    }
+
+    /// `text` with every byte outside the unreserved set written as `%XX`.
+    /// What is left cannot end a path segment or a query parameter.
+    static func percentEncoded(_ text: String) -> String {
         var encoded = ""
-        for byte in name.utf8 {
+        for byte in text.utf8 {
             if isUnreserved(byte) {
                 encoded.unicodeScalars.append(Unicode.Scalar(byte))
             } else {

@@ -1,18 +1,23 @@
 import ArgumentParser
 
-/// `remapctl pool …`: look at the storage pools volumes draw from.
+/// `remapctl pool …`: the storage pools volumes draw from.
 struct PoolCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pool",
-        abstract: "Inspect storage pools.",
-        subcommands: [List.self, Show.self])
+        abstract: "Create, inspect, grow and delete storage pools.",
+        subcommands: [List.self, Show.self, Create.self, AddSupplier.self, Delete.self])
 }
 
 extension PoolCommand {
     /// `remapctl pool list`
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List pools with their capacity and use.")
+            abstract: "List pools with their capacity, use and overcommit.",
+            discussion: """
+                PROVISIONED is the sum of the pool's volume sizes; OVERCOMMIT is \
+                PROVISIONED / CAPACITY (above 1.00x the volumes could ask for more \
+                than the pool holds).
+                """)
 
         @OptionGroup var global: GlobalOptions
 
@@ -29,6 +34,9 @@ extension PoolCommand {
                 .init(title: "ALLOCATED", alignment: .right),
                 .init(title: "FREE", alignment: .right),
                 .init(title: "USED%", alignment: .right),
+                .init(title: "VOLUMES", alignment: .right),
+                .init(title: "PROVISIONED", alignment: .right),
+                .init(title: "OVERCOMMIT", alignment: .right),
             ])
             for pool in reply.value.pools.sorted(by: { $0.name < $1.name }) {
                 table.append([
@@ -38,6 +46,9 @@ extension PoolCommand {
                     ByteSize.format(pool.allocatedBytes),
                     ByteSize.format(pool.freeBytes),
                     ByteSize.percentage(pool.allocatedBytes, of: pool.capacityBytes),
+                    String(pool.volumeCount),
+                    ByteSize.format(pool.provisionedBytes),
+                    Output.ratio(pool.overcommitRatio),
                 ])
             }
             Output.print(table.rendered())
@@ -51,7 +62,7 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.")
+        @Argument(help: "The pool's name.", completion: Completion.pools)
         var name: String
 
         func validate() throws {
@@ -67,6 +78,36 @@ extension PoolCommand {
             Output.print(reply.value.details)
         }
     }
+
+    /// `remapctl pool delete NAME`
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete a pool that has no volumes.",
+            discussion: """
+                The file suppliers remapd created for the pool are removed; block \
+                devices are left as they are. A pool that still has volumes is \
+                refused (in-use).
+                """)
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The pool's name.", completion: Completion.pools)
+        var name: String
+
+        func validate() throws {
+            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
+        }
+
+        func run() throws {
+            try global.makeClient().deletePool(named: name)
+            if global.json {
+                // The daemon answers 204 without a body; scripts still get a document.
+                Output.print(JSONValue.object(["deleted": .string(name)]).prettyPrinted + "\n")
+                return
+            }
+            Output.print("pool \(name) deleted\n")
+        }
+    }
 }
 
 extension Pool {
@@ -79,6 +120,9 @@ extension Pool {
         fields.append("allocated", Output.size(allocatedBytes))
         fields.append("free", Output.size(freeBytes))
         fields.append("used", ByteSize.percentage(allocatedBytes, of: capacityBytes))
+        fields.append("volumes", String(volumeCount))
+        fields.append("provisioned", Output.size(provisionedBytes))
+        fields.append("overcommit", Output.ratio(overcommitRatio))
         fields.append("suppliers", suppliers.isEmpty ? "none" : String(suppliers.count))
         var text = fields.rendered()
         if !suppliers.isEmpty {
@@ -86,10 +130,14 @@ extension Pool {
                 .init(title: "ID"),
                 .init(title: "KIND"),
                 .init(title: "SIZE", alignment: .right),
+                .init(title: "PREALLOCATED"),
                 .init(title: "PATH"),
             ])
             for supplier in suppliers {
-                table.append([supplier.id, supplier.kind, ByteSize.format(supplier.sizeBytes), supplier.path])
+                let preallocated = supplier.preallocated.map { $0 ? "yes" : "no" } ?? "-"
+                table.append([
+                    supplier.id, supplier.kind, ByteSize.format(supplier.sizeBytes), preallocated, supplier.path,
+                ])
             }
             text += table.rendered(indent: "  ")
         }

@@ -15,7 +15,14 @@ struct RemapCtl: ParsableCommand {
         discussion: """
             remapctl talks to remapd's REST API on its unix socket (see --socket) \
             or over TCP (--url). Use --json on any command to get the daemon's \
-            JSON instead of tables.
+            JSON instead of tables. Global options may come before or after the \
+            subcommand.
+
+            Exit status: 0 on success; 1 when remapd cannot be reached or answers \
+            with an error, printed as one line: remapctl: <detail> (<code>, HTTP \
+            <status>); 2 when the command line is wrong.
+
+            Shell completion: remapctl --generate-completion-script bash|zsh|fish.
             """,
         version: version,
         subcommands: [
@@ -23,6 +30,7 @@ struct RemapCtl: ParsableCommand {
             VolumeCommand.self,
             VersionCommand.self,
             HealthCommand.self,
+            MetricsCommand.self,
         ])
 
     /// Exit status for a wrong command line. ArgumentParser uses 64

@@ -44,3 +44,21 @@ struct HealthCommand: ParsableCommand {
         }
     }
 }
+
+/// `remapctl metrics`: the daemon's Prometheus metrics.
+struct MetricsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics",
+        abstract: "Print remapd's metrics in Prometheus text format.",
+        discussion: """
+            The text is printed exactly as remapd serves it on GET /metrics; it is \
+            not JSON, so --json changes nothing.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let text = try global.makeClient().metrics().value
+        Output.print(text.isEmpty || text.hasSuffix("\n") ? text : text + "\n")
+    }
+}

@@ -12,6 +12,25 @@ struct Volume: Decodable, Equatable, Sendable {
     var createdAt: String
     /// The name under which the NBD server exports the volume.
     var exportName: String
+    /// The user's key/value labels.
+    var labels: Labels
+
+    private enum CodingKeys: String, CodingKey {
+        case id, name, pool, sizeBytes, allocatedBytes, createdAt, exportName, labels
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        name = try container.decode(String.self, forKey: .name)
+        pool = try container.decode(String.self, forKey: .pool)
+        sizeBytes = try container.decode(Int.self, forKey: .sizeBytes)
+        allocatedBytes = try container.decode(Int.self, forKey: .allocatedBytes)
+        createdAt = try container.decode(String.self, forKey: .createdAt)
+        exportName = try container.decode(String.self, forKey: .exportName)
+        // A volume without labels may come without the member; both mean none.
+        labels = try container.decodeIfPresent(Labels.self, forKey: .labels) ?? Labels()
+    }
 }
 
 /// The body of `POST /v1/volumes`.
@@ -20,9 +39,43 @@ struct VolumeSpec: Encodable, Sendable {
     var sizeBytes: Int
     /// The pool to draw from; the server picks "default" when omitted.
     var pool: String?
+    /// Left out when empty, so a plain create reads as it always did.
+    var labels: Labels?
 }
 
-/// The body of `GET /v1/volumes`.
+/// The body of `PATCH /v1/volumes/{name}`: the members to change.
+struct VolumeUpdate: Encodable, Sendable {
+    var sizeBytes: Int?
+    /// Replaces the volume's whole label set.
+    var labels: Labels?
+}
+
+/// The body of `GET /v1/volumes`: one page of the list.
 struct VolumeList: Decodable, Sendable {
     var volumes: [Volume]
+    /// Where the next page starts; absent on the last page.
+    var nextPageToken: String?
+}
+
+/// What `GET /v1/volumes` should return.
+struct VolumeQuery: Sendable {
+    /// Only volumes of this pool.
+    var pool: String?
+    /// `key=value` for volumes with that label, or `key` for volumes that
+    /// have the key at all.
+    var label: String?
+    /// The page size, 1–1000; the server's default is 100.
+    var limit: Int?
+    /// Continue after the page that returned this token.
+    var pageToken: String?
+
+    /// The query parameters in a fixed order.
+    var items: [(name: String, value: String)] {
+        var items: [(name: String, value: String)] = []
+        if let pool { items.append(("pool", pool)) }
+        if let label { items.append(("label", label)) }
+        if let limit { items.append(("limit", String(limit))) }
+        if let pageToken { items.append(("pageToken", pageToken)) }
+        return items
+    }
 }

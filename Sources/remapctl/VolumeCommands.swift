@@ -1,21 +1,26 @@
 import ArgumentParser
 
-/// `remapctl volume …`: create, inspect and delete volumes.
+/// `remapctl volume …`: create, inspect, change and delete volumes.
 struct VolumeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "volume",
-        abstract: "Create, inspect and delete volumes.",
-        subcommands: [Create.self, List.self, Show.self, Delete.self])
+        abstract: "Create, inspect, resize, label and delete volumes.",
+        subcommands: [Create.self, List.self, Show.self, Resize.self, Label.self, Delete.self])
 }
 
+/// The help for every `--size` of a volume.
+let volumeSizeHelp = ArgumentHelp(
+    "The volume's size: bytes, or a number with K, M, G, T or P (binary: 1K = 1024); a multiple of 512.",
+    valueName: "size")
+
 extension VolumeCommand {
-    /// `remapctl volume create NAME --size SIZE [--pool POOL]`
+    /// `remapctl volume create NAME --size SIZE [--pool POOL] [--label KEY=VALUE …]`
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a volume.",
             discussion: """
-                Creating a volume that already exists with the same size and pool \
-                succeeds and reports the existing volume.
+                Creating a volume that already exists with the same size, pool and \
+                labels succeeds and reports the existing volume.
                 """)
 
         @OptionGroup var global: GlobalOptions
@@ -23,23 +28,30 @@ extension VolumeCommand {
         @Argument(help: "The new volume's name.")
         var name: String
 
-        @Option(
-            help: ArgumentHelp(
-                "The volume's size: bytes, or a number with K, M, G, T or P (binary: 1K = 1024).",
-                valueName: "size"),
-            transform: { text in try ByteSize(parsing: text) })
+        @Option(help: volumeSizeHelp, transform: { text in try ByteSize(parsing: text) })
         var size: ByteSize
 
-        @Option(help: ArgumentHelp("The pool to draw from (default: the server's default pool).", valueName: "pool"))
+        @Option(
+            help: ArgumentHelp("The pool to draw from (default: the server's default pool).", valueName: "pool"),
+            completion: Completion.pools)
         var pool: String?
+
+        @Option(
+            name: .customLong("label"),
+            help: ArgumentHelp("A label to attach, key=value. Repeatable.", valueName: "key=value"),
+            transform: { text in try LabelAssignment(parsing: text) })
+        var labels: [LabelAssignment] = []
 
         func validate() throws {
             if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
             if pool?.isEmpty == true { throw ValidationError("--pool needs a name.") }
+            _ = try Labels(assignments: labels)
         }
 
         func run() throws {
-            let spec = VolumeSpec(name: name, sizeBytes: size.bytes, pool: pool)
+            let labelSet = try Labels(assignments: labels)
+            let spec = VolumeSpec(
+                name: name, sizeBytes: size.bytes, pool: pool, labels: labelSet.isEmpty ? nil : labelSet)
             let reply = try global.makeClient().createVolume(spec)
             if global.json {
                 Output.printJSON(reply.body)
@@ -50,47 +62,13 @@ extension VolumeCommand {
         }
     }
 
-    /// `remapctl volume list`
-    struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List volumes.")
-
-        @OptionGroup var global: GlobalOptions
-
-        func run() throws {
-            let reply = try global.makeClient().volumes()
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            var table = Table([
-                .init(title: "NAME"),
-                .init(title: "POOL"),
-                .init(title: "SIZE", alignment: .right),
-                .init(title: "ALLOCATED", alignment: .right),
-                .init(title: "CREATED"),
-                .init(title: "EXPORT"),
-            ])
-            for volume in reply.value.volumes.sorted(by: { $0.name < $1.name }) {
-                table.append([
-                    volume.name,
-                    volume.pool,
-                    ByteSize.format(volume.sizeBytes),
-                    ByteSize.format(volume.allocatedBytes),
-                    volume.createdAt,
-                    volume.exportName,
-                ])
-            }
-            Output.print(table.rendered())
-        }
-    }
-
     /// `remapctl volume show NAME`
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one volume.")
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.")
+        @Argument(help: "The volume's name.", completion: Completion.volumes)
         var name: String
 
         func validate() throws {
@@ -110,11 +88,12 @@ extension VolumeCommand {
     /// `remapctl volume delete NAME`
     struct Delete: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Delete a volume and release its space.")
+            abstract: "Delete a volume and release its space.",
+            discussion: "A volume an NBD client is connected to is refused (in-use).")
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.")
+        @Argument(help: "The volume's name.", completion: Completion.volumes)
         var name: String
 
         func validate() throws {
@@ -144,6 +123,7 @@ extension Volume {
         fields.append("allocated", Output.size(allocatedBytes))
         fields.append("created", createdAt)
         fields.append("export", exportName)
+        fields.append("labels", labels.isEmpty ? "none" : labels.summary)
         return fields.rendered()
     }
 }

@@ -31,7 +31,19 @@ struct Remapd: ParsableCommand {
     @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1073741824.")
     var defaultPoolSize: String = "4G"
 
+    @Option(help: "Directory new file suppliers must lie under (default: STATE_DIR/pools).")
+    var supplierDir: String?
+
+    @Option(help: "Bearer token file for the TCP API, created (mode 0600) if missing (default: STATE_DIR/api.token).")
+    var apiTokenFile: String?
+
+    @Option(help: "Group that may use the API unix socket (mode 0660); default: the daemon's group.")
+    var apiSocketGroup: String?
+
     func validate() throws {
+        if let apiSocketGroup, getgrnam(apiSocketGroup) == nil {
+            throw ValidationError("--api-socket-group '\(apiSocketGroup)': no such group")
+        }
         guard let size = ByteCount.parse(defaultPoolSize), size > 0 else {
             throw ValidationError("--default-pool-size '\(defaultPoolSize)' is not a size (examples: 4G, 512M, 1073741824)")
         }
@@ -65,7 +77,10 @@ struct Remapd: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
 
         let store = try MetadataStore(path: stateDirectory + "/metadata.db")
-        let engine = try Engine(store: store)
+        let suppliers = absolute(supplierDir ?? stateDirectory + "/pools")
+        try makeDirectory(suppliers)
+        let engine = try Engine(store: store, supplierDirectory: suppliers)
+        let token = try APIToken.load(orCreateAt: absolute(apiTokenFile ?? stateDirectory + "/api.token"))
         let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
         try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)
 
@@ -87,6 +102,7 @@ struct Remapd: ParsableCommand {
         } else {
             apiUnix = try SocketListener.unix(path: apiPath)
             socketPaths.append(apiPath)
+            if let apiSocketGroup { try SocketListener.setGroup(of: apiPath, to: apiSocketGroup) }
         }
         let nbdUnix: Int32
         if let fd = activated.removeValue(forKey: "nbd") {
@@ -113,8 +129,9 @@ struct Remapd: ParsableCommand {
 
         let router = Router(control: engine)
         var servers: [HTTPServer] = []
-        for fd in [apiUnix] + (apiTCP.map { [$0] } ?? []) {
-            let server = HTTPServer(router: router)
+        // The unix socket's permissions are its access control; TCP needs the token.
+        for (fd, needsToken) in [(apiUnix, false)] + (apiTCP.map { [($0, true)] } ?? []) {
+            let server = HTTPServer(router: router, token: needsToken ? token : nil)
             try server.start(listenFD: fd)
             servers.append(server)
         }

@@ -1,0 +1,41 @@
+/// A latency histogram with fixed buckets (seconds), Prometheus-style:
+/// `counts[i]` counts observations `<= bounds[i]`, not cumulated.
+public struct Histogram: Sendable, Equatable {
+    public static let bounds: [Double] = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    ]
+    /// One per bound, plus one for +Inf.
+    public private(set) var counts = [UInt64](repeating: 0, count: Histogram.bounds.count + 1)
+    public private(set) var sum: Double = 0
+    public private(set) var count: UInt64 = 0
+
+    public init() {}
+
+    public mutating func observe(_ seconds: Double) {
+        var index = 0
+        while index < Self.bounds.count && seconds > Self.bounds[index] { index += 1 }
+        counts[index] += 1
+        sum += seconds
+        count += 1
+    }
+}
+
+/// What one kind of NBD command has done since start.
+public struct CommandStatistics: Sendable, Equatable {
+    public var requests: UInt64 = 0
+    public var bytes: UInt64 = 0
+    /// By error name (EINVAL, EIO, ENOSPC, ...).
+    public var errors: [String: UInt64] = [:]
+    public var latency = Histogram()
+
+    public init() {}
+}
+
+/// The data path's counters, copied out of the engine for /metrics.
+public struct DataPathStatistics: Sendable, Equatable {
+    /// By command name (read, write, flush, ...).
+    public var commands: [String: CommandStatistics] = [:]
+    public var connections = 0
+
+    public init() {}
+}

@@ -1,0 +1,92 @@
+import ArgumentParser
+
+extension VolumeCommand {
+    /// `remapctl volume resize NAME --size SIZE [--allow-shrink]`
+    struct Resize: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a volume's size.",
+            discussion: """
+                Growing is always allowed. Shrinking needs --allow-shrink: the data \
+                past the new end is discarded and its chunks return to the pool, \
+                and no NBD client may be connected.
+                """)
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The volume's name.", completion: Completion.volumes)
+        var name: String
+
+        @Option(help: volumeSizeHelp, transform: { text in try ByteSize(parsing: text) })
+        var size: ByteSize
+
+        @Flag(help: "Allow a smaller size, discarding the data past it.")
+        var allowShrink = false
+
+        func validate() throws {
+            if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
+        }
+
+        func run() throws {
+            let reply = try global.makeClient().updateVolume(
+                named: name, VolumeUpdate(sizeBytes: size.bytes), allowShrink: allowShrink)
+            if global.json {
+                Output.printJSON(reply.body)
+                return
+            }
+            Output.print("volume \(reply.value.name) resized\n" + reply.value.details)
+        }
+    }
+
+    /// `remapctl volume label NAME [KEY=VALUE …] [--remove KEY …]`
+    struct Label: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set or remove a volume's labels.",
+            discussion: """
+                Sets each KEY=VALUE (replacing an existing value) and removes each \
+                --remove KEY (a key that is not there is ignored); other labels are \
+                kept. remapctl reads the current labels and sends the whole new \
+                set, so two label commands racing on one volume can lose an update.
+
+                  remapctl volume label vm1 app=db tier=gold --remove scratch
+                """)
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The volume's name.", completion: Completion.volumes)
+        var name: String
+
+        @Argument(
+            help: ArgumentHelp("Labels to set.", valueName: "key=value"),
+            transform: { text in try LabelAssignment(parsing: text) })
+        var assignments: [LabelAssignment] = []
+
+        @Option(
+            name: .customLong("remove"),
+            help: ArgumentHelp("A label key to remove. Repeatable.", valueName: "key"))
+        var removals: [String] = []
+
+        func validate() throws {
+            if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
+            if assignments.isEmpty && removals.isEmpty {
+                throw ValidationError("Give at least one KEY=VALUE to set or --remove KEY.")
+            }
+            _ = try Labels(assignments: assignments)
+            if let key = removals.first(where: { key in assignments.contains { $0.key == key } }) {
+                throw ValidationError("The label '\(key)' is both set and removed.")
+            }
+            if removals.contains(where: \.isEmpty) { throw ValidationError("--remove needs a key.") }
+        }
+
+        func run() throws {
+            let client = try global.makeClient()
+            let current = try client.volume(named: name).value
+            let labels = current.labels.applying(assignments, removing: removals)
+            let reply = try client.updateVolume(named: name, VolumeUpdate(labels: labels))
+            if global.json {
+                Output.printJSON(reply.body)
+                return
+            }
+            Output.print("volume \(reply.value.name) labelled\n" + reply.value.details)
+        }
+    }
+}
