@@ -8,6 +8,7 @@ Python binding.
 Environment:
   REMAPD    path of the daemon binary   (default: <repo>/.build/debug/remapd)
   REMAPCTL  path of the CLI binary      (default: <repo>/.build/debug/remapctl)
+  REMAP_ENGINE  data-path engine to run remapd with (io_uring or threads; default: remapd's choice)
 """
 
 import json
@@ -120,6 +121,8 @@ class Remapd:
                "--nbd-socket", str(self.nbd_sock)]
         if self.pool_size is not None:
             cmd += ["--default-pool-size", str(self.pool_size)]
+        if os.environ.get("REMAP_ENGINE"):
+            cmd += ["--engine", os.environ["REMAP_ENGINE"]]
         return cmd + self.extra_args
 
     def start(self, wait=True):
