@@ -6,30 +6,36 @@ import ArgumentParser
 /// asks the daemon named by the `--socket`, `--url` and token options already
 /// on the command line (or the defaults). Any failure completes nothing
 /// rather than printing an error into the user's prompt.
+///
+/// Every name is offered and the shell keeps those matching the word being
+/// completed (bash's `compgen`, zsh and fish all filter). remapctl does not
+/// filter itself: the prefix ArgumentParser hands over is taken from the last
+/// word of the line, which is not the word being completed when options
+/// follow it.
 enum Completion {
     /// How long completion waits for the daemon; a stuck TAB is worse than none.
     static let timeoutSeconds = 2
 
-    static let pools = CompletionKind.custom { words, _, prefix in
-        names(words: words, prefix: prefix) { (client) throws(ClientError) in
+    static let pools = CompletionKind.custom { words, _, _ in
+        names(words: words) { (client) throws(ClientError) in
             try client.pools().value.pools.map(\.name)
         }
     }
 
-    static let volumes = CompletionKind.custom { words, _, prefix in
-        names(words: words, prefix: prefix) { (client) throws(ClientError) in
+    static let volumes = CompletionKind.custom { words, _, _ in
+        names(words: words) { (client) throws(ClientError) in
             try client.volumePages(VolumeQuery(), follow: true).flatMap { $0.value.volumes.map(\.name) }
         }
     }
 
     private static func names(
-        words: [String], prefix: String, _ fetch: (APIClient) throws(ClientError) -> [String]
+        words: [String], _ fetch: (APIClient) throws(ClientError) -> [String]
     ) -> [String] {
         guard let options = try? GlobalOptions.parse(globalOptions(in: words)),
               let client = try? options.makeClient(timeoutSeconds: timeoutSeconds),
               let names = try? fetch(client)
         else { return [] }
-        return names.filter { $0.hasPrefix(prefix) }.sorted()
+        return names.sorted()
     }
 
     /// The global options among the shell words, wherever they stand, with

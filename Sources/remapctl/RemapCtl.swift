@@ -33,6 +33,13 @@ struct RemapCtl: ParsableCommand {
             MetricsCommand.self,
         ])
 
+    /// Never read: ``main()`` moves global options written before the
+    /// subcommand after it, where each command reads its own copy. Declaring
+    /// them here too lets help and the shell completion scripts know that
+    /// `remapctl --socket S pool show <TAB>` has a subcommand after `S`.
+    @OptionGroup(title: "Global options")
+    var global: GlobalOptions
+
     /// Exit status for a wrong command line. ArgumentParser uses 64
     /// (`EX_USAGE`); remap's tools use 2, like most Unix commands.
     static let usageExitCode = ExitCode(2)

@@ -8,10 +8,22 @@ struct VolumeCommand: ParsableCommand {
         subcommands: [Create.self, List.self, Show.self, Resize.self, Label.self, Delete.self])
 }
 
-/// The help for every `--size` of a volume.
-let volumeSizeHelp = ArgumentHelp(
-    "The volume's size: bytes, or a number with K, M, G, T or P (binary: 1K = 1024); a multiple of 512.",
-    valueName: "size")
+extension VolumeCommand {
+    /// The help for every `--size` of a volume.
+    static let sizeHelp = ArgumentHelp(
+        "The volume's size: bytes, or a number with K, M, G, T or P (binary: 1K = 1024); a multiple of 512.",
+        valueName: "size")
+
+    /// The labels `assignments` set, with a key given twice reported as a
+    /// command-line error (exit status 2) rather than a failure.
+    static func labelSet(_ assignments: [LabelAssignment]) throws(ValidationError) -> Labels {
+        do {
+            return try Labels(assignments: assignments)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+}
 
 extension VolumeCommand {
     /// `remapctl volume create NAME --size SIZE [--pool POOL] [--label KEY=VALUE …]`
@@ -28,7 +40,7 @@ extension VolumeCommand {
         @Argument(help: "The new volume's name.")
         var name: String
 
-        @Option(help: volumeSizeHelp, transform: { text in try ByteSize(parsing: text) })
+        @Option(help: VolumeCommand.sizeHelp, transform: { text in try ByteSize(parsing: text) })
         var size: ByteSize
 
         @Option(
@@ -45,13 +57,13 @@ extension VolumeCommand {
         func validate() throws {
             if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
             if pool?.isEmpty == true { throw ValidationError("--pool needs a name.") }
-            _ = try Labels(assignments: labels)
+            _ = try VolumeCommand.labelSet(labels)
         }
 
         func run() throws {
-            let labelSet = try Labels(assignments: labels)
+            let labels = try VolumeCommand.labelSet(self.labels)
             let spec = VolumeSpec(
-                name: name, sizeBytes: size.bytes, pool: pool, labels: labelSet.isEmpty ? nil : labelSet)
+                name: name, sizeBytes: size.bytes, pool: pool, labels: labels.isEmpty ? nil : labels)
             let reply = try global.makeClient().createVolume(spec)
             if global.json {
                 Output.printJSON(reply.body)

@@ -16,7 +16,7 @@ extension VolumeCommand {
         @Argument(help: "The volume's name.", completion: Completion.volumes)
         var name: String
 
-        @Option(help: volumeSizeHelp, transform: { text in try ByteSize(parsing: text) })
+        @Option(help: VolumeCommand.sizeHelp, transform: { text in try ByteSize(parsing: text) })
         var size: ByteSize
 
         @Flag(help: "Allow a smaller size, discarding the data past it.")
@@ -70,7 +70,7 @@ extension VolumeCommand {
             if assignments.isEmpty && removals.isEmpty {
                 throw ValidationError("Give at least one KEY=VALUE to set or --remove KEY.")
             }
-            _ = try Labels(assignments: assignments)
+            _ = try VolumeCommand.labelSet(assignments)
             if let key = removals.first(where: { key in assignments.contains { $0.key == key } }) {
                 throw ValidationError("The label '\(key)' is both set and removed.")
             }
