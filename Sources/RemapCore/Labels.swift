@@ -20,8 +20,9 @@ public enum Labels {
                     throw .invalidArgument("label key '\(key)' may only contain letters, digits, '.', '_', '/' and '-'")
                 }
             }
-            guard value.utf8.count <= maximumValueLength else {
-                throw .invalidArgument("label '\(key)' has a value longer than \(maximumValueLength) bytes")
+            // Counted in Unicode code points, as JSON Schema's maxLength does.
+            guard value.unicodeScalars.count <= maximumValueLength else {
+                throw .invalidArgument("label '\(key)' has a value longer than \(maximumValueLength) characters")
             }
         }
     }

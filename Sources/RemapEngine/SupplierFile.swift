@@ -28,13 +28,21 @@ enum SupplierFile {
         }
         var preallocated = preallocate
         do throws(RemapError) {
+            // Refuse what cannot fit before allocating: a failed fallocate can
+            // leave the host filesystem full until the file is removed.
+            let available = availableBytes(fd: fd)
+            if preallocate, sizeBytes > available {
+                throw .noSpace(requestedBytes: sizeBytes, availableBytes: available)
+            }
             if preallocate {
                 if fallocate(fd, 0, 0, off_t(sizeBytes)) != 0 {
                     let error = errno
                     if error == ENOSPC {
-                        var fs = statvfs()
-                        let available = fstatvfs(fd, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
-                        throw .noSpace(requestedBytes: sizeBytes, availableBytes: available)
+                        _ = ftruncate(fd, 0)  // give back what was allocated before measuring
+                        throw .noSpace(requestedBytes: sizeBytes, availableBytes: availableBytes(fd: fd))
+                    }
+                    if error == EFBIG {
+                        throw .invalidArgument("sizeBytes \(sizeBytes) is larger than the host filesystem allows for one file")
                     }
                     guard error == EOPNOTSUPP else {
                         throw .io(errno: error, context: "allocating \(sizeBytes) bytes for \(path): \(String(cString: strerror(error)))")
@@ -42,7 +50,13 @@ enum SupplierFile {
                     preallocated = false
                 }
             }
-            try systemCall("sizing supplier \(path)") { ftruncate(fd, off_t(sizeBytes)) }
+            if ftruncate(fd, off_t(sizeBytes)) != 0 {
+                let error = errno
+                if error == EFBIG || error == EINVAL {
+                    throw .invalidArgument("sizeBytes \(sizeBytes) is larger than the host filesystem allows for one file")
+                }
+                throw .io(errno: error, context: "sizing supplier \(path): \(String(cString: strerror(error)))")
+            }
             try systemCall("syncing supplier \(path)") { fsync(fd) }
         } catch {
             close(fd)
@@ -74,6 +88,14 @@ enum SupplierFile {
             if lstat(path, &status) == 0 {
                 throw .alreadyExists(kind: "file", name: path, detail: "supplier file '\(path)' exists already; remap only uses files it creates")
             }
+            // The text check above can be escaped through a symlinked
+            // directory: the real parent must lie inside the real root.
+            try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))  // invariant: path is absolute
+            guard let realRoot = realPath(directory), let realParent = realPath(String(path[..<path.lastIndex(of: "/")!])),
+                  realParent == realRoot || realParent.hasPrefix(realRoot.hasSuffix("/") ? realRoot : realRoot + "/")
+            else {
+                throw .invalidArgument("file supplier '\(path)' resolves outside the supplier directory \(directory)")
+            }
             return try create(path: path, sizeBytes: size, preallocate: preallocate)
         case .block:
             var status = stat()
@@ -103,6 +125,17 @@ enum SupplierFile {
             close(entry.fd)
             if entry.supplier.kind == .file { unlink(entry.supplier.path) }
         }
+    }
+
+    static func availableBytes(fd: Int32) -> UInt64 {
+        var fs = statvfs()
+        return fstatvfs(fd, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     static func size(fd: Int32, path: String) throws(RemapError) -> UInt64 {

@@ -505,10 +505,8 @@ def test_volume_delete_with_nbd_client_is_in_use(remapd):
 
 
 # ------------------------------------------------------------------ contract gaps found through remapctl
-# Each is a server deviation from docs/api-v1.md; xfail until remapd is fixed.
+# Each was a server deviation from docs/api-v1.md, found through remapctl.
 
-@pytest.mark.xfail(reason="remapd checks the supplier path textually; a symlink under --supplier-dir "
-                          "lets it create the file anywhere", strict=False)
 def test_file_supplier_cannot_escape_through_a_symlink(remapd, tmp_path):
     d = remapd
     outside = tmp_path / "outside"
@@ -522,8 +520,6 @@ def test_file_supplier_cannot_escape_through_a_symlink(remapd, tmp_path):
     api_error(p, "invalid-argument", 400)
 
 
-@pytest.mark.xfail(reason="remapd counts label values in UTF-8 bytes; the contract says 256 characters",
-                   strict=False)
 def test_label_value_limit_counts_characters(remapd):
     d = remapd
     d.create_volume("u", MiB)
@@ -532,8 +528,6 @@ def test_label_value_limit_counts_characters(remapd):
     api_error(d.ctl("volume", "label", "u", "snow=" + "\u2603" * 257), "invalid-argument", 400)
 
 
-@pytest.mark.xfail(reason="a file the host filesystem cannot hold (EFBIG) is a 500 internal, "
-                          "not 507 insufficient-space", strict=False)
 def test_file_supplier_too_large_for_the_filesystem(remapd):
     d = remapd
     path = supplier_path(d, "huge.img")
