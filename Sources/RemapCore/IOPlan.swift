@@ -19,6 +19,17 @@ public struct IOSegment: Equatable, Sendable {
     }
 }
 
+/// One chunk's share of a TRIM or WRITE_ZEROES.
+public struct ZeroPiece: Equatable, Sendable {
+    public var virtualChunk: UInt64
+    /// What the chunk maps to now; nil for a hole.
+    public var physicalChunk: UInt64?
+    public var offsetInChunk: UInt64
+    public var length: UInt64
+    /// The range covers the whole chunk (or all of a short last chunk).
+    public var whole: Bool
+}
+
 /// A chunk that a write mapped for the first time.
 public struct NewMapping: Equatable, Sendable {
     public var virtualChunk: UInt64
@@ -54,7 +65,7 @@ extension Volume {
             guard !shortOfSpace else { return }
             var physical = map.lookup(chunk)
             if physical == nil {
-                guard let new = pool.allocator.allocate() else { shortOfSpace = true; return }
+                guard let new = pool.takeChunk() else { shortOfSpace = true; return }
                 map.map(chunk, to: new)
                 fresh.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
                 physical = new
@@ -66,14 +77,49 @@ extension Volume {
                 to: &segments)
         }
         if shortOfSpace {
-            for mapping in fresh {
+            for mapping in fresh.reversed() {
                 map.unmap(mapping.virtualChunk)
-                pool.allocator.release(mapping.physicalChunk)
+                pool.returnChunk(mapping.physicalChunk)
             }
             let needed = UInt64(fresh.count + 1) * pool.chunkSize
             throw .noSpace(requestedBytes: needed, availableBytes: pool.freeBytes)
         }
         return (segments, fresh)
+    }
+
+    /// The pieces of `[offset, offset+length)` for TRIM and WRITE_ZEROES:
+    /// each chunk touched, whether the range covers it whole, and what it
+    /// maps to now.
+    public func zeroPlan(offset: UInt64, length: Int) -> [ZeroPiece] {
+        var pieces: [ZeroPiece] = []
+        walk(offset: offset, length: length) { chunk, _, inChunk, count in
+            let whole = inChunk == 0 && (UInt64(count) == pool.chunkSize
+                || offset + UInt64(length) == sizeBytes && chunk == map.virtualChunks - 1)
+            pieces.append(ZeroPiece(virtualChunk: chunk, physicalChunk: map.lookup(chunk),
+                                    offsetInChunk: inChunk, length: UInt64(count), whole: whole))
+        }
+        return pieces
+    }
+
+    /// Runs of mapped and unmapped bytes from `offset`, at most `length`
+    /// bytes and `maximumRuns` runs (for NBD block status).
+    public func allocationRuns(offset: UInt64, length: UInt64, maximumRuns: Int) -> [(length: UInt64, mapped: Bool)] {
+        var runs: [(length: UInt64, mapped: Bool)] = []
+        let end = offset + length
+        var position = offset
+        while position < end {
+            let chunk = position / pool.chunkSize
+            let mapped = map.lookup(chunk) != nil
+            let count = min((chunk + 1) * pool.chunkSize, end) - position
+            if let last = runs.last, last.mapped == mapped {
+                runs[runs.count - 1].length += count
+            } else {
+                if runs.count == maximumRuns { break }
+                runs.append((count, mapped))
+            }
+            position += count
+        }
+        return runs
     }
 
     private func walk(offset: UInt64, length: Int, _ body: (UInt64, Int, UInt64, Int) -> Void) {

@@ -13,6 +13,13 @@ public final class Pool {
     /// First physical chunk of each supplier.
     public private(set) var firstChunks: [UInt64] = []
     public var allocator = ChunkAllocator(capacity: 0)
+    /// Free chunks whose "may hold data" mark is durable, so a write can
+    /// use them at once and a crash before its mapping commits still gets
+    /// them zeroed. Taken out of `allocator`, still counted as free.
+    private var prepared: [UInt64] = []
+    private var preparedHead = 0
+    /// Chunks taken out of `allocator` for a preparation not yet durable.
+    public private(set) var preparing = 0
 
     public static let maximumSuppliers = 64
 
@@ -49,8 +56,52 @@ public final class Pool {
     }
 
     public var capacityBytes: UInt64 { allocator.capacity * chunkSize }
-    public var allocatedBytes: UInt64 { allocator.usedCount * chunkSize }
-    public var freeBytes: UInt64 { allocator.freeCount * chunkSize }
+    public var allocatedBytes: UInt64 { (allocator.usedCount - stashedChunks) * chunkSize }
+    public var freeBytes: UInt64 { (allocator.freeCount + stashedChunks) * chunkSize }
+    /// Free chunks ready for writes (prepared) or being prepared.
+    public var stashedChunks: UInt64 { UInt64(prepared.count - preparedHead + preparing) }
+    public var preparedCount: Int { prepared.count - preparedHead }
+
+    /// Takes up to `count` free chunks to prepare (mark durably); call
+    /// `didPrepare` with them once the mark is durable.
+    public func startPreparing(_ count: Int) -> [UInt64] {
+        var chunks: [UInt64] = []
+        while chunks.count < count, let chunk = allocator.allocate() { chunks.append(chunk) }
+        preparing += chunks.count
+        return chunks
+    }
+
+    public func didPrepare(_ chunks: [UInt64]) {
+        preparing -= chunks.count
+        if preparedHead > 4096 && preparedHead * 2 > prepared.count {
+            prepared.removeFirst(preparedHead)
+            preparedHead = 0
+        }
+        prepared.append(contentsOf: chunks)
+    }
+
+    /// Gives back chunks whose preparation failed.
+    public func preparationFailed(_ chunks: [UInt64]) {
+        preparing -= chunks.count
+        for chunk in chunks { allocator.release(chunk) }
+    }
+
+    /// A prepared chunk for a write, or nil when none is ready (see
+    /// `freeBytes` to tell "wait for preparation" from "out of space").
+    public func takeChunk() -> UInt64? {
+        guard preparedHead < prepared.count else { return nil }
+        defer { preparedHead += 1 }
+        return prepared[preparedHead]
+    }
+
+    /// Returns a chunk taken by `takeChunk` that was not used.
+    public func returnChunk(_ chunk: UInt64) {
+        if preparedHead > 0 && prepared[preparedHead - 1] == chunk {
+            preparedHead -= 1
+        } else {
+            prepared.append(chunk)
+        }
+    }
 
     /// What the control plane shows; `volumes` are the pool's volumes.
     public func info(volumes: [Volume]) -> PoolInfo {

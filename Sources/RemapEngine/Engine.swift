@@ -29,19 +29,35 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private(set) var pools: [String: Pool] = [:]
     private(set) var volumes: [String: Volume] = [:]
     /// Open supplier files by pool name, in supplier order.
-    private var supplierFDs: [String: [Int32]] = [:]
+    var supplierFDs: [String: [Int32]] = [:]
     private var nextVolumeKey: Int64 = 1
     /// Volumes whose creation is not yet durable.
     private var undurable: Set<Int64> = []
 
     /// Metadata changes of completed writes, committed at the next FLUSH or
     /// periodic commit.
-    private var pending: [MetadataChange] = []
+    var pending: [MetadataChange] = []
     /// Chunks mapped by a write that has not completed yet; they join
     /// `pending` when a write into them completes.
-    private var unsettled: [ChunkKey: UInt64] = [:]
-    private var lastCommit = monotonicNanoseconds()
+    var unsettled: [ChunkKey: UInt64] = [:]
+    var lastCommit = monotonicNanoseconds()
     private static let commitInterval: Int64 = 5_000_000_000
+
+    /// Data I/O in flight, by the epoch it started in. A chunk unmapped in
+    /// epoch E is zeroed and reused only when no I/O of an epoch <= E is left,
+    /// so no late read or write can touch it in its next life.
+    var epoch: UInt64 = 0
+    var ioInFlight: [UInt64: Int] = [:]
+    /// Chunks unmapped by TRIM/WRITE_ZEROES since the last commit.
+    var unmapped: [(pool: Pool, chunk: UInt64)] = []
+    /// Committed as unmapped, waiting for older I/O to finish before zeroing.
+    var draining: [(epoch: UInt64, pool: Pool, chunks: [UInt64])] = []
+    /// Writes waiting for prepared chunks.
+    var waitingForChunks: [() -> Void] = []
+    /// Pools with a chunk preparation commit in flight.
+    var preparingPools: Set<String> = []
+    static let stashTarget = 1024
+    static let stashLowWater = 512
 
     private var listeners: [Int32] = []
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
@@ -99,10 +115,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             volume.map.map(virtual, to: physical)
             volume.pool.allocator.markUsed(physical)
         }
-        // Chunks freed before a crash may not have been zeroed yet.
+        // Chunks freed (or prepared for writes) before a crash may hold
+        // data nobody maps: zero them. Mapped ones just lose the mark.
         for (poolName, chunks) in try store.dirtyChunks() {
             guard let pool = pools[poolName] else { continue }
-            let job = zeroJob(pool: pool, chunks: chunks)
+            let mapped = chunks.filter { pool.allocator.isUsed($0) }
+            try store.apply(mapped.map { .clearDirty(pool: poolName, physicalChunk: $0) })
+            let job = zeroJob(pool: pool, chunks: chunks.filter { !pool.allocator.isUsed($0) })
             for range in job.zeroRanges { try Committer.zero(range) }
             for fd in Set(job.zeroRanges.map(\.fd)) { try systemCall("fdatasync supplier") { fdatasync(fd) } }
             try store.apply(job.afterZeroing)
@@ -133,6 +152,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func start() {
         committer.start()
         armWake()
+        post { [self] in for pool in pools.values { prepareChunks(pool) } }
         startThread(name: "remap-engine") { [self] in
             while !finished {
                 ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
@@ -195,7 +215,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             commit { [self] _ in finished = true }
             return
         }
-        if !pending.isEmpty && monotonicNanoseconds() - lastCommit > Self.commitInterval {
+        if (!pending.isEmpty || !unmapped.isEmpty) && monotonicNanoseconds() - lastCommit > Self.commitInterval {
             commit { result in
                 if case .failure(let error) = result { log("periodic metadata commit failed: \(error)") }
             }
@@ -268,6 +288,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             let key = ChunkKey(volume: volume.key, chunk: chunk)
             if let physical = unsettled.removeValue(forKey: key) {
                 pending.append(.map(volume: volume.key, virtualChunk: chunk, physicalChunk: physical))
+                pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
             }
         }
     }
@@ -278,24 +299,37 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         commit(completion)
     }
 
-    private var allSupplierFDs: [Int32] { supplierFDs.values.flatMap { $0 } }
+    var allSupplierFDs: [Int32] { supplierFDs.values.flatMap { $0 } }
 
-    private func commit(extra: [MetadataChange] = [], _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+    func commit(extra: [MetadataChange] = [], _ completion: @escaping (Result<Void, RemapError>) -> Void) {
         let changes = pending + extra
         pending = []
         lastCommit = monotonicNanoseconds()
-        submit(CommitJob(syncFDs: allSupplierFDs, changes: changes) { _ in }, completion)
+        let freed = unmapped
+        unmapped = []
+        let tag = epoch
+        epoch += 1
+        submit(CommitJob(syncFDs: allSupplierFDs, changes: changes) { _ in }) { [self] result in
+            if case .success = result, !freed.isEmpty {
+                for (name, group) in Dictionary(grouping: freed, by: { $0.pool.name }) {
+                    draining.append((tag, group[0].pool, group.map(\.chunk)))
+                    _ = name
+                }
+                reclaimDrained()
+            }
+            completion(result)
+        }
     }
 
     /// Hands `job` to the committer; `completion` comes back on the engine thread.
-    private func submit(_ job: CommitJob, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+    func submit(_ job: CommitJob, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
         var job = job
         let done = UncheckedBox(completion)
         job.completion = { [self] result in post { done.value(result) } }
         committer.submit(job)
     }
 
-    private func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
+    func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
         var ranges: [ZeroRange] = []
         for chunk in chunks.sorted() {
             let location = pool.location(of: chunk)
@@ -422,6 +456,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 switch result {
                 case .success:
                     for chunk in chunks { volume.pool.allocator.release(chunk) }
+                    chunksReleased(volume.pool)
                 case .failure(let error):
                     log("deleting volume '\(name)' failed: \(error)")
                     volumes[name] = volume
@@ -475,9 +510,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             job.changes = pending + changes
             pending = []
             lastCommit = monotonicNanoseconds()
-            submit(job) { result in
+            submit(job) { [self] result in
                 if case .success = result {
                     for mapping in cut { volume.pool.allocator.release(mapping.physicalChunk) }
+                    chunksReleased(volume.pool)
                 }
                 // A failed commit leaves the live volume ahead of the metadata;
                 // the error says so and a restart reloads the durable state.
@@ -535,6 +571,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     if case .success = result {
                         pools[spec.name] = installed.value
                         supplierFDs[spec.name] = fds.value
+                        prepareChunks(installed.value)
                     }
                     reply(result.map { (info(installed.value), true) })
                 }
@@ -584,6 +621,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                         // invariant: checked above that the supplier holds at least one chunk
                         try? pool.add(made.supplier)
                         supplierFDs[name, default: []].append(made.fd)
+                        chunksReleased(pool)
                     }
                     reply(result.map { info(pool) })
                 }

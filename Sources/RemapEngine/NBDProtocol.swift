@@ -35,7 +35,12 @@ enum NBD {
     static let transmitReadOnly: UInt16 = 1 << 1
     static let transmitSendFlush: UInt16 = 1 << 2
     static let transmitSendFUA: UInt16 = 1 << 3
+    static let transmitSendTrim: UInt16 = 1 << 5
+    static let transmitSendWriteZeroes: UInt16 = 1 << 6
+    static let transmitSendDF: UInt16 = 1 << 7
     static let transmitCanMultiConn: UInt16 = 1 << 8
+    static let transmitSendCache: UInt16 = 1 << 10
+    static let transmitSendFastZero: UInt16 = 1 << 11
 
     enum Command: UInt16 {
         case read = 0, write = 1, disconnect = 2, flush = 3, trim = 4, cache = 5, writeZeroes = 6, blockStatus = 7
@@ -57,6 +62,25 @@ enum NBD {
 
     /// Command flags.
     static let commandFUA: UInt16 = 1 << 0
+    static let commandNoHole: UInt16 = 1 << 1
+    static let commandDF: UInt16 = 1 << 2
+    static let commandReqOne: UInt16 = 1 << 3
+    static let commandFastZero: UInt16 = 1 << 4
+
+    static let structuredReplyMagic: UInt32 = 0x668e_33ef
+    static let replyFlagDone: UInt16 = 1 << 0
+
+    enum ReplyType: UInt16 {
+        case none = 0, offsetData = 1, offsetHole = 2, blockStatus = 5
+        case error = 0x8001, errorOffset = 0x8002
+    }
+
+    /// The one metadata context remap serves, and its id on the wire.
+    static let allocationContext = "base:allocation"
+    static let allocationContextID: UInt32 = 1
+    static let stateHole: UInt32 = 1 << 0
+    static let stateZero: UInt32 = 1 << 1
+    static let structuredHeaderSize = 20
 
     /// Error values on the wire (they are not the host's errno numbers).
     enum Error: UInt32 {

@@ -78,6 +78,11 @@ final class Ring {
         prepare(handler) { io_uring_prep_send($0, fd, buffer, count, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// fallocate(2) on the ring (mode FALLOC_FL_*).
+    func allocateSpace(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, _ handler: @escaping Handler) {
+        prepare(handler) { io_uring_prep_fallocate($0, fd, mode, off_t(offset), off_t(length)) }
+    }
+
     func accept(fd: Int32, _ handler: @escaping Handler) {
         prepare(handler) { io_uring_prep_accept($0, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
     }

@@ -8,7 +8,10 @@ import Testing
         let each = (0..<suppliers).map {
             Supplier(id: "s\($0)", kind: .file, path: "/p/\($0)", sizeBytes: chunks * chunk, preallocated: true)
         }
-        return try Pool(name: "p", chunkSize: chunk, suppliers: each)
+        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: each)
+        // Writes draw on prepared chunks; prepare them all.
+        pool.didPrepare(pool.startPreparing(Int(chunks) * suppliers))
+        return pool
     }
 
     @Test func accounting_identity_holds_through_writes_and_frees() throws {
@@ -63,6 +66,37 @@ import Testing
         let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 20, createdAt: "")
         let (segments, _) = try volume.writePlan(offset: 0, length: Int(4 * chunk))
         #expect(segments.count == 2)  // not merged across suppliers
+    }
+
+    @Test func prepared_chunks_count_as_free_until_written() throws {
+        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [
+            Supplier(id: "s", kind: .file, path: "/p", sizeBytes: 10 * chunk, preallocated: true),
+        ])
+        let taken = pool.startPreparing(4)
+        #expect(taken.count == 4 && pool.freeBytes == 10 * chunk && pool.allocatedBytes == 0)
+        #expect(pool.takeChunk() == nil)  // not durable yet
+        pool.didPrepare(taken)
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 20, createdAt: "")
+        _ = try volume.writePlan(offset: 0, length: Int(2 * chunk))
+        #expect(pool.allocatedBytes == 2 * chunk && pool.freeBytes == 8 * chunk && pool.preparedCount == 2)
+        // A failed plan gives its chunks back to the stash.
+        #expect(throws: RemapError.self) { _ = try volume.writePlan(offset: 4 * chunk, length: Int(3 * chunk)) }
+        #expect(pool.preparedCount == 2 && pool.allocatedBytes == 2 * chunk)
+    }
+
+    @Test func zero_plan_and_allocation_runs() throws {
+        let pool = try pool(chunks: 100)
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 10 * chunk + 512, createdAt: "")
+        _ = try volume.writePlan(offset: chunk, length: Int(2 * chunk))
+        let pieces = volume.zeroPlan(offset: chunk / 2, length: Int(2 * chunk))
+        #expect(pieces.map(\.whole) == [false, true, false])
+        #expect(pieces.map { $0.physicalChunk != nil } == [false, true, true])
+        // The short last chunk counts as whole when the range runs to the end.
+        #expect(volume.zeroPlan(offset: 10 * chunk, length: 512).map(\.whole) == [true])
+        let runs = volume.allocationRuns(offset: 0, length: 10 * chunk + 512, maximumRuns: 10)
+        #expect(runs.map(\.length) == [chunk, 2 * chunk, 7 * chunk + 512])
+        #expect(runs.map(\.mapped) == [false, true, false])
+        #expect(volume.allocationRuns(offset: 0, length: 4 * chunk, maximumRuns: 1).map(\.length) == [chunk])
     }
 
     @Test(arguments: [UInt64(0), 1000, 513])

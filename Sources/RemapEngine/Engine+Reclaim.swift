@@ -1,0 +1,147 @@
+import Glibc
+import RemapCore
+import RemapStore
+
+/// Chunk life cycle on the engine thread: preparing free chunks for writes,
+/// unmapping chunks (TRIM, WRITE_ZEROES), and making unmapped chunks free
+/// again once no I/O can still touch them.
+extension Engine {
+    /// Starts a data I/O; returns its epoch for `endIO`.
+    func beginIO() -> UInt64 {
+        ioInFlight[epoch, default: 0] += 1
+        return epoch
+    }
+
+    func endIO(_ started: UInt64) {
+        if let count = ioInFlight[started], count > 1 {
+            ioInFlight[started] = count - 1
+        } else {
+            ioInFlight[started] = nil
+            if !draining.isEmpty { reclaimDrained() }
+        }
+    }
+
+    /// Keeps a stash of prepared chunks: free chunks durably marked dirty,
+    /// so writes can take them without a commit of their own and a crash
+    /// before their mapping commits still gets them zeroed.
+    func prepareChunks(_ pool: Pool) {
+        guard !preparingPools.contains(pool.name), pool.preparedCount < Self.stashLowWater else { return }
+        let chunks = pool.startPreparing(Self.stashTarget - pool.preparedCount)
+        guard !chunks.isEmpty else { return }
+        preparingPools.insert(pool.name)
+        let job = CommitJob(syncFDs: [], changes: chunks.map { .markDirty(pool: pool.name, physicalChunk: $0) }) { _ in }
+        submit(job) { [self] result in
+            preparingPools.remove(pool.name)
+            switch result {
+            case .success:
+                pool.didPrepare(chunks)
+            case .failure(let error):
+                log("preparing chunks of pool '\(pool.name)' failed: \(error)")
+                pool.preparationFailed(chunks)
+            }
+            wakeWritersWaitingForChunks()
+        }
+    }
+
+    /// Whether a write that found no prepared chunk should wait (chunks are
+    /// coming) rather than fail with ENOSPC.
+    func chunksComing(_ pool: Pool) -> Bool {
+        prepareChunks(pool)
+        return preparingPools.contains(pool.name)
+    }
+
+    /// Runs `retry` once chunk preparation has moved on.
+    func waitForChunks(_ retry: @escaping () -> Void) {
+        waitingForChunks.append(retry)
+    }
+
+    private func wakeWritersWaitingForChunks() {
+        let waiting = waitingForChunks
+        waitingForChunks = []
+        for retry in waiting { retry() }
+    }
+
+    /// Chunks went back to the allocator: refill stashes, wake waiters.
+    func chunksReleased(_ pool: Pool) {
+        prepareChunks(pool)
+        if !preparingPools.contains(pool.name) { wakeWritersWaitingForChunks() }
+    }
+
+    /// Unmaps `virtual` of `volume` now (reads see zeros); the chunk is
+    /// freed after the next commit and once older I/O has drained.
+    func unmapChunk(_ volume: Volume, _ virtual: UInt64) {
+        guard let physical = volume.map.unmap(virtual) else { return }
+        let key = ChunkKey(volume: volume.key, chunk: virtual)
+        if unsettled.removeValue(forKey: key) == nil {
+            pending.append(.unmap(volume: volume.key, virtualChunk: virtual))
+        }
+        pending.append(.markDirty(pool: volume.pool.name, physicalChunk: physical))
+        unmapped.append((volume.pool, physical))
+    }
+
+    /// Maps a hole to a prepared (clean) chunk without writing to it, for
+    /// WRITE_ZEROES with NO_HOLE. False when no prepared chunk is ready.
+    func mapCleanChunk(_ volume: Volume, _ virtual: UInt64) -> Bool {
+        guard let physical = volume.pool.takeChunk() else { return false }
+        volume.map.map(virtual, to: physical)
+        pending.append(.map(volume: volume.key, virtualChunk: virtual, physicalChunk: physical))
+        pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
+        if volume.pool.preparedCount < Self.stashLowWater { prepareChunks(volume.pool) }
+        return true
+    }
+
+    /// Zeroes and frees every committed unmapped chunk that no I/O in
+    /// flight can still touch.
+    func reclaimDrained() {
+        let oldest = ioInFlight.keys.min() ?? UInt64.max
+        var ready: [(pool: Pool, chunks: [UInt64])] = []
+        draining.removeAll { entry in
+            guard entry.epoch < oldest else { return false }
+            ready.append((entry.pool, entry.chunks))
+            return true
+        }
+        for (pool, chunks) in ready {
+            guard pools[pool.name] === pool else { continue }
+            submit(zeroJob(pool: pool, chunks: chunks)) { [self] result in
+                switch result {
+                case .success:
+                    for chunk in chunks { pool.allocator.release(chunk) }
+                    chunksReleased(pool)
+                case .failure(let error):
+                    // They stay allocated (and marked dirty): a restart zeroes them.
+                    log("zeroing freed chunks of pool '\(pool.name)' failed: \(error)")
+                }
+            }
+        }
+    }
+}
+
+extension Engine {
+    /// Makes a supplier range read zeros: fallocate on the ring (punch a
+    /// hole, or zero-range to keep the blocks), else writes of zeros unless
+    /// `fast` (then the handler gets -EOPNOTSUPP).
+    func zeroSupplier(fd: Int32, offset: UInt64, length: UInt64, punch: Bool, fast: Bool, _ handler: @escaping (Int32) -> Void) {
+        let mode = punch ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
+        ring.allocateSpace(fd: fd, mode: mode, offset: offset, length: length) { [self] result in
+            guard result == -EOPNOTSUPP || result == -EINVAL else { return handler(result) }
+            if fast { return handler(-EOPNOTSUPP) }
+            writeZeros(fd: fd, offset: offset, length: length, handler)
+        }
+    }
+
+    private func writeZeros(fd: Int32, offset: UInt64, length: UInt64, _ handler: @escaping (Int32) -> Void) {
+        guard length > 0 else { return handler(0) }
+        let count = Int(min(length, UInt64(Self.zeros.count)))
+        ring.writeFully(fd: fd, from: Self.zeros.pointer, count: count, offset: offset) { [self] result in
+            if result < 0 { return handler(result) }
+            writeZeros(fd: fd, offset: offset + UInt64(count), length: length - UInt64(count), handler)
+        }
+    }
+
+    /// A megabyte of zeros, never written to, shared by every zeroing write.
+    nonisolated(unsafe) static let zeros: IOBuffer = {
+        let buffer = IOBuffer(count: 1 << 20)
+        memset(buffer.pointer, 0, buffer.count)
+        return buffer
+    }()
+}

@@ -1,0 +1,333 @@
+import Glibc
+import RemapCore
+
+/// The transmission phase: every command, with simple or structured replies.
+extension NBDConnection {
+    func handleRequest(_ request: NBDRequest) {
+        let started = monotonicNanoseconds()
+        guard let volume = export else { return protocolError("request before export") }  // unreachable by phase
+        let command = NBD.Command(rawValue: request.type)
+        if command == .disconnect { return endInput() }
+        requestsInFlight += 1
+        let length = Int(request.length)
+        let inRange = request.offset <= volume.sizeBytes && UInt64(request.length) <= volume.sizeBytes - request.offset
+        let flags = request.flags
+        func refuse(_ error: NBD.Error, _ message: String) {
+            if command == .write { discarding = length }  // skip the payload, stay in sync
+            reply(request, started, error: error, message: message)
+        }
+        let allowed: UInt16
+        switch command {
+        case .read: allowed = NBD.commandFUA | (structuredReplies ? NBD.commandDF : 0)
+        case .write, .trim, .cache, .flush: allowed = NBD.commandFUA
+        case .writeZeroes: allowed = NBD.commandFUA | NBD.commandNoHole | NBD.commandFastZero
+        case .blockStatus: allowed = NBD.commandFUA | NBD.commandReqOne
+        default: return refuse(.invalid, "unknown command \(request.type)")
+        }
+        guard flags & ~allowed == 0 else { return refuse(.invalid, "flags \(flags) are not valid for this command") }
+        if command == .flush {
+            return engine.flush { [self] result in reply(request, started, error: result.nbdError) }
+        }
+        if readOnly && (command == .write || command == .trim || command == .writeZeroes) {
+            return refuse(.permission, "export '\(volume.name)' is read-only")
+        }
+        guard length > 0 else { return refuse(.invalid, "length must not be 0") }
+        guard inRange else {
+            return refuse(.invalid, "range \(request.offset)+\(length) ends beyond the export's \(volume.sizeBytes) bytes")
+        }
+        switch command {
+        case .read:
+            guard length <= NBD.maximumPayload else { return refuse(.invalid, "reads are limited to \(NBD.maximumPayload) bytes") }
+            read(request, volume, started)
+        case .write:
+            guard length <= NBD.maximumPayload else { return refuse(.invalid, "writes are limited to \(NBD.maximumPayload) bytes") }
+            let buffer = IOBuffer(count: length)
+            let ready = takeInput(into: buffer.pointer, count: length)
+            if ready == length {
+                write(request, buffer, started)
+            } else {
+                let pending = Payload(request: request, buffer: buffer, started: started)
+                pending.filled = ready
+                payload = pending
+            }
+        case .trim:
+            zero(request, volume, started, keepAllocated: false)
+        case .writeZeroes:
+            zero(request, volume, started, keepAllocated: flags & NBD.commandNoHole != 0)
+        case .cache:
+            reply(request, started, error: nil)  // data is read from the suppliers on demand
+        case .blockStatus:
+            blockStatus(request, volume, started)
+        default:
+            refuse(.invalid, "unknown command \(request.type)")
+        }
+    }
+
+    // MARK: - READ
+
+    /// Room before the data for the largest header (structured: 20 + 8).
+    private static let headroom = 32
+
+    private func read(_ request: NBDRequest, _ volume: Volume, _ started: Int64) {
+        let length = Int(request.length)
+        let buffer = IOBuffer(count: Self.headroom + length)
+        let data = buffer.pointer + Self.headroom
+        let segments = volume.readPlan(offset: request.offset, length: length)
+        let progress = Progress(remaining: segments.count)
+        let epoch = engine.beginIO()
+        let finish = { [self] in
+            engine.endIO(epoch)
+            if progress.failure != 0 { return reply(request, started, error: .io, message: "reading the supplier failed") }
+            if structuredReplies {
+                sendStructuredRead(request, buffer, segments, dontFragment: request.flags & NBD.commandDF != 0)
+            } else {
+                encodeSimpleReply(into: buffer.pointer + Self.headroom - NBD.simpleReplyHeaderSize, error: 0, cookie: request.cookie)
+                send(buffer, offset: Self.headroom - NBD.simpleReplyHeaderSize, count: NBD.simpleReplyHeaderSize + length)
+            }
+            engine.record(command: "read", bytes: length, error: nil, started: started)
+            answered()
+        }
+        for segment in segments {
+            switch segment.target {
+            case .zeros:
+                memset(data + segment.bufferOffset, 0, segment.length)
+                progress.remaining -= 1
+            case .supplier(let index, let offset):
+                let fd = engine.supplierFD(pool: volume.pool, index: index)
+                ring.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: offset) { result in
+                    _ = buffer  // the buffer lives until the read completes
+                    progress.complete(result)
+                    if progress.remaining == 0 { finish() }
+                }
+            }
+        }
+        if progress.remaining == 0 { finish() }
+    }
+
+    /// A READ's structured reply: holes as OFFSET_HOLE and data as
+    /// OFFSET_DATA chunks, or one OFFSET_DATA when the client said DF.
+    private func sendStructuredRead(_ request: NBDRequest, _ buffer: IOBuffer, _ segments: [IOSegment], dontFragment: Bool) {
+        let length = Int(request.length)
+        var pieces: [(offset: Int, length: Int, hole: Bool)] = []
+        if dontFragment {
+            pieces = [(0, length, false)]
+        } else {
+            for segment in segments {
+                let hole = segment.target == .zeros
+                if let last = pieces.last, last.hole == hole {
+                    pieces[pieces.count - 1].length += segment.length
+                } else {
+                    pieces.append((segment.bufferOffset, segment.length, hole))
+                }
+            }
+        }
+        for (index, piece) in pieces.enumerated() {
+            let flags = index == pieces.count - 1 ? NBD.replyFlagDone : 0
+            let offset = request.offset + UInt64(piece.offset)
+            if piece.hole {
+                var chunk = WireWriter()
+                chunk.u32(NBD.structuredReplyMagic)
+                chunk.u16(flags)
+                chunk.u16(NBD.ReplyType.offsetHole.rawValue)
+                chunk.u64(request.cookie)
+                chunk.u32(12)
+                chunk.u64(offset)
+                chunk.u32(UInt32(piece.length))
+                send(chunk.bytes)
+            } else if piece.offset == 0 {
+                // The header goes in the buffer's headroom: one contiguous send.
+                let header = buffer.pointer + Self.headroom - NBD.structuredHeaderSize - 8
+                encodeStructuredHeader(into: header, flags: flags, type: .offsetData, cookie: request.cookie, length: UInt32(8 + piece.length))
+                header.storeBytes(of: offset.bigEndian, toByteOffset: NBD.structuredHeaderSize, as: UInt64.self)
+                send(buffer, offset: Self.headroom - NBD.structuredHeaderSize - 8, count: NBD.structuredHeaderSize + 8 + piece.length)
+            } else {
+                let header = IOBuffer(count: NBD.structuredHeaderSize + 8)
+                encodeStructuredHeader(into: header.pointer, flags: flags, type: .offsetData, cookie: request.cookie, length: UInt32(8 + piece.length))
+                header.pointer.storeBytes(of: offset.bigEndian, toByteOffset: NBD.structuredHeaderSize, as: UInt64.self)
+                send(header, count: header.count)
+                send(buffer, offset: Self.headroom + piece.offset, count: piece.length)
+            }
+        }
+    }
+
+    // MARK: - WRITE
+
+    func write(_ request: NBDRequest, _ buffer: IOBuffer, _ started: Int64) {
+        guard let volume = export else { return }
+        let length = Int(request.length)
+        let plan: (segments: [IOSegment], newMappings: [NewMapping])
+        do {
+            plan = try volume.writePlan(offset: request.offset, length: length)
+        } catch {
+            if case .noSpace = error, engine.chunksComing(volume.pool) {
+                return engine.waitForChunks { [self] in write(request, buffer, started) }
+            }
+            return reply(request, started, error: error.nbdError, message: error.description)
+        }
+        engine.willWrite(volume, newMappings: plan.newMappings)
+        let progress = Progress(remaining: plan.segments.count)
+        let epoch = engine.beginIO()
+        let finish = { [self] in
+            engine.endIO(epoch)
+            engine.didWrite(volume, offset: request.offset, length: length)
+            if progress.failure != 0 { return reply(request, started, error: .io, message: "writing the supplier failed") }
+            completeWithFUA(request, started)
+        }
+        for segment in plan.segments {
+            guard case .supplier(let index, let offset) = segment.target else { continue }
+            let fd = engine.supplierFD(pool: volume.pool, index: index)
+            ring.writeFully(fd: fd, from: buffer.pointer + segment.bufferOffset, count: segment.length, offset: offset) { result in
+                _ = buffer  // the payload lives until the write completes
+                progress.complete(result)
+                if progress.remaining == 0 { finish() }
+            }
+        }
+        if plan.segments.isEmpty { finish() }
+    }
+
+    /// Replies success, after a flush when the request carried FUA.
+    private func completeWithFUA(_ request: NBDRequest, _ started: Int64) {
+        if request.flags & NBD.commandFUA != 0 {
+            engine.flush { [self] result in reply(request, started, error: result.nbdError) }
+        } else {
+            reply(request, started, error: nil)
+        }
+    }
+
+    // MARK: - TRIM and WRITE_ZEROES
+
+    /// Makes the range read zeros. Whole chunks are unmapped (freed after
+    /// the next commit) unless `keepAllocated` (NO_HOLE), which instead
+    /// maps holes to clean chunks; parts of mapped chunks are zeroed on the
+    /// supplier.
+    private func zero(_ request: NBDRequest, _ volume: Volume, _ started: Int64, keepAllocated: Bool) {
+        let pieces = volume.zeroPlan(offset: request.offset, length: Int(request.length))
+        if keepAllocated {
+            let holes = pieces.filter { $0.physicalChunk == nil }
+            if holes.count > volume.pool.preparedCount {
+                if engine.chunksComing(volume.pool) {
+                    return engine.waitForChunks { [self] in zero(request, volume, started, keepAllocated: true) }
+                }
+                let error = RemapError.noSpace(requestedBytes: UInt64(holes.count) * volume.pool.chunkSize,
+                                               availableBytes: volume.pool.freeBytes)
+                return reply(request, started, error: .noSpace, message: error.description)
+            }
+            // Prepared chunks are clean: mapping them is all it takes.
+            for hole in holes where !engine.mapCleanChunk(volume, hole.virtualChunk) {
+                return reply(request, started, error: .noSpace, message: "no prepared chunk left")  // unreachable: counted above
+            }
+        }
+        var ranges: [(fd: Int32, offset: UInt64, length: UInt64, punch: Bool)] = []
+        for piece in pieces {
+            guard let physical = piece.physicalChunk else { continue }
+            if piece.whole && !keepAllocated {
+                engine.unmapChunk(volume, piece.virtualChunk)
+                continue
+            }
+            let location = volume.pool.location(of: physical)
+            let supplier = volume.pool.suppliers[location.supplier]
+            ranges.append((engine.supplierFD(pool: volume.pool, index: location.supplier),
+                           location.offset + piece.offsetInChunk, piece.length,
+                           !keepAllocated && supplier.kind == .file && !supplier.preallocated))
+        }
+        let progress = Progress(remaining: ranges.count)
+        let epoch = engine.beginIO()
+        let fast = request.flags & NBD.commandFastZero != 0
+        let finish = { [self] in
+            engine.endIO(epoch)
+            if progress.failure == -EOPNOTSUPP {
+                return reply(request, started, error: .notSupported, message: "the supplier cannot zero quickly")
+            }
+            if progress.failure != 0 { return reply(request, started, error: .io, message: "zeroing the supplier failed") }
+            completeWithFUA(request, started)
+        }
+        for range in ranges {
+            engine.zeroSupplier(fd: range.fd, offset: range.offset, length: range.length, punch: range.punch, fast: fast) { result in
+                progress.complete(result)
+                if progress.remaining == 0 { finish() }
+            }
+        }
+        if ranges.isEmpty { finish() }
+    }
+
+    // MARK: - BLOCK_STATUS
+
+    private func blockStatus(_ request: NBDRequest, _ volume: Volume, _ started: Int64) {
+        guard structuredReplies, allocationContextFor == volume.name else {
+            return reply(request, started, error: .invalid, message: "negotiate the base:allocation metadata context first")
+        }
+        let one = request.flags & NBD.commandReqOne != 0
+        let runs = volume.allocationRuns(offset: request.offset, length: UInt64(request.length), maximumRuns: one ? 1 : 2048)
+        var chunk = WireWriter(capacity: 24 + 8 * runs.count)
+        chunk.u32(NBD.structuredReplyMagic)
+        chunk.u16(NBD.replyFlagDone)
+        chunk.u16(NBD.ReplyType.blockStatus.rawValue)
+        chunk.u64(request.cookie)
+        chunk.u32(UInt32(4 + 8 * runs.count))
+        chunk.u32(NBD.allocationContextID)
+        for run in runs {
+            chunk.u32(UInt32(run.length))
+            chunk.u32(run.mapped ? 0 : NBD.stateHole | NBD.stateZero)
+        }
+        send(chunk.bytes)
+        engine.record(command: "block_status", bytes: 0, error: nil, started: started)
+        answered()
+    }
+
+    // MARK: - Replies
+
+    /// Answers a request without data, and counts it. With structured
+    /// replies an error carries `message` for the person at the client.
+    func reply(_ request: NBDRequest, _ started: Int64, error: NBD.Error?, message: String = "") {
+        let command = NBD.Command(rawValue: request.type)
+        let bytes = command == .write && error == nil ? Int(request.length) : 0
+        engine.record(command: command?.metricName ?? "other", bytes: bytes, error: error, started: started)
+        if let error, structuredReplies {
+            let text = Array(message.utf8.prefix(4096))
+            var chunk = WireWriter(capacity: 26 + text.count)
+            chunk.u32(NBD.structuredReplyMagic)
+            chunk.u16(NBD.replyFlagDone)
+            chunk.u16(NBD.ReplyType.error.rawValue)
+            chunk.u64(request.cookie)
+            chunk.u32(UInt32(6 + text.count))
+            chunk.u32(error.rawValue)
+            chunk.u16(UInt16(text.count))
+            chunk.append(text)
+            send(chunk.bytes)
+        } else {
+            let buffer = IOBuffer(count: NBD.simpleReplyHeaderSize)
+            encodeSimpleReply(into: buffer.pointer, error: error?.rawValue ?? 0, cookie: request.cookie)
+            send(buffer, count: buffer.count)
+        }
+        answered()
+    }
+
+    /// One request fewer in flight: maybe read more, maybe close.
+    private func answered() {
+        requestsInFlight -= 1
+        receive()
+        finishIfDone()
+    }
+}
+
+/// Counts the pieces of one request still in flight and remembers the first
+/// failure.
+final class Progress {
+    var remaining: Int
+    var failure: Int32 = 0
+    init(remaining: Int) { self.remaining = remaining }
+
+    func complete(_ result: Int32) {
+        remaining -= 1
+        if result < 0 && failure == 0 { failure = result }
+    }
+}
+
+/// Writes a structured reply chunk header into `base` (20 bytes).
+func encodeStructuredHeader(into base: UnsafeMutableRawPointer, flags: UInt16, type: NBD.ReplyType, cookie: UInt64, length: UInt32) {
+    base.storeBytes(of: NBD.structuredReplyMagic.bigEndian, toByteOffset: 0, as: UInt32.self)
+    base.storeBytes(of: flags.bigEndian, toByteOffset: 4, as: UInt16.self)
+    base.storeBytes(of: type.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
+    base.storeBytes(of: cookie.bigEndian, toByteOffset: 8, as: UInt64.self)
+    base.storeBytes(of: length.bigEndian, toByteOffset: 16, as: UInt32.self)
+}
