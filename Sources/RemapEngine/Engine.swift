@@ -13,8 +13,8 @@ import Synchronization
 /// for the answer. A control-plane command therefore runs between two data
 /// requests, which gives every point-in-time operation one clear order.
 public final class Engine: @unchecked Sendable {  // mutable state is only touched on the engine thread
-    /// Reported by `GET /v1/version`.
-    public let name = "io_uring"
+    /// Which I/O engine runs, reported by `GET /v1/version`.
+    public var name: String { ring.name }
     /// New file suppliers must lie under this directory.
     public let supplierDirectory: String
 
@@ -25,7 +25,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private let committer: Committer
     private let stopped = DispatchSemaphore(value: 0)
 
-    let ring: Ring
+    let ring: any IOQueue
     private(set) var pools: [String: Pool] = [:]
     private(set) var volumes: [String: Volume] = [:]
     /// Open supplier files by pool name, in supplier order.
@@ -78,11 +78,31 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Loads every pool and volume from `store`, opens the suppliers and
     /// zeroes chunks a crash left dirty. Runs on the caller's thread, before
     /// `start()`.
-    public init(store: MetadataStore, supplierDirectory: String, ringEntries: UInt32 = 256) throws(RemapError) {
+    /// The I/O engine to run.
+    public enum Kind: String, Sendable, CaseIterable {
+        /// io_uring, else (disabled by sysctl, seccomp, an old kernel) threads.
+        case auto
+        case ioUring = "io_uring"
+        case threads
+    }
+
+    public init(store: MetadataStore, supplierDirectory: String, kind: Kind = .auto, ringEntries: UInt32 = 256) throws(RemapError) {
         self.store = store
         self.supplierDirectory = supplierDirectory
         self.committer = Committer(store: store)
-        self.ring = try Ring(entries: ringEntries)
+        switch kind {
+        case .ioUring:
+            self.ring = try Ring(entries: ringEntries)
+        case .threads:
+            self.ring = try ThreadPoolQueue()
+        case .auto:
+            do {
+                self.ring = try Ring(entries: ringEntries)
+            } catch {
+                log("io_uring is unavailable (\(error)); serving with the portable threads engine")
+                self.ring = try ThreadPoolQueue()
+            }
+        }
         self.eventFD = try systemCall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
         try load()
     }
@@ -191,7 +211,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     }
 
     private func armWake() {
-        ring.read(fd: eventFD, into: wakeBuffer.pointer, count: 8, offset: 0) { [self] _ in
+        ring.readEvent(fd: eventFD, into: wakeBuffer.pointer) { [self] _ in
             let work = inbox.withLock { queue in
                 let taken = queue
                 queue.removeAll()

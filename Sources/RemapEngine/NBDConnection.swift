@@ -34,7 +34,7 @@ final class NBDConnection {
 
     let fd: Int32
     unowned let engine: Engine
-    var ring: Ring { engine.ring }
+    var ring: any IOQueue { engine.ring }
     var phase = Phase.clientFlags
     private let input = IOBuffer(count: NBDConnection.inputCapacity)
     private var start = 0

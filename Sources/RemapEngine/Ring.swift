@@ -8,8 +8,8 @@ import RemapCore
 /// ring's thread when the completion arrives, with the raw result (bytes or
 /// -errno). A buffer passed to an operation must stay alive until its handler
 /// runs: callers keep it alive by capturing its owner in the handler.
-final class Ring {
-    typealias Handler = (Int32) -> Void
+final class Ring: IOQueue {
+    let name = "io_uring"
 
     /// `struct io_uring` must not move while the kernel knows it: it lives
     /// on the heap, allocated once.
@@ -20,15 +20,17 @@ final class Ring {
     private static let batch = 64
 
     init(entries: UInt32) throws(RemapError) {
-        ring = .allocate(capacity: 1)
+        // Set up before any stored property: a throw after them would run
+        // deinit on a ring that never existed.
+        let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
         ring.initialize(to: io_uring())
-        cqes = .allocate(capacity: Self.batch)
         let rc = io_uring_queue_init(entries, ring, 0)
         if rc < 0 {
             ring.deallocate()
-            cqes.deallocate()
             throw .io(errno: -rc, context: "io_uring_queue_init: \(String(cString: strerror(-rc)))")
         }
+        self.ring = ring
+        cqes = .allocate(capacity: Self.batch)
     }
 
     deinit {
@@ -74,10 +76,6 @@ final class Ring {
         prepare(handler) { io_uring_prep_recv($0, fd, buffer, count, 0) }
     }
 
-    func send(fd: Int32, from buffer: UnsafeRawPointer, count: Int, _ handler: @escaping Handler) {
-        prepare(handler) { io_uring_prep_send($0, fd, buffer, count, Int32(MSG_NOSIGNAL)) }
-    }
-
     /// fallocate(2) on the ring (mode FALLOC_FL_*).
     func allocateSpace(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, _ handler: @escaping Handler) {
         prepare(handler) { io_uring_prep_fallocate($0, fd, mode, off_t(offset), off_t(length)) }
@@ -87,29 +85,8 @@ final class Ring {
         prepare(handler) { io_uring_prep_accept($0, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
     }
 
-    /// Reads exactly `count` bytes, resubmitting after short reads; the
-    /// handler gets `count` or -errno (-EIO for an unexpected end of file).
-    func readFully(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
-        read(fd: fd, into: buffer, count: count, offset: offset) { [unowned self] result in
-            if result < 0 || Int(result) == count { return handler(result) }
-            if result == 0 { return handler(-EIO) }
-            let done = Int(result)
-            readFully(fd: fd, into: buffer + done, count: count - done, offset: offset + UInt64(done)) {
-                handler($0 < 0 ? $0 : Int32(count))
-            }
-        }
-    }
-
-    /// Writes exactly `count` bytes, resubmitting after short writes.
-    func writeFully(fd: Int32, from buffer: UnsafeRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
-        write(fd: fd, from: buffer, count: count, offset: offset) { [unowned self] result in
-            if result < 0 || Int(result) == count { return handler(result) }
-            if result == 0 { return handler(-EIO) }
-            let done = Int(result)
-            writeFully(fd: fd, from: buffer + done, count: count - done, offset: offset + UInt64(done)) {
-                handler($0 < 0 ? $0 : Int32(count))
-            }
-        }
+    func readEvent(fd: Int32, into buffer: UnsafeMutableRawPointer, _ handler: @escaping Handler) {
+        read(fd: fd, into: buffer, count: 8, offset: 0, handler)
     }
 
     /// Submits what is queued and waits for at least one completion or the

@@ -31,6 +31,9 @@ struct Remapd: ParsableCommand {
     @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1073741824.")
     var defaultPoolSize: String = "4G"
 
+    @Option(help: "I/O engine: io_uring, threads (portable), or auto (io_uring when the kernel allows it).")
+    var engine: String = "auto"
+
     @Option(help: "Directory new file suppliers must lie under (default: STATE_DIR/pools).")
     var supplierDir: String?
 
@@ -41,6 +44,9 @@ struct Remapd: ParsableCommand {
     var apiSocketGroup: String?
 
     func validate() throws {
+        guard Engine.Kind(rawValue: engine) != nil else {
+            throw ValidationError("--engine must be one of: \(Engine.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         if let apiSocketGroup, getgrnam(apiSocketGroup) == nil {
             throw ValidationError("--api-socket-group '\(apiSocketGroup)': no such group")
         }
@@ -79,7 +85,8 @@ struct Remapd: ParsableCommand {
         let store = try MetadataStore(path: stateDirectory + "/metadata.db")
         let suppliers = absolute(supplierDir ?? stateDirectory + "/pools")
         try makeDirectory(suppliers)
-        let engine = try Engine(store: store, supplierDirectory: suppliers)
+        let engine = try Engine(store: store, supplierDirectory: suppliers,
+                                kind: Engine.Kind(rawValue: self.engine) ?? .auto)
         let token = try APIToken.load(orCreateAt: absolute(apiTokenFile ?? stateDirectory + "/api.token"))
         let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
         try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)

@@ -2,6 +2,7 @@
 #define CURING_H
 #include <liburing.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 
