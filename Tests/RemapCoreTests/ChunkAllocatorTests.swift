@@ -56,3 +56,75 @@ import Testing
         #expect(all.count == 1 && all[0] == (4999, 7))
     }
 }
+
+@Suite struct ChunkMapModelTests {
+    /// A small deterministic generator, so failures replay.
+    struct SplitMix: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test(arguments: [1, 2, 3, 4, 5])
+    func behaves_like_a_dictionary(seed: UInt64) {
+        var random = SplitMix(state: seed)
+        var size: UInt64 = 20_000
+        var map = ChunkMap(virtualChunks: size)
+        var model: [UInt64: UInt64] = [:]
+        var nextPhysical: UInt64 = 0
+        for step in 0..<20_000 {
+            let roll = Int.random(in: 0..<100, using: &random)
+            // Runs of sequential chunks with sequential physicals merge; random ones don't.
+            let chunk = roll < 40 ? UInt64(step) % size : UInt64.random(in: 0..<size, using: &random)
+            if roll < 75 {
+                nextPhysical += roll < 60 ? 1 : UInt64.random(in: 1...3, using: &random)
+                #expect(map.map(chunk, to: nextPhysical) == model[chunk])
+                model[chunk] = nextPhysical
+            } else if roll < 98 {
+                #expect(map.unmap(chunk) == model.removeValue(forKey: chunk))
+            } else {
+                size = UInt64.random(in: 5_000...30_000, using: &random)
+                map.resize(virtualChunks: size)
+                model = model.filter { $0.key < size }
+            }
+            #expect(map.mappedCount == UInt64(model.count))
+        }
+        for chunk in 0..<size { #expect(map.lookup(chunk) == model[chunk]) }
+        var seen: [UInt64: UInt64] = [:]
+        var last: UInt64?
+        map.forEachMapping { virtual, physical in
+            #expect(last.map { $0 < virtual } ?? true)
+            last = virtual
+            seen[virtual] = physical
+        }
+        #expect(seen == model)
+    }
+
+    @Test func sequential_runs_cost_one_extent_per_page() {
+        var map = ChunkMap(virtualChunks: 1 << 20)
+        for chunk in UInt64(0)..<(1 << 20) { map.map(chunk, to: chunk + 7) }
+        // 256 pages of one extent each (a little room reserved), plus the directory:
+        // far below a byte per mapped chunk.
+        #expect(Double(map.memoryBytes) / Double(1 << 20) < 0.05, "\(map.memoryBytes) bytes")
+        #expect(map.lookup(123_456) == 123_463)
+    }
+
+    @Test func scattered_chunks_cost_about_eight_bytes_each() {
+        var map = ChunkMap(virtualChunks: 1 << 20)
+        var random = SplitMix(state: 9)
+        var physical: UInt64 = 0
+        var chunks = Array(UInt64(0)..<(1 << 20))
+        chunks.shuffle(using: &random)
+        for chunk in chunks.prefix(500_000) {
+            physical += 2  // never contiguous
+            map.map(chunk, to: physical)
+        }
+        let perChunk = Double(map.memoryBytes) / 500_000
+        #expect(perChunk < 9.5, "\(perChunk) bytes per mapped chunk")
+    }
+}
