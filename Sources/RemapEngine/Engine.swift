@@ -222,7 +222,15 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
     }
 
+    /// Clients that have not finished the handshake by then are dropped,
+    /// so idle or stuck connections cannot pile up.
+    public var handshakeTimeout: Int64 = 30_000_000_000
+
     private func tick() {
+        let now = monotonicNanoseconds()
+        for connection in connections.values where connection.inHandshake && now - connection.connectedAt > handshakeTimeout {
+            connection.protocolError("no export chosen within \(handshakeTimeout / 1_000_000_000) s")
+        }
         if let beat = heartbeat {
             let now = monotonicNanoseconds()
             if now - beat.last >= beat.interval {

@@ -62,10 +62,16 @@ final class NBDConnection {
     private var broken = false
     private var closed = false
 
+    /// When the client connected, for the handshake deadline.
+    let connectedAt = monotonicNanoseconds()
+
     init(fd: Int32, engine: Engine) {
         self.fd = fd
         self.engine = engine
     }
+
+    /// Whether the client is still haggling options.
+    var inHandshake: Bool { phase != .transmission }
 
     func greet() {
         var greeting = WireWriter()

@@ -31,6 +31,9 @@ struct Remapd: ParsableCommand {
     @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1073741824.")
     var defaultPoolSize: String = "4G"
 
+    @Option(help: "Seconds an NBD client may take to choose an export before it is dropped.")
+    var nbdHandshakeTimeout: Int = 30
+
     @Option(help: "I/O engine: io_uring, threads (portable), or auto (io_uring when the kernel allows it).")
     var engine: String = "auto"
 
@@ -44,6 +47,9 @@ struct Remapd: ParsableCommand {
     var apiSocketGroup: String?
 
     func validate() throws {
+        guard (1...3600).contains(nbdHandshakeTimeout) else {
+            throw ValidationError("--nbd-handshake-timeout must be from 1 to 3600 seconds")
+        }
         guard Engine.Kind(rawValue: engine) != nil else {
             throw ValidationError("--engine must be one of: \(Engine.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -130,6 +136,7 @@ struct Remapd: ParsableCommand {
             // Pinged from the engine thread: if the data path hangs, so do the pings.
             engine.setHeartbeat(every: interval / 3) { Systemd.notify("WATCHDOG=1") }
         }
+        engine.handshakeTimeout = Int64(nbdHandshakeTimeout) * 1_000_000_000
         engine.start()
         engine.serveNBD(listener: nbdUnix)
         if let nbdTCP { engine.serveNBD(listener: nbdTCP) }
