@@ -54,10 +54,14 @@ extension Volume {
         return segments
     }
 
-    /// Phase 1 of a write: maps every hole in the range to a fresh chunk from
-    /// the pool and says where each byte goes. On ENOSPC nothing is left
-    /// allocated and `.noSpace` is thrown.
-    public func writePlan(offset: UInt64, length: Int) throws(RemapError) -> (segments: [IOSegment], newMappings: [NewMapping]) {
+    /// Phase 1 of a write: maps every hole in the range to a fresh chunk
+    /// from the pool and says where each byte goes. Without a `source`,
+    /// chunks come from the pool's unreserved free space. On ENOSPC nothing
+    /// is left allocated and `.noSpace` is thrown.
+    public func writePlan(offset: UInt64, length: Int, source: (any ChunkSource)? = nil) throws(RemapError)
+        -> (segments: [IOSegment], newMappings: [NewMapping])
+    {
+        let source = source ?? UnreservedChunks(pool: pool)
         var segments: [IOSegment] = []
         var fresh: [NewMapping] = []
         var shortOfSpace = false
@@ -65,7 +69,7 @@ extension Volume {
             guard !shortOfSpace else { return }
             var physical = map.lookup(chunk)
             if physical == nil {
-                guard let new = pool.takeChunk() else { shortOfSpace = true; return }
+                guard let new = source.take() else { shortOfSpace = true; return }
                 map.map(chunk, to: new)
                 fresh.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
                 physical = new
@@ -79,7 +83,7 @@ extension Volume {
         if shortOfSpace {
             for mapping in fresh.reversed() {
                 map.unmap(mapping.virtualChunk)
-                pool.returnChunk(mapping.physicalChunk)
+                source.giveBack(mapping.physicalChunk)
             }
             let needed = UInt64(fresh.count + 1) * pool.chunkSize
             throw .noSpace(requestedBytes: needed, availableBytes: pool.freeBytes)
@@ -152,4 +156,25 @@ extension Volume {
         }
         segments.append(segment)
     }
+}
+
+/// Where a write's new chunks come from: reservations it may draw on, then
+/// free space. `giveBack` undoes `take`s in reverse order.
+public protocol ChunkSource: AnyObject {
+    func take() -> UInt64?
+    func giveBack(_ chunk: UInt64)
+}
+
+/// Chunks from the pool's free space that no reservation holds.
+public final class UnreservedChunks: ChunkSource {
+    let pool: Pool
+
+    public init(pool: Pool) { self.pool = pool }
+
+    public func take() -> UInt64? {
+        guard pool.unreservedFreeChunks > 0 else { return nil }
+        return pool.takeChunk()
+    }
+
+    public func giveBack(_ chunk: UInt64) { pool.returnChunk(chunk) }
 }

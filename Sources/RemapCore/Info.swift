@@ -4,9 +4,13 @@ public struct PoolInfo: Codable, Sendable, Equatable {
     public var chunkSizeBytes: UInt64
     public var capacityBytes: UInt64
     public var allocatedBytes: UInt64
+    /// The unused part of live reservations.
+    public var reservedBytes: UInt64
     public var freeBytes: UInt64
     /// Sum of the sizes of the pool's volumes.
     public var provisionedBytes: UInt64
+    public var onNoSpace: NoSpacePolicy
+    public var lowSpaceThresholds: [Int]
     /// provisionedBytes / capacityBytes; 0 for a pool without capacity.
     public var overcommitRatio: Double
     public var volumeCount: Int
@@ -28,6 +32,10 @@ public struct VolumeInfo: Codable, Sendable, Equatable {
     public var pool: String
     public var sizeBytes: UInt64
     public var allocatedBytes: UInt64
+    /// The unused part of the volume's reservations.
+    public var reservedBytes: UInt64
+    /// Bytes that can be written now without drawing on free space.
+    public var guaranteedWritableBytes: UInt64
     public var createdAt: String
     /// The NBD export that serves this volume.
     public var exportName: String
@@ -40,13 +48,25 @@ public struct VolumeSpec: Sendable, Equatable {
     public var sizeBytes: UInt64
     public var pool: String
     public var labels: [String: String]
+    public var reservation: VolumeReservation
 
-    public init(name: String, sizeBytes: UInt64, pool: String, labels: [String: String] = [:]) {
+    public init(name: String, sizeBytes: UInt64, pool: String, labels: [String: String] = [:],
+                reservation: VolumeReservation = .none) {
         self.name = name
         self.sizeBytes = sizeBytes
         self.pool = pool
         self.labels = labels
+        self.reservation = reservation
     }
+}
+
+/// The reservation a volume is created with.
+public enum VolumeReservation: Sendable, Equatable {
+    case none
+    /// The whole volume backed now (a range reservation that follows its size).
+    case thick
+    /// A pooled reservation every write to the volume draws on.
+    case bytes(UInt64)
 }
 
 /// A change to a volume: new size and/or a new set of labels.

@@ -10,9 +10,37 @@ public final class Pool {
     public let name: String
     public let chunkSize: UInt64
     public private(set) var suppliers: [Supplier] = []
-    /// First physical chunk of each supplier.
-    public private(set) var firstChunks: [UInt64] = []
+    /// How physical chunk numbers map to suppliers, in chunk order. A
+    /// supplier that grows gets a further segment at the end, so existing
+    /// chunk numbers never move.
+    public private(set) var segments: [Segment] = []
     public var allocator = ChunkAllocator(capacity: 0)
+    /// Chunks promised to pooled reservations and not drawn yet: free on
+    /// the allocator, but not for writes without a reservation.
+    public var pooledReservedChunks: UInt64 = 0
+    /// Chunks mapped by range reservations and not written yet.
+    public var unwrittenReservedChunks: UInt64 = 0
+    /// What a write that finds no space does.
+    public var onNoSpace = NoSpacePolicy.error
+    /// Percent of capacity committed (allocated + reserved) at which
+    /// `pool.low-space` events fire.
+    public var lowSpaceThresholds: [Int] = [80, 90, 95]
+
+    /// A run of physical chunks on one supplier.
+    public struct Segment: Equatable, Sendable {
+        public var firstChunk: UInt64
+        public var supplier: Int
+        /// Byte offset in the supplier of the segment's first chunk.
+        public var supplierOffset: UInt64
+        public var chunks: UInt64
+
+        public init(firstChunk: UInt64, supplier: Int, supplierOffset: UInt64, chunks: UInt64) {
+            self.firstChunk = firstChunk
+            self.supplier = supplier
+            self.supplierOffset = supplierOffset
+            self.chunks = chunks
+        }
+    }
     /// Free chunks whose "may hold data" mark is durable, so a write can
     /// use them at once and a crash before its mapping commits still gets
     /// them zeroed. Taken out of `allocator`, still counted as free.
@@ -29,35 +57,83 @@ public final class Pool {
         }
     }
 
-    public init(name: String, chunkSize: UInt64, suppliers: [Supplier]) throws(RemapError) {
+    /// `segments` as stored; nil lays the suppliers out one after another.
+    public init(name: String, chunkSize: UInt64, suppliers: [Supplier], segments: [Segment]? = nil) throws(RemapError) {
         try Name.validate(name, kind: "pool")
         try Self.validate(chunkSize: chunkSize)
         self.name = name
         self.chunkSize = chunkSize
-        for supplier in suppliers { try add(supplier) }
+        if let segments, !segments.isEmpty {
+            self.suppliers = suppliers
+            for segment in segments {
+                guard segment.supplier < suppliers.count, segment.firstChunk == allocator.capacity else {
+                    throw .internal("metadata: pool '\(name)' has inconsistent segments")
+                }
+                self.segments.append(segment)
+                allocator.grow(by: segment.chunks)
+            }
+        } else {
+            for supplier in suppliers { try add(supplier) }
+        }
     }
 
     /// Adds a supplier; its whole chunks become free space at once.
-    public func add(_ supplier: Supplier) throws(RemapError) {
+    @discardableResult
+    public func add(_ supplier: Supplier) throws(RemapError) -> Segment {
         let chunks = supplier.sizeBytes / chunkSize
         guard chunks > 0 else {
             throw .invalidArgument("supplier '\(supplier.path)' is smaller than one chunk (\(chunkSize) bytes)")
         }
-        firstChunks.append(allocator.capacity)
+        let segment = Segment(firstChunk: allocator.capacity, supplier: suppliers.count, supplierOffset: 0, chunks: chunks)
+        segments.append(segment)
         suppliers.append(supplier)
         allocator.grow(by: chunks)
+        return segment
+    }
+
+    /// Records that supplier `index` grew to `sizeBytes`: its new whole
+    /// chunks become free space at once, in a new segment. Nil when the
+    /// growth adds no whole chunk.
+    public func grow(supplier index: Int, to sizeBytes: UInt64) -> Segment? {
+        let used = segments.filter { $0.supplier == index }.reduce(UInt64(0)) { $0 + $1.chunks }
+        suppliers[index].sizeBytes = sizeBytes
+        let chunks = sizeBytes / chunkSize
+        guard chunks > used else { return nil }
+        let segment = Segment(firstChunk: allocator.capacity, supplier: index, supplierOffset: used * chunkSize,
+                              chunks: chunks - used)
+        segments.append(segment)
+        allocator.grow(by: segment.chunks)
+        return segment
     }
 
     /// Which supplier holds physical chunk `chunk`, and at what byte offset.
     public func location(of chunk: UInt64) -> (supplier: Int, offset: UInt64) {
-        var index = firstChunks.count - 1
-        while index > 0 && firstChunks[index] > chunk { index -= 1 }
-        return (index, (chunk - firstChunks[index]) * chunkSize)
+        var low = 0
+        var high = segments.count - 1
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if segments[middle].firstChunk <= chunk { low = middle } else { high = middle - 1 }
+        }
+        let segment = segments[low]
+        return (segment.supplier, segment.supplierOffset + (chunk - segment.firstChunk) * chunkSize)
     }
 
+    /// Chunks that are physically free (on the allocator or prepared).
+    public var physicallyFreeChunks: UInt64 { allocator.freeCount + stashedChunks }
+    /// Free chunks a write without a reservation may take.
+    public var unreservedFreeChunks: UInt64 { physicallyFreeChunks - min(pooledReservedChunks, physicallyFreeChunks) }
+
     public var capacityBytes: UInt64 { allocator.capacity * chunkSize }
-    public var allocatedBytes: UInt64 { (allocator.usedCount - stashedChunks) * chunkSize }
-    public var freeBytes: UInt64 { (allocator.freeCount + stashedChunks) * chunkSize }
+    /// Chunks holding data (or being reclaimed).
+    public var allocatedBytes: UInt64 { (allocator.usedCount - stashedChunks - unwrittenReservedChunks) * chunkSize }
+    /// The unused part of live reservations.
+    public var reservedBytes: UInt64 { (pooledReservedChunks + unwrittenReservedChunks) * chunkSize }
+    public var freeBytes: UInt64 { unreservedFreeChunks * chunkSize }
+
+    /// Percent of capacity committed: allocated + reserved.
+    public var committedPercent: Double {
+        capacityBytes == 0 ? 0 : Double(allocatedBytes + reservedBytes) * 100 / Double(capacityBytes)
+    }
     /// Free chunks ready for writes (prepared) or being prepared.
     public var stashedChunks: UInt64 { UInt64(prepared.count - preparedHead + preparing) }
     public var preparedCount: Int { prepared.count - preparedHead }
@@ -108,7 +184,8 @@ public final class Pool {
         let provisioned = volumes.reduce(UInt64(0)) { $0 + $1.sizeBytes }
         return PoolInfo(
             name: name, chunkSizeBytes: chunkSize, capacityBytes: capacityBytes,
-            allocatedBytes: allocatedBytes, freeBytes: freeBytes, provisionedBytes: provisioned,
+            allocatedBytes: allocatedBytes, reservedBytes: reservedBytes, freeBytes: freeBytes,
+            provisionedBytes: provisioned, onNoSpace: onNoSpace, lowSpaceThresholds: lowSpaceThresholds,
             overcommitRatio: capacityBytes == 0 ? 0 : Double(provisioned) / Double(capacityBytes),
             volumeCount: volumes.count,
             suppliers: suppliers.map {
@@ -116,4 +193,36 @@ public final class Pool {
                              preallocated: $0.preallocated)
             })
     }
+}
+
+/// What a write that needs a chunk and finds no space does.
+public enum NoSpacePolicy: Sendable, Equatable, Codable {
+    /// Fail at once with ENOSPC.
+    case error
+    /// Wait up to this many seconds for space, then fail with ENOSPC.
+    case queue(seconds: Int)
+
+    public static let maximumQueueSeconds = 300
+
+    public init(from decoder: any Decoder) throws {
+        if let text = try? decoder.singleValueContainer().decode(String.self), text == "error" {
+            self = .error
+            return
+        }
+        let container = try decoder.container(keyedBy: Key.self)
+        self = .queue(seconds: try container.decode(Int.self, forKey: .queueSeconds))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .error:
+            var container = encoder.singleValueContainer()
+            try container.encode("error")
+        case .queue(let seconds):
+            var container = encoder.container(keyedBy: Key.self)
+            try container.encode(seconds, forKey: .queueSeconds)
+        }
+    }
+
+    private enum Key: String, CodingKey { case queueSeconds }
 }

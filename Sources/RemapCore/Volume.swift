@@ -10,6 +10,8 @@ public final class Volume {
     public let createdAt: String
     public var labels: [String: String]
     public var map: ChunkMap
+    /// Live reservations, oldest first.
+    public var reservations: [Reservation] = []
 
     public init(key: Int64, id: String, name: String, pool: Pool, sizeBytes: UInt64, createdAt: String,
                 labels: [String: String] = [:]) {
@@ -44,12 +46,34 @@ public final class Volume {
         return cut
     }
 
-    public var allocatedBytes: UInt64 { map.mappedCount * pool.chunkSize }
+    /// Chunks holding data: mapped and not reserved-unwritten.
+    public var allocatedBytes: UInt64 { (map.mappedCount - min(unwrittenChunks, map.mappedCount)) * pool.chunkSize }
+    private var unwrittenChunks: UInt64 {
+        reservations.reduce(0) { $0 + ($1.range != nil ? $1.remaining : 0) }
+    }
+    public var reservedBytes: UInt64 { reservations.reduce(0) { $0 + $1.remaining } * pool.chunkSize }
+    /// Mapped chunks (written or reserved) plus what pooled reservations
+    /// still hold, capped at the size.
+    public var guaranteedWritableBytes: UInt64 {
+        let pooled = reservations.reduce(UInt64(0)) { $0 + ($1.kind == .pooled ? $1.remaining : 0) }
+        return min(sizeBytes, (map.mappedCount + pooled) * pool.chunkSize)
+    }
+
+    /// The range reservation owning `virtual` as reserved-unwritten, if any.
+    public func unwrittenOwner(of virtual: UInt64) -> Reservation? {
+        reservations.first { $0.isUnwritten(virtual) }
+    }
+
+    /// A live range reservation covering `virtual`, if any.
+    public func rangeReservation(covering virtual: UInt64) -> Reservation? {
+        reservations.first { $0.range?.contains(virtual) == true && !$0.released }
+    }
 
     public var info: VolumeInfo {
         VolumeInfo(
             id: id, name: name, pool: pool.name, sizeBytes: sizeBytes,
-            allocatedBytes: allocatedBytes, createdAt: createdAt, exportName: name, labels: labels)
+            allocatedBytes: allocatedBytes, reservedBytes: reservedBytes, guaranteedWritableBytes: guaranteedWritableBytes,
+            createdAt: createdAt, exportName: name, labels: labels)
     }
 
     /// Checks a size for a new volume: positive and whole 512-byte sectors,
@@ -60,5 +84,14 @@ public final class Volume {
             throw .invalidArgument("sizeBytes must be a multiple of 512, got \(sizeBytes)")
         }
         guard sizeBytes <= UInt64(Int64.max) / 2 else { throw .invalidArgument("sizeBytes \(sizeBytes) is too large") }
+    }
+}
+
+extension Volume {
+    /// The reservation the volume was created with, as far as it still stands.
+    public var createdReservation: VolumeReservation {
+        if reservations.contains(where: { $0.role == .thick }) { return .thick }
+        if let pooled = reservations.first(where: { $0.role == .volumeDefault }) { return .bytes(pooled.bytes) }
+        return .none
     }
 }

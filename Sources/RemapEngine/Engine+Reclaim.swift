@@ -65,11 +65,16 @@ extension Engine {
     func chunksReleased(_ pool: Pool) {
         prepareChunks(pool)
         if !preparingPools.contains(pool.name) { wakeWritersWaitingForChunks() }
+        retrySpaceWaiters(pool)
     }
 
     /// Unmaps `virtual` of `volume` now (reads see zeros); the chunk is
     /// freed after the next commit and once older I/O has drained.
     func unmapChunk(_ volume: Volume, _ virtual: UInt64) {
+        if let owner = volume.unwrittenOwner(of: virtual) {
+            owner.markWritten(virtual)
+            volume.pool.unwrittenReservedChunks -= 1
+        }
         guard let physical = volume.map.unmap(virtual) else { return }
         let key = ChunkKey(volume: volume.key, chunk: virtual)
         if unsettled.removeValue(forKey: key) == nil {
@@ -79,15 +84,24 @@ extension Engine {
         unmapped.append((volume.pool, physical))
     }
 
-    /// Maps a hole to a prepared (clean) chunk without writing to it, for
-    /// WRITE_ZEROES with NO_HOLE. False when no prepared chunk is ready.
-    func mapCleanChunk(_ volume: Volume, _ virtual: UInt64) -> Bool {
-        guard let physical = volume.pool.takeChunk() else { return false }
+    /// Maps a hole to a clean (prepared) chunk without writing to it, for
+    /// WRITE_ZEROES with NO_HOLE.
+    func mapCleanChunk(_ volume: Volume, _ virtual: UInt64, to physical: UInt64) {
         volume.map.map(virtual, to: physical)
         pending.append(.map(volume: volume.key, virtualChunk: virtual, physicalChunk: physical))
         pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
         if volume.pool.preparedCount < Self.stashLowWater { prepareChunks(volume.pool) }
-        return true
+    }
+
+    /// A chunk inside a live range reservation was trimmed and zeroed: it is
+    /// reserved-unwritten again.
+    func reserveAgain(_ volume: Volume, _ virtual: UInt64, _ physical: UInt64) {
+        guard volume.map.lookup(virtual) == physical, volume.unwrittenOwner(of: virtual) == nil,
+              let owner = volume.rangeReservation(covering: virtual)
+        else { return }
+        owner.markUnwritten(virtual)
+        volume.pool.unwrittenReservedChunks += 1
+        pending.append(.reserveChunk(volume: volume.key, virtualChunk: virtual, physicalChunk: physical))
     }
 
     /// Zeroes and frees every committed unmapped chunk that no I/O in

@@ -62,6 +62,23 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private var listeners: [Int32] = []
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
     private var exportUsers: [Int64: Int] = [:]
+    /// Extra NBD exports: name → the volume and the reservation writes draw on.
+    var extraExports: [String: (volume: Volume, reservation: String?)] = [:]
+    /// Connections per extra export name, so an export in use is not deleted.
+    var extraExportUsers: [String: Int] = [:]
+    /// What happened, for `GET /v1/events`.
+    public let events = EventLog()
+    /// Thresholds each pool is above (a crossing fires once).
+    var crossedThresholds: [String: Set<Int>] = [:]
+    /// Writes waiting for space under onNoSpace queueSeconds.
+    var spaceWaiters: [(deadline: Int64, pool: Pool, retry: () -> Void, fail: () -> Void)] = []
+    /// When the last pool.no-space event was logged, per pool (they are rate-limited).
+    var lastNoSpaceEvent: [String: Int64] = [:]
+    /// The metadata filesystem is nearly full: new chunks are refused so a
+    /// commit never fails for space (see `MetadataReserve`).
+    public var metadataShort: Bool { metadataReserve?.short ?? false }
+    /// Keeps room for metadata commits; set before `start()`.
+    public var metadataReserve: MetadataReserve?
     /// Pools being created (their suppliers are being made off this thread).
     private var poolsInCreation: Set<String> = []
     private var statistics = DataPathStatistics()
@@ -109,7 +126,22 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     private func load() throws(RemapError) {
         for stored in try store.pools() {
-            let pool = try Pool(name: stored.name, chunkSize: stored.chunkSize, suppliers: stored.suppliers)
+            let indexByID = Dictionary(uniqueKeysWithValues: stored.suppliers.enumerated().map { ($1.id, $0) })
+            var segments: [Pool.Segment] = []
+            for segment in stored.segments {
+                guard let index = indexByID[segment.supplierID] else {
+                    throw .internal("metadata: segment of pool '\(stored.name)' names unknown supplier \(segment.supplierID)")
+                }
+                segments.append(Pool.Segment(firstChunk: segment.firstChunk, supplier: index,
+                                             supplierOffset: segment.supplierOffset, chunks: segment.chunks))
+            }
+            let pool = try Pool(name: stored.name, chunkSize: stored.chunkSize, suppliers: stored.suppliers, segments: segments)
+            if segments.isEmpty {
+                // A state directory from before segments were stored: record the layout.
+                try store.apply(pool.segments.map { .addSegment(pool: pool.name, segment: storedSegment($0, of: pool)) })
+            }
+            pool.onNoSpace = stored.queueSeconds > 0 ? .queue(seconds: stored.queueSeconds) : .error
+            pool.lowSpaceThresholds = stored.thresholds
             pools[pool.name] = pool
             var fds: [Int32] = []
             for supplier in stored.suppliers { fds.append(try SupplierFile.open(supplier)) }
@@ -126,7 +158,21 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             byKey[volume.key] = volume
             nextVolumeKey = max(nextVolumeKey, volume.key + 1)
         }
-        try store.forEachMapping { (key, virtual, physical) throws(RemapError) in
+        for stored in try store.reservations() {
+            guard let volume = byKey[stored.volume] else { continue }
+            let reservation = Reservation(
+                id: stored.id, name: stored.name, volume: volume,
+                kind: stored.firstChunk.map { .range(firstChunk: $0) } ?? .pooled,
+                role: Reservation.Role(rawValue: stored.role) ?? .plain, chunkCount: stored.chunkCount,
+                ttlSeconds: stored.ttlSeconds, expiresAt: stored.expiresAt)
+            if reservation.kind == .pooled {
+                reservation.setRemaining(stored.remaining)
+                volume.pool.pooledReservedChunks += stored.remaining
+            }
+            volume.reservations.append(reservation)
+        }
+        var orphans: [MetadataChange] = []
+        try store.forEachMapping { (key, virtual, physical, unwritten) throws(RemapError) in
             guard let volume = byKey[key], virtual < volume.map.virtualChunks,
                   physical < volume.pool.allocator.capacity, !volume.pool.allocator.isUsed(physical)
             else {
@@ -134,6 +180,19 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.map.map(virtual, to: physical)
             volume.pool.allocator.markUsed(physical)
+            if unwritten {
+                if let owner = volume.rangeReservation(covering: virtual) {
+                    owner.markUnwritten(virtual)
+                    volume.pool.unwrittenReservedChunks += 1
+                } else {
+                    orphans.append(.markWritten(volume: key, virtualChunk: virtual))
+                }
+            }
+        }
+        try store.apply(orphans)
+        for stored in try store.exports() {
+            guard let volume = byKey[stored.volume] else { continue }
+            extraExports[stored.name] = (volume, stored.reservation)
         }
         // Chunks freed (or prepared for writes) before a crash may hold
         // data nobody maps: zero them. Mapped ones just lose the mark.
@@ -148,13 +207,19 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
     }
 
+    func storedSegment(_ segment: Pool.Segment, of pool: Pool) -> StoredSegment {
+        StoredSegment(firstChunk: segment.firstChunk, supplierID: pool.suppliers[segment.supplier].id,
+                      supplierOffset: segment.supplierOffset, chunks: segment.chunks)
+    }
+
     /// Creates pool `name` on one new file supplier at `path` if no pool
     /// exists yet. Runs before `start()`.
     public func bootstrapPool(name: String, path: String, sizeBytes: UInt64, chunkSize: UInt64 = Pool.defaultChunkSize) throws(RemapError) {
         guard pools.isEmpty else { return }
         let (supplier, fd) = try SupplierFile.create(path: path, sizeBytes: sizeBytes, preallocate: true)
         let pool = try Pool(name: name, chunkSize: chunkSize, suppliers: [supplier])
-        try store.apply([.createPool(name: name, chunkSize: chunkSize), .addSupplier(pool: name, ordinal: 0, supplier: supplier)])
+        try store.apply([.createPool(name: name, chunkSize: chunkSize), .addSupplier(pool: name, ordinal: 0, supplier: supplier)]
+            + pool.segments.map { .addSegment(pool: name, segment: storedSegment($0, of: pool)) })
         pools[name] = pool
         supplierFDs[name] = [fd]
     }
@@ -225,9 +290,19 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Clients that have not finished the handshake by then are dropped,
     /// so idle or stuck connections cannot pile up.
     public var handshakeTimeout: Int64 = 30_000_000_000
+    private var lastSpaceCheck: Int64 = 0
 
     private func tick() {
         let now = monotonicNanoseconds()
+        expireSpaceWaiters(now: now)
+        if now - lastSpaceCheck >= 500_000_000 {
+            lastSpaceCheck = now
+            expireLeases(now: Int64(time(nil)))
+            checkThresholds()
+            if let reserve = metadataReserve, reserve.check() == .recovered {
+                for pool in pools.values { retrySpaceWaiters(pool) }
+            }
+        }
         for connection in connections.values where connection.inHandshake && now - connection.connectedAt > handshakeTimeout {
             connection.protocolError("no export chosen within \(handshakeTimeout / 1_000_000_000) s")
         }
@@ -279,11 +354,23 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     func volume(named name: String) -> Volume? { volumes[name] }
 
-    var exportNames: [String] { volumes.keys.sorted() }
+    /// A volume's own export or an extra one, with the reservation it is bound to.
+    func export(named name: String) -> (volume: Volume, reservation: String?)? {
+        if let volume = volumes[name] { return (volume, nil) }
+        return extraExports[name]
+    }
 
-    func attach(_ volume: Volume) { exportUsers[volume.key, default: 0] += 1 }
+    var exportNames: [String] { (Array(volumes.keys) + Array(extraExports.keys)).sorted() }
 
-    func detach(_ volume: Volume) { exportUsers[volume.key, default: 1] -= 1 }
+    func attach(_ volume: Volume, exportName: String) {
+        exportUsers[volume.key, default: 0] += 1
+        if extraExports[exportName] != nil { extraExportUsers[exportName, default: 0] += 1 }
+    }
+
+    func detach(_ volume: Volume, exportName: String?) {
+        exportUsers[volume.key, default: 1] -= 1
+        if let exportName, let users = extraExportUsers[exportName] { extraExportUsers[exportName] = users - 1 }
+    }
 
     /// Counts a finished NBD request for /metrics.
     func record(command: String, bytes: Int, error: NBD.Error?, started: Int64) {
@@ -379,7 +466,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Runs `work` on the engine thread and waits for the answer it gives,
     /// possibly later (after a commit).
-    private func call<T: Sendable>(_ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
+    func call<T: Sendable>(_ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
         let answer = Mutex<Result<T, RemapError>?>(nil)
         let done = DispatchSemaphore(value: 0)
         post {
@@ -393,7 +480,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         return try answer.withLock { $0! }.get()
     }
 
-    private func info(_ pool: Pool) -> PoolInfo {
+    func info(_ pool: Pool) -> PoolInfo {
         pool.info(volumes: volumes.values.filter { $0.pool === pool })
     }
 
@@ -434,7 +521,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         return try call { [self] reply in
             guard let pool = pools[spec.pool] else { return reply(.failure(.notFound(kind: "pool", name: spec.pool))) }
             if let existing = volumes[spec.name] {
-                guard existing.pool === pool, existing.sizeBytes == spec.sizeBytes, existing.labels == spec.labels else {
+                var asked = spec.reservation
+                if case .bytes(let bytes) = asked { asked = .bytes((bytes + pool.chunkSize - 1) / pool.chunkSize * pool.chunkSize) }
+                guard existing.pool === pool, existing.sizeBytes == spec.sizeBytes, existing.labels == spec.labels,
+                      existing.createdReservation == asked
+                else {
                     return reply(.failure(.alreadyExists(
                         kind: "volume", name: spec.name,
                         detail: "volume '\(spec.name)' exists with another spec (\(existing.sizeBytes) bytes in pool '\(existing.pool.name)')")))
@@ -448,6 +539,17 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
                 return
             }
+            // Decided at once: a reservation the pool cannot back refuses the volume.
+            let chunkSize = pool.chunkSize
+            let reservedChunks: UInt64
+            switch spec.reservation {
+            case .none: reservedChunks = 0
+            case .thick: reservedChunks = (spec.sizeBytes + chunkSize - 1) / chunkSize
+            case .bytes(let bytes): reservedChunks = (bytes + chunkSize - 1) / chunkSize
+            }
+            guard pool.unreservedFreeChunks >= reservedChunks else {
+                return reply(.failure(.noSpace(requestedBytes: reservedChunks * chunkSize, availableBytes: pool.freeBytes)))
+            }
             let volume = Volume(key: nextVolumeKey, id: randomUUID(), name: spec.name, pool: pool,
                                 sizeBytes: spec.sizeBytes, createdAt: utcTimestamp(), labels: spec.labels)
             nextVolumeKey += 1
@@ -455,10 +557,29 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             undurable.insert(volume.key)
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
                                       sizeBytes: volume.sizeBytes, createdAt: volume.createdAt, labels: volume.labels)
-            commit(extra: [.createVolume(stored)]) { [self] result in
+            pending.append(.createVolume(stored))
+            let finished: (Result<Void, RemapError>) -> Void = { [self] result in
                 undurable.remove(volume.key)
                 if case .failure = result { volumes[volume.name] = nil }
                 reply(result.map { (volume.info, true) })
+            }
+            let amount: ReservationSpec.Amount
+            let role: Reservation.Role
+            switch spec.reservation {
+            case .none: return commit(finished)
+            case .thick: (amount, role) = (.range(offsetBytes: 0, lengthBytes: spec.sizeBytes), .thick)
+            case .bytes(let bytes): (amount, role) = (.pooled(bytes: bytes), .volumeDefault)
+            }
+            reserve(volume, ReservationSpec(amount: amount, ttlSeconds: nil, name: role.rawValue), role: role) { [self] result in
+                switch result {
+                case .success: finished(.success(()))
+                case .failure(let error):
+                    // Space went to others while chunks were being prepared: undo the volume.
+                    volumes[volume.name] = nil
+                    undurable.remove(volume.key)
+                    pending.append(.deleteVolume(key: volume.key))
+                    reply(.failure(error))
+                }
             }
         }
     }
@@ -472,6 +593,15 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
             }
             volumes[name] = nil
+            for reservation in volume.reservations {
+                if reservation.kind == .pooled {
+                    volume.pool.pooledReservedChunks -= reservation.remaining
+                } else {
+                    volume.pool.unwrittenReservedChunks -= reservation.remaining
+                }
+            }
+            volume.reservations = []
+            for (exportName, export) in extraExports where export.volume === volume { extraExports[exportName] = nil }
             var chunks: [UInt64] = []
             volume.map.forEachMapping { _, physical in chunks.append(physical) }
             var job = zeroJob(pool: volume.pool, chunks: chunks)
@@ -502,6 +632,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         if let labels = patch.labels { try Labels.validate(labels) }
         return try call { [self] reply in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            applyPatch(volume, patch) { reply($0) }
+        }
+    }
+
+    private func applyPatch(_ volume: Volume, _ patch: VolumePatch, reply: @escaping (Result<VolumeInfo, RemapError>) -> Void) {
+            let name = volume.name
             var changes: [MetadataChange] = []
             var job = CommitJob(syncFDs: allSupplierFDs, changes: []) { _ in }
             var cut: [NewMapping] = []
@@ -517,7 +653,53 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
                 let chunkSize = volume.pool.chunkSize
                 let oldSize = volume.sizeBytes
+                let pool = volume.pool
+                let oldChunks = (oldSize + chunkSize - 1) / chunkSize
+                let newChunks = (size + chunkSize - 1) / chunkSize
+                let thick = volume.reservations.first { $0.role == .thick && !$0.released }
+                if let thick, newChunks > oldChunks {
+                    // A thick volume stays backed as it grows: decided at once.
+                    let needed = newChunks - oldChunks
+                    guard pool.unreservedFreeChunks >= needed else {
+                        return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
+                    }
+                    guard pool.preparedCount >= Int(needed) else {
+                        if chunksComing(pool) { return waitForChunks { [self] in applyPatch(volume, patch, reply: reply) } }
+                        return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
+                    }
+                    _ = thick
+                }
+                // Range reservations past the new end end or are cut short.
+                for reservation in volume.reservations where newChunks < oldChunks {
+                    guard let range = reservation.range, range.upperBound > newChunks else { continue }
+                    let before = reservation.remaining
+                    if range.lowerBound >= newChunks {
+                        reservation.resizeRange(chunkCount: 0)
+                        pool.unwrittenReservedChunks -= before
+                        reservation.released = true
+                        changes.append(.deleteReservation(id: reservation.id))
+                    } else {
+                        reservation.resizeRange(chunkCount: newChunks - range.lowerBound)
+                        pool.unwrittenReservedChunks -= before - reservation.remaining
+                        changes.append(.resizeReservation(id: reservation.id, chunkCount: reservation.chunkCount))
+                    }
+                }
+                volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
                 cut = volume.resize(to: size)
+                if let thick, newChunks > oldChunks {
+                    thick.resizeRange(chunkCount: newChunks)
+                    changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
+                    for chunk in oldChunks..<newChunks {
+                        // invariant: checked above that enough prepared chunks are there
+                        let physical = pool.takeChunk()!
+                        volume.map.map(chunk, to: physical)
+                        thick.markUnwritten(chunk)
+                        pool.unwrittenReservedChunks += 1
+                        changes.append(.reserveChunk(volume: volume.key, virtualChunk: chunk, physicalChunk: physical))
+                        changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
+                    }
+                    prepareChunks(pool)
+                }
                 job = zeroJob(pool: volume.pool, chunks: cut.map(\.physicalChunk))
                 job.syncFDs = allSupplierFDs
                 if size < oldSize, size % chunkSize != 0, let physical = volume.map.lookup(size / chunkSize) {
@@ -547,7 +729,6 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 // the error says so and a restart reloads the durable state.
                 reply(result.map { volume.info })
             }
-        }
     }
 
     /// Creates a pool and its suppliers (files are created and allocated on
@@ -591,6 +772,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         for (ordinal, entry) in made.enumerated() {
             changes.append(.addSupplier(pool: spec.name, ordinal: ordinal, supplier: entry.supplier))
         }
+        changes += pool.segments.map { .addSegment(pool: spec.name, segment: storedSegment($0, of: pool)) }
         let creation = changes
         do throws(RemapError) {
             return try call { [self] reply in
@@ -643,12 +825,18 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 guard made.supplier.sizeBytes >= pool.chunkSize else {
                     return reply(.failure(.invalidArgument("supplier '\(made.supplier.path)' is smaller than one chunk (\(pool.chunkSize) bytes)")))
                 }
-                let change = MetadataChange.addSupplier(pool: name, ordinal: pool.suppliers.count, supplier: made.supplier)
-                submit(CommitJob(syncFDs: [], changes: [change]) { _ in }) { [self] result in
+                let segment = StoredSegment(firstChunk: pool.allocator.capacity, supplierID: made.supplier.id,
+                                            supplierOffset: 0, chunks: made.supplier.sizeBytes / pool.chunkSize)
+                let changes: [MetadataChange] = [
+                    .addSupplier(pool: name, ordinal: pool.suppliers.count, supplier: made.supplier),
+                    .addSegment(pool: name, segment: segment),
+                ]
+                submit(CommitJob(syncFDs: [], changes: changes) { _ in }) { [self] result in
                     if case .success = result {
                         // invariant: checked above that the supplier holds at least one chunk
-                        try? pool.add(made.supplier)
+                        _ = try? pool.add(made.supplier)
                         supplierFDs[name, default: []].append(made.fd)
+                        events.record(.poolGrown, pool: name, detail: "supplier \(made.supplier.path) added")
                         chunksReleased(pool)
                     }
                     reply(result.map { info(pool) })

@@ -6,7 +6,7 @@ extension NBDConnection {
         switch NBD.Option(rawValue: code) {
         case .exportName:
             let name = String(decoding: data, as: UTF8.self)
-            guard let volume = engine.volume(named: name) else {
+            guard let volume = engine.export(named: name)?.volume else {
                 // EXPORT_NAME has no way to report an error: the spec says close.
                 log("NBD client asked for unknown export '\(name)'")
                 return protocolError("unknown export '\(name)'")
@@ -16,7 +16,7 @@ extension NBDConnection {
             reply.u16(transmissionFlags)
             if !noZeroes { reply.append(repeatElement(0, count: 124)) }
             send(reply.bytes)
-            enterTransmission(volume)
+            enterTransmission(volume, name: name)
         case .abort:
             send(encodeOptionReply(option: code, reply: .ack))
             endInput()
@@ -56,7 +56,7 @@ extension NBDConnection {
             asked.insert(request)
         }
         guard reader.atEnd else { return optionError(code, .errorInvalid, "option length does not match its content") }
-        guard let volume = engine.volume(named: name) else {
+        guard let volume = engine.export(named: name)?.volume else {
             return optionError(code, .errorUnknown, "export '\(name)' not found")
         }
         var export = WireWriter()
@@ -85,7 +85,7 @@ extension NBDConnection {
             send(encodeOptionReply(option: code, reply: .info, data: info.bytes))
         }
         send(encodeOptionReply(option: code, reply: .ack))
-        if go { enterTransmission(volume) }
+        if go { enterTransmission(volume, name: name) }
     }
 
     /// LIST_META_CONTEXT and SET_META_CONTEXT: remap serves `base:allocation`.
@@ -105,7 +105,7 @@ extension NBDConnection {
             queries.append(query)
         }
         guard reader.atEnd else { return optionError(code, .errorInvalid, "option length does not match its content") }
-        guard engine.volume(named: name) != nil else {
+        guard engine.export(named: name) != nil else {
             return optionError(code, .errorUnknown, "export '\(name)' not found")
         }
         let matches: Bool
@@ -140,10 +140,12 @@ extension NBDConnection {
         return flags
     }
 
-    private func enterTransmission(_ volume: Volume) {
+    private func enterTransmission(_ volume: Volume, name: String) {
         export = volume
-        if allocationContextFor != volume.name { allocationContextFor = nil }
-        engine.attach(volume)
+        exportName = name
+        boundReservation = engine.export(named: name)?.reservation
+        if allocationContextFor != name { allocationContextFor = nil }
+        engine.attach(volume, exportName: name)
         phase = .transmission
     }
 }

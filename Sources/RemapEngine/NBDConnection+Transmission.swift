@@ -13,7 +13,12 @@ extension NBDConnection {
         let inRange = request.offset <= volume.sizeBytes && UInt64(request.length) <= volume.sizeBytes - request.offset
         let flags = request.flags
         func refuse(_ error: NBD.Error, _ message: String) {
-            if command == .write { discarding = length }  // skip the payload, stay in sync
+            if command == .write && length > 0 {
+                // Skip the payload first, then answer: the stream stays in sync.
+                discarding = length
+                refusal = (request, started, error, message)
+                return
+            }
             reply(request, started, error: error, message: message)
         }
         let allowed: UInt16
@@ -152,24 +157,29 @@ extension NBDConnection {
 
     // MARK: - WRITE
 
-    func write(_ request: NBDRequest, _ buffer: IOBuffer, _ started: Int64) {
+    func write(_ request: NBDRequest, _ buffer: IOBuffer, _ started: Int64, deadline: Int64? = nil) {
         guard let volume = export else { return }
         let length = Int(request.length)
+        let source = engine.chunkSource(for: volume, bound: boundReservation)
         let plan: (segments: [IOSegment], newMappings: [NewMapping])
         do {
-            plan = try volume.writePlan(offset: request.offset, length: length)
+            plan = try volume.writePlan(offset: request.offset, length: length, source: source)
         } catch {
-            if case .noSpace = error, engine.chunksComing(volume.pool) {
-                return engine.waitForChunks { [self] in write(request, buffer, started) }
-            }
-            return reply(request, started, error: error.nbdError, message: error.description)
+            guard case .noSpace = error else { return reply(request, started, error: error.nbdError, message: error.description) }
+            return engine.noChunk(
+                for: volume, offset: request.offset, source: source, deadline: deadline,
+                retry: { [self] in write(request, buffer, started, deadline: $0) },
+                fail: { [self] in reply(request, started, error: .noSpace, message: "no space left in pool '\(volume.pool.name)'") })
         }
         engine.willWrite(volume, newMappings: plan.newMappings)
+        engine.beginDrawing(source)
         let progress = Progress(remaining: plan.segments.count)
         let epoch = engine.beginIO()
         let finish = { [self] in
             engine.endIO(epoch)
             engine.didWrite(volume, offset: request.offset, length: length)
+            if progress.failure == 0 { engine.markWritten(volume, offset: request.offset, length: length) }
+            engine.endDrawing(source)
             if progress.failure != 0 { return reply(request, started, error: .io, message: "writing the supplier failed") }
             completeWithFUA(request, started)
         }
@@ -200,27 +210,35 @@ extension NBDConnection {
     /// the next commit) unless `keepAllocated` (NO_HOLE), which instead
     /// maps holes to clean chunks; parts of mapped chunks are zeroed on the
     /// supplier.
-    private func zero(_ request: NBDRequest, _ volume: Volume, _ started: Int64, keepAllocated: Bool) {
+    private func zero(_ request: NBDRequest, _ volume: Volume, _ started: Int64, keepAllocated: Bool, deadline: Int64? = nil) {
         let pieces = volume.zeroPlan(offset: request.offset, length: Int(request.length))
+        var source: Engine.WriteChunks?
         if keepAllocated {
+            // Holes get clean (prepared) chunks: mapping them is all it takes.
             let holes = pieces.filter { $0.physicalChunk == nil }
-            if holes.count > volume.pool.preparedCount {
-                if engine.chunksComing(volume.pool) {
-                    return engine.waitForChunks { [self] in zero(request, volume, started, keepAllocated: true) }
+            let chunks = engine.chunkSource(for: volume, bound: boundReservation)
+            var taken: [UInt64] = []
+            for _ in holes {
+                guard let chunk = chunks.take() else {
+                    for chunk in taken.reversed() { chunks.giveBack(chunk) }
+                    return engine.noChunk(
+                        for: volume, offset: request.offset, source: chunks, deadline: deadline,
+                        retry: { [self] in zero(request, volume, started, keepAllocated: true, deadline: $0) },
+                        fail: { [self] in reply(request, started, error: .noSpace, message: "no space left in pool '\(volume.pool.name)'") })
                 }
-                let error = RemapError.noSpace(requestedBytes: UInt64(holes.count) * volume.pool.chunkSize,
-                                               availableBytes: volume.pool.freeBytes)
-                return reply(request, started, error: .noSpace, message: error.description)
+                taken.append(chunk)
             }
-            // Prepared chunks are clean: mapping them is all it takes.
-            for hole in holes where !engine.mapCleanChunk(volume, hole.virtualChunk) {
-                return reply(request, started, error: .noSpace, message: "no prepared chunk left")  // unreachable: counted above
-            }
+            for (hole, chunk) in zip(holes, taken) { engine.mapCleanChunk(volume, hole.virtualChunk, to: chunk) }
+            engine.beginDrawing(chunks)
+            source = chunks
         }
-        var ranges: [(fd: Int32, offset: UInt64, length: UInt64, punch: Bool)] = []
+        var ranges: [(fd: Int32, offset: UInt64, length: UInt64, punch: Bool, rereserve: (UInt64, UInt64)?)] = []
         for piece in pieces {
             guard let physical = piece.physicalChunk else { continue }
-            if piece.whole && !keepAllocated {
+            // Inside a live range reservation the chunk stays backed: zeroed
+            // and reserved-unwritten again, never unmapped.
+            let reserved = volume.rangeReservation(covering: piece.virtualChunk) != nil
+            if piece.whole && !keepAllocated && !reserved {
                 engine.unmapChunk(volume, piece.virtualChunk)
                 continue
             }
@@ -228,13 +246,15 @@ extension NBDConnection {
             let supplier = volume.pool.suppliers[location.supplier]
             ranges.append((engine.supplierFD(pool: volume.pool, index: location.supplier),
                            location.offset + piece.offsetInChunk, piece.length,
-                           !keepAllocated && supplier.kind == .file && !supplier.preallocated))
+                           !keepAllocated && !reserved && supplier.kind == .file && !supplier.preallocated,
+                           piece.whole && reserved && !keepAllocated ? (piece.virtualChunk, physical) : nil))
         }
         let progress = Progress(remaining: ranges.count)
         let epoch = engine.beginIO()
         let fast = request.flags & NBD.commandFastZero != 0
         let finish = { [self] in
             engine.endIO(epoch)
+            if let source { engine.endDrawing(source) }
             if progress.failure == -EOPNOTSUPP {
                 return reply(request, started, error: .notSupported, message: "the supplier cannot zero quickly")
             }
@@ -242,7 +262,10 @@ extension NBDConnection {
             completeWithFUA(request, started)
         }
         for range in ranges {
-            engine.zeroSupplier(fd: range.fd, offset: range.offset, length: range.length, punch: range.punch, fast: fast) { result in
+            engine.zeroSupplier(fd: range.fd, offset: range.offset, length: range.length, punch: range.punch, fast: fast) { [self] result in
+                if result >= 0, let (virtual, physical) = range.rereserve {
+                    engine.reserveAgain(volume, virtual, physical)
+                }
                 progress.complete(result)
                 if progress.remaining == 0 { finish() }
             }

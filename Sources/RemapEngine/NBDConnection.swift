@@ -40,11 +40,20 @@ final class NBDConnection {
     private var start = 0
     private var end = 0
     var payload: Payload?
-    /// Bytes of a refused WRITE's payload still to be skipped.
+    /// Bytes of a refused WRITE's payload still to be skipped, and the
+    /// refusal to send once they are: a reply must not overtake the
+    /// payload of its own request.
     var discarding = 0
+    var refusal: (request: NBDRequest, started: Int64, error: NBD.Error, message: String)?
+    /// `process()` is reading `input`: a request answered meanwhile must not
+    /// start a receive into it.
+    private var processing = false
 
     // Negotiated in the handshake.
     var export: Volume?
+    /// The export name chosen, and the pooled reservation it is bound to.
+    var exportName: String?
+    var boundReservation: String?
     var readOnly = false
     var noZeroes = false
     var structuredReplies = false
@@ -93,7 +102,7 @@ final class NBDConnection {
     // MARK: - Input
 
     func receive() {
-        guard !receiving, !inputEnded, !closed, requestsInFlight < Self.maximumInFlight else { return }
+        guard !processing, !receiving, !inputEnded, !closed, requestsInFlight < Self.maximumInFlight else { return }
         receiving = true
         socketOperations += 1
         if let payload {
@@ -120,8 +129,16 @@ final class NBDConnection {
                 payload = nil
                 requestsInFlight -= 1
             }
+            if refusal != nil {
+                refusal = nil
+                requestsInFlight -= 1
+            }
             return finishIfDone()
         }
+        // Requests answered at once while this runs must not start a
+        // receive: the next one's target (input or a payload) is only known
+        // once the input is parsed.
+        processing = true
         if let payload {
             payload.filled += Int(result)
             if payload.filled == payload.buffer.count {
@@ -132,6 +149,7 @@ final class NBDConnection {
             end += Int(result)
         }
         if !inputEnded { process() }
+        processing = false
         receive()
         finishIfDone()
     }
@@ -171,6 +189,10 @@ final class NBDConnection {
                     discarding -= skip
                     start += skip
                     if discarding > 0 { return }
+                    if let refused = refusal {
+                        refusal = nil
+                        reply(refused.request, refused.started, error: refused.error, message: refused.message)
+                    }
                     continue
                 }
                 guard available >= NBD.requestHeaderSize else { return }
@@ -261,7 +283,7 @@ final class NBDConnection {
               outgoing.isEmpty || broken
         else { return }
         closed = true
-        if let export { engine.detach(export) }
+        if let export { engine.detach(export, exportName: exportName) }
         close(fd)
         engine.connectionClosed(self)
     }

@@ -119,6 +119,29 @@ enum SupplierFile {
         }
     }
 
+    /// Grows a file supplier to `sizeBytes`, allocating the new part on
+    /// the host when the supplier is preallocated.
+    static func grow(fd: Int32, _ supplier: Supplier, to sizeBytes: UInt64) throws(RemapError) {
+        let extra = sizeBytes - supplier.sizeBytes
+        if supplier.preallocated {
+            let available = availableBytes(fd: fd)
+            guard extra <= available else { throw .noSpace(requestedBytes: extra, availableBytes: available) }
+            if fallocate(fd, 0, off_t(supplier.sizeBytes), off_t(extra)) != 0 {
+                let error = errno
+                _ = ftruncate(fd, off_t(supplier.sizeBytes))
+                if error == ENOSPC { throw .noSpace(requestedBytes: extra, availableBytes: availableBytes(fd: fd)) }
+                throw .io(errno: error, context: "growing \(supplier.path): \(String(cString: strerror(error)))")
+            }
+        } else if ftruncate(fd, off_t(sizeBytes)) != 0 {
+            let error = errno
+            if error == EFBIG || error == EINVAL {
+                throw .invalidArgument("sizeBytes \(sizeBytes) is larger than the host filesystem allows for one file")
+            }
+            throw .io(errno: error, context: "growing \(supplier.path): \(String(cString: strerror(error)))")
+        }
+        try systemCall("syncing \(supplier.path)") { fsync(fd) }
+    }
+
     /// Undoes `make` for suppliers that did not join a pool.
     static func discard(_ made: [(supplier: Supplier, fd: Int32)]) {
         for entry in made {

@@ -7,6 +7,10 @@ public enum MetadataChange: Sendable, Equatable {
     /// Removes an empty pool and its suppliers.
     case deletePool(name: String)
     case addSupplier(pool: String, ordinal: Int, supplier: Supplier)
+    case addSegment(pool: String, segment: StoredSegment)
+    case setSupplierSize(id: String, sizeBytes: UInt64)
+    /// onNoSpace's queue seconds (0 = error) and the low-space thresholds.
+    case setPoolSettings(name: String, queueSeconds: Int, thresholds: [Int])
     case createVolume(StoredVolume)
     /// Removes the volume and all its mappings.
     case deleteVolume(key: Int64)
@@ -14,6 +18,17 @@ public enum MetadataChange: Sendable, Equatable {
     /// Replaces the volume's labels.
     case setLabels(volume: Int64, labels: [String: String])
     case map(volume: Int64, virtualChunk: UInt64, physicalChunk: UInt64)
+    /// A mapping made by a range reservation: backed, reads zeros, unwritten.
+    case reserveChunk(volume: Int64, virtualChunk: UInt64, physicalChunk: UInt64)
+    /// A reserved-unwritten chunk got data.
+    case markWritten(volume: Int64, virtualChunk: UInt64)
+    case createReservation(StoredReservation)
+    case deleteReservation(id: String)
+    case setReservationRemaining(id: String, remaining: UInt64)
+    case setReservationExpiry(id: String, expiresAt: Int64?)
+    case resizeReservation(id: String, chunkCount: UInt64)
+    case createExport(name: String, volume: Int64, reservation: String?)
+    case deleteExport(name: String)
     case unmap(volume: Int64, virtualChunk: UInt64)
     /// A freed chunk that may still hold old data: zeroed before reuse, also
     /// after a crash.
@@ -48,4 +63,57 @@ public struct StoredPool: Sendable, Equatable {
     public var name: String
     public var chunkSize: UInt64
     public var suppliers: [Supplier]
+    public var segments: [StoredSegment] = []
+    public var queueSeconds: Int = 0
+    public var thresholds: [Int] = [80, 90, 95]
+}
+
+/// A run of a pool's physical chunks on one supplier.
+public struct StoredSegment: Sendable, Equatable {
+    public var firstChunk: UInt64
+    public var supplierID: String
+    public var supplierOffset: UInt64
+    public var chunks: UInt64
+
+    public init(firstChunk: UInt64, supplierID: String, supplierOffset: UInt64, chunks: UInt64) {
+        self.firstChunk = firstChunk
+        self.supplierID = supplierID
+        self.supplierOffset = supplierOffset
+        self.chunks = chunks
+    }
+}
+
+/// A reservation as stored.
+public struct StoredReservation: Sendable, Equatable {
+    public var id: String
+    public var volume: Int64
+    public var name: String?
+    /// nil for pooled, else the range's first chunk.
+    public var firstChunk: UInt64?
+    public var chunkCount: UInt64
+    /// Pooled: chunks not drawn yet. Range: derived from unwritten mappings.
+    public var remaining: UInt64
+    public var role: String
+    public var ttlSeconds: UInt64?
+    public var expiresAt: Int64?
+
+    public init(id: String, volume: Int64, name: String?, firstChunk: UInt64?, chunkCount: UInt64, remaining: UInt64,
+                role: String, ttlSeconds: UInt64?, expiresAt: Int64?) {
+        self.id = id
+        self.volume = volume
+        self.name = name
+        self.firstChunk = firstChunk
+        self.chunkCount = chunkCount
+        self.remaining = remaining
+        self.role = role
+        self.ttlSeconds = ttlSeconds
+        self.expiresAt = expiresAt
+    }
+}
+
+/// An extra NBD export of a volume, maybe bound to a pooled reservation.
+public struct StoredExport: Sendable, Equatable {
+    public var name: String
+    public var volume: Int64
+    public var reservation: String?
 }

@@ -19,6 +19,7 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         try database.execute("PRAGMA synchronous=FULL")
         try database.execute("PRAGMA foreign_keys=ON")
         try database.execute(Self.schema)
+        try Self.migrate(database)
         self.connection = database
     }
 
@@ -51,6 +52,27 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             key TEXT NOT NULL,
             value TEXT NOT NULL,
             PRIMARY KEY(volume, key)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS segments(
+            pool TEXT NOT NULL,
+            first_chunk INTEGER NOT NULL,
+            supplier TEXT NOT NULL,
+            supplier_offset INTEGER NOT NULL,
+            chunks INTEGER NOT NULL,
+            PRIMARY KEY(pool, first_chunk)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS reservations(
+            id TEXT PRIMARY KEY,
+            volume INTEGER NOT NULL,
+            name TEXT,
+            first_chunk INTEGER,
+            chunk_count INTEGER NOT NULL,
+            remaining INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            ttl_seconds INTEGER,
+            expires_at INTEGER);
+        CREATE TABLE IF NOT EXISTS exports(
+            name TEXT PRIMARY KEY,
+            volume INTEGER NOT NULL,
+            reservation TEXT);
         CREATE TABLE IF NOT EXISTS dirty_chunks(
             pool TEXT NOT NULL,
             physical_chunk INTEGER NOT NULL,
@@ -59,6 +81,26 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
 
     private func locked<T>(_ body: (SQLiteDatabase) throws(RemapError) -> T) throws(RemapError) -> T {
         try lock.withLock { (_) throws(RemapError) -> T in try body(connection) }
+    }
+
+    /// Columns added after the first release, for state directories made
+    /// by it.
+    static func migrate(_ database: SQLiteDatabase) throws(RemapError) {
+        func columns(_ table: String) throws(RemapError) -> Set<String> {
+            var names = Set<String>()
+            try database.run("SELECT name FROM pragma_table_info('\(table)')") { row in names.insert(row.text(0)) }
+            return names
+        }
+        if !(try columns("mappings")).contains("unwritten") {
+            try database.execute("ALTER TABLE mappings ADD COLUMN unwritten INTEGER NOT NULL DEFAULT 0")
+        }
+        let pools = try columns("pools")
+        if !pools.contains("queue_seconds") {
+            try database.execute("ALTER TABLE pools ADD COLUMN queue_seconds INTEGER NOT NULL DEFAULT 0")
+        }
+        if !pools.contains("thresholds") {
+            try database.execute("ALTER TABLE pools ADD COLUMN thresholds TEXT NOT NULL DEFAULT '80,90,95'")
+        }
     }
 
     /// Applies `changes` as one durable transaction.
@@ -82,6 +124,7 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             try database.run("INSERT INTO pools(name, chunk_size) VALUES(?, ?)", [.text(name), .integer(Int64(chunkSize))])
         case .deletePool(let name):
             try database.run("DELETE FROM dirty_chunks WHERE pool = ?", [.text(name)])
+            try database.run("DELETE FROM segments WHERE pool = ?", [.text(name)])
             try database.run("DELETE FROM suppliers WHERE pool = ?", [.text(name)])
             try database.run("DELETE FROM pools WHERE name = ?", [.text(name)])
         case .addSupplier(let pool, let ordinal, let supplier):
@@ -89,6 +132,43 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
                 "INSERT INTO suppliers(id, pool, ordinal, kind, path, size_bytes, preallocated) VALUES(?, ?, ?, ?, ?, ?, ?)",
                 [.text(supplier.id), .text(pool), .integer(Int64(ordinal)), .text(supplier.kind.rawValue),
                  .text(supplier.path), .integer(Int64(supplier.sizeBytes)), .integer(supplier.preallocated ? 1 : 0)])
+        case .addSegment(let pool, let segment):
+            try database.run(
+                "INSERT INTO segments(pool, first_chunk, supplier, supplier_offset, chunks) VALUES(?, ?, ?, ?, ?)",
+                [.text(pool), .integer(Int64(segment.firstChunk)), .text(segment.supplierID),
+                 .integer(Int64(segment.supplierOffset)), .integer(Int64(segment.chunks))])
+        case .setSupplierSize(let id, let size):
+            try database.run("UPDATE suppliers SET size_bytes = ? WHERE id = ?", [.integer(Int64(size)), .text(id)])
+        case .setPoolSettings(let name, let queueSeconds, let thresholds):
+            try database.run("UPDATE pools SET queue_seconds = ?, thresholds = ? WHERE name = ?",
+                             [.integer(Int64(queueSeconds)), .text(thresholds.map(String.init).joined(separator: ",")), .text(name)])
+        case .reserveChunk(let volume, let virtual, let physical):
+            try database.run(
+                "INSERT OR REPLACE INTO mappings(volume, virtual_chunk, physical_chunk, unwritten) VALUES(?, ?, ?, 1)",
+                [.integer(volume), .integer(Int64(virtual)), .integer(Int64(physical))])
+        case .markWritten(let volume, let virtual):
+            try database.run("UPDATE mappings SET unwritten = 0 WHERE volume = ? AND virtual_chunk = ?",
+                             [.integer(volume), .integer(Int64(virtual))])
+        case .createReservation(let r):
+            try database.run(
+                "INSERT INTO reservations(id, volume, name, first_chunk, chunk_count, remaining, role, ttl_seconds, expires_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [.text(r.id), .integer(r.volume), r.name.map { .text($0) } ?? .null, r.firstChunk.map { .integer(Int64($0)) } ?? .null,
+                 .integer(Int64(r.chunkCount)), .integer(Int64(r.remaining)), .text(r.role),
+                 r.ttlSeconds.map { .integer(Int64($0)) } ?? .null, r.expiresAt.map { .integer($0) } ?? .null])
+        case .deleteReservation(let id):
+            try database.run("DELETE FROM reservations WHERE id = ?", [.text(id)])
+            try database.run("UPDATE exports SET reservation = NULL WHERE reservation = ?", [.text(id)])
+        case .setReservationRemaining(let id, let remaining):
+            try database.run("UPDATE reservations SET remaining = ? WHERE id = ?", [.integer(Int64(remaining)), .text(id)])
+        case .setReservationExpiry(let id, let expiresAt):
+            try database.run("UPDATE reservations SET expires_at = ? WHERE id = ?", [expiresAt.map { .integer($0) } ?? .null, .text(id)])
+        case .resizeReservation(let id, let chunkCount):
+            try database.run("UPDATE reservations SET chunk_count = ? WHERE id = ?", [.integer(Int64(chunkCount)), .text(id)])
+        case .createExport(let name, let volume, let reservation):
+            try database.run("INSERT INTO exports(name, volume, reservation) VALUES(?, ?, ?)",
+                             [.text(name), .integer(volume), reservation.map { .text($0) } ?? .null])
+        case .deleteExport(let name):
+            try database.run("DELETE FROM exports WHERE name = ?", [.text(name)])
         case .createVolume(let volume):
             try database.run(
                 "INSERT INTO volumes(key, id, name, pool, size_bytes, created_at) VALUES(?, ?, ?, ?, ?, ?)",
@@ -98,6 +178,8 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         case .deleteVolume(let key):
             try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM volume_labels WHERE volume = ?", [.integer(key)])
+            try database.run("DELETE FROM reservations WHERE volume = ?", [.integer(key)])
+            try database.run("DELETE FROM exports WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM volumes WHERE key = ?", [.integer(key)])
         case .resizeVolume(let key, let size):
             // The chunks cut off by a shrink come as .unmap changes of their own.
@@ -127,8 +209,11 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
     public func pools() throws(RemapError) -> [StoredPool] {
         try locked { (database) throws(RemapError) in
             var pools: [StoredPool] = []
-            try database.run("SELECT name, chunk_size FROM pools ORDER BY name") { row in
-                pools.append(StoredPool(name: row.text(0), chunkSize: UInt64(row.integer(1)), suppliers: []))
+            try database.run("SELECT name, chunk_size, queue_seconds, thresholds FROM pools ORDER BY name") { row in
+                pools.append(StoredPool(
+                    name: row.text(0), chunkSize: UInt64(row.integer(1)), suppliers: [], segments: [],
+                    queueSeconds: Int(row.integer(2)),
+                    thresholds: row.text(3).split(separator: ",").compactMap { Int($0) }))
             }
             for index in pools.indices {
                 try database.run(
@@ -143,7 +228,43 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
                                  sizeBytes: UInt64(row.integer(3)), preallocated: row.integer(4) != 0))
                 }
             }
+            for index in pools.indices {
+                try database.run(
+                    "SELECT first_chunk, supplier, supplier_offset, chunks FROM segments WHERE pool = ? ORDER BY first_chunk",
+                    [.text(pools[index].name)]
+                ) { row in
+                    pools[index].segments.append(StoredSegment(
+                        firstChunk: UInt64(row.integer(0)), supplierID: row.text(1),
+                        supplierOffset: UInt64(row.integer(2)), chunks: UInt64(row.integer(3))))
+                }
+            }
             return pools
+        }
+    }
+
+    public func reservations() throws(RemapError) -> [StoredReservation] {
+        try locked { (database) throws(RemapError) in
+            var list: [StoredReservation] = []
+            try database.run(
+                "SELECT id, volume, name, first_chunk, chunk_count, remaining, role, ttl_seconds, expires_at FROM reservations ORDER BY rowid"
+            ) { row in
+                list.append(StoredReservation(
+                    id: row.text(0), volume: row.integer(1), name: row.optionalText(2),
+                    firstChunk: row.optionalInteger(3).map(UInt64.init), chunkCount: UInt64(row.integer(4)),
+                    remaining: UInt64(row.integer(5)), role: row.text(6),
+                    ttlSeconds: row.optionalInteger(7).map(UInt64.init), expiresAt: row.optionalInteger(8)))
+            }
+            return list
+        }
+    }
+
+    public func exports() throws(RemapError) -> [StoredExport] {
+        try locked { (database) throws(RemapError) in
+            var list: [StoredExport] = []
+            try database.run("SELECT name, volume, reservation FROM exports ORDER BY name") { row in
+                list.append(StoredExport(name: row.text(0), volume: row.integer(1), reservation: row.optionalText(2)))
+            }
+            return list
         }
     }
 
@@ -164,11 +285,16 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         }
     }
 
-    /// Streams every mapping of every volume, ordered by volume then chunk.
-    public func forEachMapping(_ body: (_ volume: Int64, _ virtual: UInt64, _ physical: UInt64) throws(RemapError) -> Void) throws(RemapError) {
+    /// Streams every mapping of every volume, ordered by volume then chunk;
+    /// `unwritten` marks chunks a range reservation backs but nobody wrote.
+    public func forEachMapping(
+        _ body: (_ volume: Int64, _ virtual: UInt64, _ physical: UInt64, _ unwritten: Bool) throws(RemapError) -> Void
+    ) throws(RemapError) {
         try locked { (database) throws(RemapError) in
-            try database.run("SELECT volume, virtual_chunk, physical_chunk FROM mappings ORDER BY volume, virtual_chunk") { (row) throws(RemapError) in
-                try body(row.integer(0), UInt64(row.integer(1)), UInt64(row.integer(2)))
+            try database.run(
+                "SELECT volume, virtual_chunk, physical_chunk, unwritten FROM mappings ORDER BY volume, virtual_chunk"
+            ) { (row) throws(RemapError) in
+                try body(row.integer(0), UInt64(row.integer(1)), UInt64(row.integer(2)), row.integer(3) != 0)
             }
         }
     }

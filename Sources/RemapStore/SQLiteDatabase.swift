@@ -42,6 +42,7 @@ final class SQLiteDatabase {
             switch value {
             case .integer(let number): sqlite3_bind_int64(statement, position, number)
             case .text(let text): sqlite3_bind_text(statement, position, text, -1, sqliteTransient)
+            case .null: sqlite3_bind_null(statement, position)
             }
         }
         while true {
@@ -71,12 +72,19 @@ final class SQLiteDatabase {
         func text(_ column: Int32) -> String {
             sqlite3_column_text(statement, column).map { String(cString: $0) } ?? ""
         }
+        func optionalText(_ column: Int32) -> String? {
+            sqlite3_column_type(statement, column) == SQLITE_NULL ? nil : text(column)
+        }
+        func optionalInteger(_ column: Int32) -> Int64? {
+            sqlite3_column_type(statement, column) == SQLITE_NULL ? nil : integer(column)
+        }
     }
 }
 
 enum SQLValue {
     case integer(Int64)
     case text(String)
+    case null
 }
 
 /// SQLITE_TRANSIENT is a macro casting -1 to a function pointer, which Swift

@@ -88,6 +88,80 @@ struct APIClient: Sendable {
         _ = try perform(HTTPRequest(method: "DELETE", path: Self.volumePath(name)))
     }
 
+    /// Changes a pool's space settings; the reply is the whole pool.
+    func updatePool(named name: String, _ update: PoolUpdate) throws(ClientError) -> Reply<Pool> {
+        try send("PATCH", Self.poolPath(name), update)
+    }
+
+    /// Grows a file supplier to `sizeBytes`; the new space is usable at once.
+    func resizeSupplier(
+        _ id: String, ofPool name: String, to sizeBytes: Int
+    ) throws(ClientError) -> Reply<Pool> {
+        try send(
+            "PATCH", Self.poolPath(name) + "/suppliers/" + PathComponent.encode(id),
+            SupplierResize(sizeBytes: sizeBytes))
+    }
+
+    // MARK: Reservations
+
+    func reservations(ofVolume volume: String) throws(ClientError) -> Reply<ReservationList> {
+        try get(Self.volumePath(volume) + "/reservations")
+    }
+
+    func reservation(_ id: String, ofVolume volume: String) throws(ClientError) -> Reply<Reservation> {
+        try get(Self.reservationPath(id, volume))
+    }
+
+    /// Reserves space for a volume. The reply's status tells the outcome:
+    /// 201 for a new reservation, 200 when one of that name and spec
+    /// existed; 507 `insufficient-space` is decided at once.
+    func createReservation(
+        _ spec: ReservationSpec, forVolume volume: String
+    ) throws(ClientError) -> Reply<Reservation> {
+        try send("POST", Self.volumePath(volume) + "/reservations", spec)
+    }
+
+    /// Extends a lease by `ttlSeconds` from now, or by its original TTL.
+    func renewReservation(
+        _ id: String, ofVolume volume: String, ttlSeconds: Int?
+    ) throws(ClientError) -> Reply<Reservation> {
+        try send("POST", Self.reservationPath(id, volume) + "/renew", ReservationRenewal(ttlSeconds: ttlSeconds))
+    }
+
+    /// Releases a reservation; remapd answers 204 with no body. What was not
+    /// used returns to the pool once in-flight writes drawing on it finish.
+    func deleteReservation(_ id: String, ofVolume volume: String) throws(ClientError) {
+        _ = try perform(HTTPRequest(method: "DELETE", path: Self.reservationPath(id, volume)))
+    }
+
+    // MARK: Exports
+
+    func exports() throws(ClientError) -> Reply<ExportList> {
+        try get("/v1/exports")
+    }
+
+    /// Adds an NBD export of a volume; always 201.
+    func createExport(_ spec: ExportSpec) throws(ClientError) -> Reply<Export> {
+        try send("POST", "/v1/exports", spec)
+    }
+
+    /// Removes an extra export; remapd answers 204 with no body.
+    func deleteExport(named name: String) throws(ClientError) {
+        _ = try perform(HTTPRequest(method: "DELETE", path: "/v1/exports/" + PathComponent.encode(name)))
+    }
+
+    // MARK: Events
+
+    /// The events after `since` (up to 1000), oldest first; all that remapd
+    /// keeps when `since` is `nil`.
+    func events(since: Int?) throws(ClientError) -> Reply<EventList> {
+        try get(QueryString.target("/v1/events", since.map { [(name: "since", value: String($0))] } ?? []))
+    }
+
+    private static func reservationPath(_ id: String, _ volume: String) -> String {
+        volumePath(volume) + "/reservations/" + PathComponent.encode(id)
+    }
+
     private static func poolPath(_ name: String) -> String {
         "/v1/pools/\(PathComponent.encode(name))"
     }
@@ -141,7 +215,7 @@ struct APIClient: Sendable {
 
     /// The problem document in an error response. A body that is not one
     /// (say, a proxy's plain-text page) still lends its first line as detail.
-    private static func problem(in response: HTTPResponse) -> Problem {
+    static func problem(in response: HTTPResponse) -> Problem {
         if let problem = try? JSONDecoder().decode(Problem.self, from: Data(response.body)) {
             return problem
         }

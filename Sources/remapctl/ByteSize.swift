@@ -43,9 +43,9 @@ extension ByteSize {
     /// Parses sizes such as `1073741824`, `1G`, `1 GiB`, `512m`, `1.5T`.
     ///
     /// The number may carry a decimal fraction as long as the result is a whole
-    /// number of bytes. Zero, negative numbers and sizes above `Int.max` are
-    /// refused.
-    init(parsing text: String) throws(ParseError) {
+    /// number of bytes. Negative numbers, sizes above `Int.max` and, unless
+    /// `allowingZero` (for offsets), zero are refused.
+    init(parsing text: String, allowingZero: Bool = false) throws(ParseError) {
         let trimmed = text.trimmed
         guard !trimmed.isEmpty else { throw .empty }
         if trimmed.first == "-" { throw .notPositive }
@@ -76,7 +76,7 @@ extension ByteSize {
             guard numerator % denominator == 0 else { throw .notWholeBytes }
             scaled = try scaled.addingChecked(numerator / denominator)
         }
-        guard scaled > 0 else { throw .notPositive }
+        guard scaled > 0 || (allowingZero && scaled == 0) else { throw .notPositive }
         guard scaled <= Int128(Int.max) else { throw .tooLarge }
         self.init(bytes: Int(scaled))
     }

@@ -20,6 +20,10 @@ enum ClientError: Error, Equatable {
     case problem(Problem, httpStatus: Int, reason: String)
     /// The `--token-file` could not be read or holds no usable token.
     case unreadableTokenFile(path: String, reason: String)
+    /// A name given on the command line matches nothing the daemon has
+    /// (looked up by remapctl itself, e.g. a supplier given by path), or
+    /// more than one thing.
+    case lookupFailed(String)
 
     /// The one-line explanation printed after `remapctl: `.
     var message: String {
@@ -43,6 +47,8 @@ enum ClientError: Error, Equatable {
             problem.summary(httpStatus: httpStatus, reason: reason)
         case .unreadableTokenFile(let path, let reason):
             "cannot read token file \(path): \(reason)"
+        case .lookupFailed(let explanation):
+            explanation
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 
-/// Shell completion of the names only remapd knows: pools and volumes.
+/// Shell completion of the names only remapd knows: pools, volumes,
+/// suppliers, reservations and exports.
 ///
 /// The completion script runs remapctl when TAB is pressed; remapctl then
 /// asks the daemon named by the `--socket`, `--url` and token options already
@@ -26,6 +27,57 @@ enum Completion {
         names(words: words) { (client) throws(ClientError) in
             try client.volumePages(VolumeQuery(), follow: true).flatMap { $0.value.volumes.map(\.name) }
         }
+    }
+
+    /// The IDs of the reservations of the volume named earlier on the line
+    /// (`remapctl reservation show VOLUME <TAB>`).
+    static let reservations = CompletionKind.custom { words, index, _ in
+        guard let volume = leafArguments(in: words, before: index).first else { return [] }
+        return names(words: words) { (client) throws(ClientError) in
+            try client.reservations(ofVolume: volume).value.reservations.map(\.id)
+        }
+    }
+
+    static let exports = CompletionKind.custom { words, _, _ in
+        names(words: words) { (client) throws(ClientError) in
+            try client.exports().value.exports.map(\.name)
+        }
+    }
+
+    /// The IDs and paths of the suppliers of the pool named earlier on the
+    /// line (`remapctl pool grow POOL --supplier <TAB>`).
+    static let suppliers = CompletionKind.custom { words, index, _ in
+        guard let pool = leafArguments(in: words, before: index).first else { return [] }
+        return names(words: words) { (client) throws(ClientError) in
+            try client.pool(named: pool).value.suppliers.flatMap { [$0.id, $0.path] }
+        }
+    }
+
+    /// Options of any remapctl command that take a separate value, so that
+    /// the value is not mistaken for a positional argument.
+    private static let optionsWithValue: Set<String> = RemapCtl.globalOptionsWithValue.union([
+        "--size", "--pool", "--label", "--limit", "--page-token", "--remove", "--file", "--block",
+        "--chunk-size", "--reservation", "--bytes", "--offset", "--length", "--ttl", "--name",
+        "--supplier", "--add-file", "--on-no-space", "--thresholds", "--nbd-socket", "--since",
+    ])
+
+    /// The positional arguments of the leaf command among `words[..<index]`,
+    /// unquoted: `remapctl reservation show vm1 <TAB>` gives `["vm1"]`.
+    /// The first word is the program and the next two positionals name the
+    /// command group and the command.
+    static func leafArguments(in words: [String], before index: Int) -> [String] {
+        var positionals: [String] = []
+        var position = 1
+        while position < min(index, words.count) {
+            let word = words[position]
+            if optionsWithValue.contains(word) {
+                position += 2
+                continue
+            }
+            if !word.hasPrefix("-") { positionals.append(unquoted(word)) }
+            position += 1
+        }
+        return Array(positionals.dropFirst(2))
     }
 
     private static func names(

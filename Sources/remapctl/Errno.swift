@@ -22,6 +22,7 @@ struct Errno: Error, Equatable, CustomStringConvertible {
     static let fileNameTooLong = Errno(rawValue: ENAMETOOLONG)
     static let timedOut = Errno(rawValue: ETIMEDOUT)
     static let fileTooLarge = Errno(rawValue: EFBIG)
+    static let connectionReset = Errno(rawValue: ECONNRESET)
 
     /// The C library's message for this error, e.g. "Connection refused".
     var description: String {

@@ -10,6 +10,9 @@ struct HTTPRequest: Sendable {
     var bearerToken: String?
     /// The media type asked for; `/metrics` answers in Prometheus text.
     var accept: String
+    /// Further header fields, e.g. `Last-Event-ID`. Values must not hold
+    /// line breaks.
+    var extraHeaders: [(name: String, value: String)] = []
 
     init(
         method: String, path: String, body: [UInt8]? = nil, bearerToken: String? = nil,
@@ -31,6 +34,9 @@ struct HTTPRequest: Sendable {
         head += "Accept: \(accept)\r\n"
         if let bearerToken {
             head += "Authorization: Bearer \(bearerToken)\r\n"
+        }
+        for header in extraHeaders {
+            head += "\(header.name): \(header.value.singleLine)\r\n"
         }
         if let body {
             head += "Content-Type: application/json\r\n"

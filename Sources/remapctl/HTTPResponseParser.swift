@@ -75,6 +75,27 @@ enum HTTPResponseParser {
         }
     }
 
+    /// The head of the response in `buffer`, after any interim (1xx)
+    /// responses, and the index where its body starts; `nil` while the head
+    /// has not fully arrived. For responses read as they stream in.
+    static func head(_ buffer: [UInt8]) throws(Failure) -> (response: HTTPResponse, bodyStart: Int)? {
+        var start = 0
+        while true {
+            guard let headerEnd = buffer.firstRange(of: Self.blankLine, from: start) else {
+                if buffer.count - start > maximumHeaderBytes {
+                    throw Failure(reason: "response headers exceed \(maximumHeaderBytes) bytes")
+                }
+                return nil
+            }
+            let response = try parseHead(buffer[start..<headerEnd.lowerBound])
+            if (100..<200).contains(response.status) && response.status != 101 {
+                start = headerEnd.upperBound
+                continue
+            }
+            return (response, headerEnd.upperBound)
+        }
+    }
+
     private static let lineBreak: [UInt8] = [13, 10]
     private static let blankLine: [UInt8] = [13, 10, 13, 10]
 

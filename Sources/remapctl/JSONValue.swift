@@ -44,8 +44,20 @@ enum JSONValue: Decodable, Equatable, Sendable {
         return output
     }
 
-    private func write(to output: inout String, indent: String) {
-        let inner = indent + "  "
+    /// The document on one line, keys sorted, no spaces: one event per
+    /// line for streams.
+    var compact: String {
+        var output = ""
+        write(to: &output, indent: nil)
+        return output
+    }
+
+    /// Writes the value; `indent` is `nil` for the compact form.
+    private func write(to output: inout String, indent: String?) {
+        let inner = indent.map { $0 + "  " }
+        let open = indent == nil ? "" : "\n"
+        let separator = indent == nil ? "," : ",\n"
+        let colon = indent == nil ? ":" : ": "
         switch self {
         case .null:
             output += "null"
@@ -59,23 +71,23 @@ enum JSONValue: Decodable, Equatable, Sendable {
             output += Self.quoted(value)
         case .array(let elements):
             guard !elements.isEmpty else { output += "[]"; return }
-            output += "[\n"
+            output += "[" + open
             for (index, element) in elements.enumerated() {
-                output += inner
+                output += inner ?? ""
                 element.write(to: &output, indent: inner)
-                output += index == elements.count - 1 ? "\n" : ",\n"
+                output += index == elements.count - 1 ? open : separator
             }
-            output += indent + "]"
+            output += (indent ?? "") + "]"
         case .object(let members):
             guard !members.isEmpty else { output += "{}"; return }
-            output += "{\n"
+            output += "{" + open
             let keys = members.keys.sorted()
             for (index, key) in keys.enumerated() {
-                output += inner + Self.quoted(key) + ": "
+                output += (inner ?? "") + Self.quoted(key) + colon
                 members[key, default: .null].write(to: &output, indent: inner)
-                output += index == keys.count - 1 ? "\n" : ",\n"
+                output += index == keys.count - 1 ? open : separator
             }
-            output += indent + "}"
+            output += (indent ?? "") + "}"
         }
     }
 

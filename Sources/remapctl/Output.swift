@@ -8,6 +8,14 @@ enum Output {
         Swift.print(text, terminator: "")
     }
 
+    /// Pushes what ``print(_:)`` buffered out now, so that a stream's lines
+    /// reach a pipe as they happen rather than when a buffer fills.
+    static func flush() {
+        // nil flushes every output stream; naming `stdout` would touch a
+        // C global Swift 6 cannot prove safe.
+        fflush(nil)
+    }
+
     /// Prints a response body for `--json`: pretty, keys sorted. A body that
     /// is not JSON is printed as received.
     static func printJSON(_ body: [UInt8]) {

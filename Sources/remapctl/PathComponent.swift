@@ -13,10 +13,14 @@ enum PathComponent {
 
     /// `text` with every byte outside the unreserved set written as `%XX`.
     /// What is left cannot end a path segment or a query parameter.
-    static func percentEncoded(_ text: String) -> String {
+    ///
+    /// - Parameter allowed: Further ASCII characters to keep as they are,
+    ///   where the caller knows they are safe (`/` in a path, `+` in an NBD
+    ///   export name).
+    static func percentEncoded(_ text: String, allowing allowed: Set<UInt8> = []) -> String {
         var encoded = ""
         for byte in text.utf8 {
-            if isUnreserved(byte) {
+            if isUnreserved(byte) || allowed.contains(byte) {
                 encoded.unicodeScalars.append(Unicode.Scalar(byte))
             } else {
                 encoded += "%" + hexDigits[Int(byte >> 4)] + hexDigits[Int(byte & 0x0F)]

@@ -5,7 +5,7 @@ struct PoolCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pool",
         abstract: "Create, inspect, grow and delete storage pools.",
-        subcommands: [List.self, Show.self, Create.self, AddSupplier.self, Delete.self])
+        subcommands: [List.self, Show.self, Create.self, AddSupplier.self, Grow.self, Settings.self, Delete.self])
 }
 
 extension PoolCommand {
@@ -14,9 +14,14 @@ extension PoolCommand {
         static let configuration = CommandConfiguration(
             abstract: "List pools with their capacity, use and overcommit.",
             discussion: """
+                CAPACITY = ALLOCATED + RESERVED + FREE, where RESERVED is the unused \
+                part of live reservations. USED% is ALLOCATED / CAPACITY; \
+                COMMITTED% is (ALLOCATED + RESERVED) / CAPACITY, which the \
+                THRESHOLDS (percentages raising pool.low-space events) watch. \
                 PROVISIONED is the sum of the pool's volume sizes; OVERCOMMIT is \
                 PROVISIONED / CAPACITY (above 1.00x the volumes could ask for more \
-                than the pool holds).
+                than the pool holds). ON-NO-SPACE is what a write that finds no \
+                space does: error (ENOSPC at once) or queue:SECONDS (wait for space).
                 """)
 
         @OptionGroup var global: GlobalOptions
@@ -32,11 +37,15 @@ extension PoolCommand {
                 .init(title: "CHUNK", alignment: .right),
                 .init(title: "CAPACITY", alignment: .right),
                 .init(title: "ALLOCATED", alignment: .right),
+                .init(title: "RESERVED", alignment: .right),
                 .init(title: "FREE", alignment: .right),
                 .init(title: "USED%", alignment: .right),
+                .init(title: "COMMITTED%", alignment: .right),
                 .init(title: "VOLUMES", alignment: .right),
                 .init(title: "PROVISIONED", alignment: .right),
                 .init(title: "OVERCOMMIT", alignment: .right),
+                .init(title: "ON-NO-SPACE"),
+                .init(title: "THRESHOLDS"),
             ])
             for pool in reply.value.pools.sorted(by: { $0.name < $1.name }) {
                 table.append([
@@ -44,11 +53,15 @@ extension PoolCommand {
                     ByteSize.format(pool.chunkSizeBytes),
                     ByteSize.format(pool.capacityBytes),
                     ByteSize.format(pool.allocatedBytes),
+                    pool.reservedBytes.map(ByteSize.format) ?? "-",
                     ByteSize.format(pool.freeBytes),
                     ByteSize.percentage(pool.allocatedBytes, of: pool.capacityBytes),
+                    ByteSize.percentage(pool.committedBytes, of: pool.capacityBytes),
                     String(pool.volumeCount),
                     ByteSize.format(pool.provisionedBytes),
                     Output.ratio(pool.overcommitRatio),
+                    pool.onNoSpace?.description ?? "-",
+                    pool.thresholdSummary,
                 ])
             }
             Output.print(table.rendered())
@@ -111,6 +124,24 @@ extension PoolCommand {
 }
 
 extension Pool {
+    /// Space promised or taken: what the low-space thresholds measure.
+    var committedBytes: Int { allocatedBytes + (reservedBytes ?? 0) }
+
+    /// The thresholds as typed on the command line, `80,90,95`; `none` when
+    /// the pool has none, `-` when the daemon does not say.
+    var thresholdSummary: String {
+        guard let lowSpaceThresholds else { return "-" }
+        guard !lowSpaceThresholds.isEmpty else { return "none" }
+        return lowSpaceThresholds.map(String.init).joined(separator: ",")
+    }
+
+    /// The thresholds for `pool show`: `80%, 90%, 95% committed`.
+    var thresholdsInWords: String {
+        guard let lowSpaceThresholds else { return "-" }
+        guard !lowSpaceThresholds.isEmpty else { return "none" }
+        return lowSpaceThresholds.map { "\($0)%" }.joined(separator: ", ") + " committed"
+    }
+
     /// The pool as `remapctl pool show` prints it.
     var details: String {
         var fields = FieldList()
@@ -118,11 +149,15 @@ extension Pool {
         fields.append("chunk size", Output.size(chunkSizeBytes))
         fields.append("capacity", Output.size(capacityBytes))
         fields.append("allocated", Output.size(allocatedBytes))
+        fields.append("reserved", reservedBytes.map(Output.size) ?? "-")
         fields.append("free", Output.size(freeBytes))
         fields.append("used", ByteSize.percentage(allocatedBytes, of: capacityBytes))
+        fields.append("committed", ByteSize.percentage(committedBytes, of: capacityBytes))
         fields.append("volumes", String(volumeCount))
         fields.append("provisioned", Output.size(provisionedBytes))
         fields.append("overcommit", Output.ratio(overcommitRatio))
+        fields.append("on no space", onNoSpace.map(\.explanation) ?? "-")
+        fields.append("low-space at", thresholdsInWords)
         fields.append("suppliers", suppliers.isEmpty ? "none" : String(suppliers.count))
         var text = fields.rendered()
         if !suppliers.isEmpty {

@@ -28,6 +28,9 @@ struct RemapCtl: ParsableCommand {
         subcommands: [
             PoolCommand.self,
             VolumeCommand.self,
+            ReservationCommand.self,
+            ExportCommand.self,
+            EventCommand.self,
             VersionCommand.self,
             HealthCommand.self,
             MetricsCommand.self,

@@ -57,6 +57,23 @@ struct Socket: ~Copyable {
         return buffer
     }
 
+    /// Replaces the receive timeout set at connect time; `nil` waits for
+    /// ever, as a stream of rare events must.
+    func setReceiveTimeout(_ seconds: Int?) throws(Errno) {
+        var limit = timeval(tv_sec: seconds ?? 0, tv_usec: 0)
+        _ = try valueOrErrno {
+            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    /// Asks the kernel to probe an idle TCP connection, so that a peer that
+    /// vanished without closing is noticed eventually. Unix sockets ignore it.
+    func enableKeepAlive() {
+        var on: CInt = 1
+        // Best effort: without probes a dead peer is only noticed later.
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<CInt>.size))
+    }
+
     // MARK: - Connecting
 
     private static func connectUnix(path: String, timeout: Int) throws(Errno) -> Socket {

@@ -14,9 +14,16 @@ struct Volume: Decodable, Equatable, Sendable {
     var exportName: String
     /// The user's key/value labels.
     var labels: Labels
+    /// The unused part of the volume's reservations; absent from daemons
+    /// that predate reservations.
+    var reservedBytes: Int?
+    /// How much of the volume can be written now without drawing on the
+    /// pool's free space.
+    var guaranteedWritableBytes: Int?
 
     private enum CodingKeys: String, CodingKey {
         case id, name, pool, sizeBytes, allocatedBytes, createdAt, exportName, labels
+        case reservedBytes, guaranteedWritableBytes
     }
 
     init(from decoder: any Decoder) throws {
@@ -30,6 +37,8 @@ struct Volume: Decodable, Equatable, Sendable {
         exportName = try container.decode(String.self, forKey: .exportName)
         // A volume without labels may come without the member; both mean none.
         labels = try container.decodeIfPresent(Labels.self, forKey: .labels) ?? Labels()
+        reservedBytes = try container.decodeIfPresent(Int.self, forKey: .reservedBytes)
+        guaranteedWritableBytes = try container.decodeIfPresent(Int.self, forKey: .guaranteedWritableBytes)
     }
 }
 
@@ -41,6 +50,59 @@ struct VolumeSpec: Encodable, Sendable {
     var pool: String?
     /// Left out when empty, so a plain create reads as it always did.
     var labels: Labels?
+    /// Left out unless asked for; remapd's default is no reservation.
+    var reservation: VolumeReservation?
+}
+
+/// The space a new volume is promised: none (thin), all of it (`thick`: a
+/// range reservation over the whole volume), or a pooled amount every write
+/// to the volume draws on.
+///
+/// On the wire `"none"`, `"thick"` or `{"bytes": N}`; on the command line
+/// `none`, `thick` or a size.
+enum VolumeReservation: Encodable, Equatable, Sendable {
+    case none
+    case thick
+    case pooled(bytes: Int)
+
+    private enum CodingKeys: String, CodingKey {
+        case bytes
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .none:
+            var container = encoder.singleValueContainer()
+            try container.encode("none")
+        case .thick:
+            var container = encoder.singleValueContainer()
+            try container.encode("thick")
+        case .pooled(let bytes):
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(bytes, forKey: .bytes)
+        }
+    }
+
+    /// Why a `--reservation` value was refused.
+    struct ParseError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Parses `none`, `thick`, or a size such as `256M`.
+    init(parsing text: String) throws(ParseError) {
+        switch text.trimmed.lowercased() {
+        case "none":
+            self = .none
+        case "thick":
+            self = .thick
+        default:
+            do throws(ByteSize.ParseError) {
+                self = .pooled(bytes: try ByteSize(parsing: text).bytes)
+            } catch {
+                throw ParseError(description: "use none, thick or a size (e.g. 256M): \(error)")
+            }
+        }
+    }
 }
 
 /// The body of `PATCH /v1/volumes/{name}`: the members to change.

@@ -33,6 +33,12 @@ extension VolumeCommand {
             discussion: """
                 Creating a volume that already exists with the same size, pool and \
                 labels succeeds and reports the existing volume.
+
+                --reservation thick backs every chunk of the volume now (a range \
+                reservation named thick, kept over the whole volume when it grows); \
+                --reservation SIZE sets SIZE aside in the pool (a pooled reservation \
+                named default that every write to the volume draws on). Either is \
+                refused with insufficient-space when the pool cannot hold it.
                 """)
 
         @OptionGroup var global: GlobalOptions
@@ -54,6 +60,15 @@ extension VolumeCommand {
             transform: { text in try LabelAssignment(parsing: text) })
         var labels: [LabelAssignment] = []
 
+        @Option(
+            help: ArgumentHelp(
+                "The space promised to the volume: none (thin, the default), thick (all of it, "
+                    + "backed now), or a size set aside in the pool for its writes (e.g. 256M).",
+                valueName: "none|thick|size"),
+            completion: .list(["none", "thick"]),
+            transform: { text in try VolumeReservation(parsing: text) })
+        var reservation: VolumeReservation?
+
         func validate() throws {
             if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
             if pool?.isEmpty == true { throw ValidationError("--pool needs a name.") }
@@ -63,7 +78,8 @@ extension VolumeCommand {
         func run() throws {
             let labels = try VolumeCommand.labelSet(self.labels)
             let spec = VolumeSpec(
-                name: name, sizeBytes: size.bytes, pool: pool, labels: labels.isEmpty ? nil : labels)
+                name: name, sizeBytes: size.bytes, pool: pool, labels: labels.isEmpty ? nil : labels,
+                reservation: reservation)
             let reply = try global.makeClient().createVolume(spec)
             if global.json {
                 Output.printJSON(reply.body)
@@ -133,6 +149,8 @@ extension Volume {
         fields.append("pool", pool)
         fields.append("size", Output.size(sizeBytes))
         fields.append("allocated", Output.size(allocatedBytes))
+        fields.append("reserved", reservedBytes.map(Output.size) ?? "-")
+        fields.append("guaranteed writable", guaranteedWritableBytes.map(Output.size) ?? "-")
         fields.append("created", createdAt)
         fields.append("export", exportName)
         fields.append("labels", labels.isEmpty ? "none" : labels.summary)

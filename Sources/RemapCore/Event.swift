@@ -1,0 +1,34 @@
+/// Something that happened to space, for `GET /v1/events`.
+public struct Event: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case poolLowSpace = "pool.low-space"
+        case poolNoSpace = "pool.no-space"
+        case poolGrown = "pool.grown"
+        case reservationExpired = "reservation.expired"
+        case reservationReleased = "reservation.released"
+    }
+
+    /// Increases by one per event, from 1; `since` and `Last-Event-ID` use it.
+    public var seq: UInt64
+    public var time: String
+    public var type: Kind
+    public var pool: String?
+    public var volume: String?
+    public var reservation: String?
+    public var offsetBytes: UInt64?
+    public var percent: Int?
+    public var detail: String
+
+    public init(seq: UInt64, time: String, type: Kind, pool: String? = nil, volume: String? = nil,
+                reservation: String? = nil, offsetBytes: UInt64? = nil, percent: Int? = nil, detail: String) {
+        self.seq = seq
+        self.time = time
+        self.type = type
+        self.pool = pool
+        self.volume = volume
+        self.reservation = reservation
+        self.offsetBytes = offsetBytes
+        self.percent = percent
+        self.detail = detail
+    }
+}

@@ -1,0 +1,492 @@
+import Glibc
+import RemapCore
+import RemapStore
+
+/// Honest space on the engine thread: reservations, the chunks writes draw
+/// on, waiting for space, thresholds, leases, and exports bound to
+/// reservations.
+extension Engine {
+    // MARK: - Writes drawing on reservations
+
+    /// Where a write's new chunks come from: the pooled reservations it may
+    /// draw on, then unreserved free space.
+    final class WriteChunks: ChunkSource {
+        let pool: Pool
+        let reservations: [Reservation]
+        private(set) var taken: [(chunk: UInt64, reservation: Reservation?)] = []
+        /// A chunk was there to draw but not prepared yet: wait, don't fail.
+        private(set) var waitingForPreparation = false
+        let metadataShort: Bool
+
+        init(pool: Pool, reservations: [Reservation], metadataShort: Bool) {
+            self.pool = pool
+            self.reservations = reservations
+            self.metadataShort = metadataShort
+        }
+
+        func take() -> UInt64? {
+            guard !metadataShort else { return nil }
+            for reservation in reservations where !reservation.released && reservation.remaining > 0 {
+                guard let chunk = pool.takeChunk() else {
+                    waitingForPreparation = true
+                    return nil
+                }
+                _ = reservation.draw()
+                pool.pooledReservedChunks -= 1
+                taken.append((chunk, reservation))
+                return chunk
+            }
+            guard pool.unreservedFreeChunks > 0 else { return nil }
+            guard let chunk = pool.takeChunk() else {
+                waitingForPreparation = true
+                return nil
+            }
+            taken.append((chunk, nil))
+            return chunk
+        }
+
+        func giveBack(_ chunk: UInt64) {
+            if let last = taken.popLast(), let reservation = last.reservation {
+                reservation.undraw()
+                pool.pooledReservedChunks += 1
+            }
+            pool.returnChunk(chunk)
+        }
+
+        /// The reservations this write drew on, with how many chunks each.
+        var drawnCounts: [(Reservation, UInt64)] {
+            var counts: [ObjectIdentifier: (Reservation, UInt64)] = [:]
+            for entry in taken {
+                guard let reservation = entry.reservation else { continue }
+                counts[ObjectIdentifier(reservation), default: (reservation, 0)].1 += 1
+            }
+            return Array(counts.values)
+        }
+    }
+
+    /// The chunk source for a write to `volume` through an export bound to
+    /// `bound` (a reservation id), in the documented order.
+    func chunkSource(for volume: Volume, bound: String?) -> WriteChunks {
+        var drawOn: [Reservation] = []
+        if let bound, let reservation = volume.reservations.first(where: { $0.id == bound && $0.kind == .pooled }) {
+            drawOn.append(reservation)
+        }
+        drawOn += volume.reservations.filter { $0.role == .volumeDefault && $0.kind == .pooled }
+        return WriteChunks(pool: volume.pool, reservations: drawOn, metadataShort: metadataShort)
+    }
+
+    /// A write planned with `source` is under way: hold the reservations it
+    /// drew on.
+    func beginDrawing(_ source: WriteChunks) {
+        for (reservation, count) in source.drawnCounts {
+            reservation.inFlight += 1
+            reservation.drawnInFlight += count
+        }
+    }
+
+    /// The write completed: record what it drew and let released
+    /// reservations end.
+    func endDrawing(_ source: WriteChunks) {
+        for (reservation, count) in source.drawnCounts {
+            reservation.inFlight -= 1
+            reservation.drawnInFlight -= count
+            // Chunks drawn by writes still in flight are not durable yet: a
+            // crash gives them back to the reservation.
+            pending.append(.setReservationRemaining(id: reservation.id, remaining: reservation.remaining + reservation.drawnInFlight))
+            if reservation.released && reservation.inFlight == 0 { finishRelease(reservation) }
+        }
+    }
+
+    /// Writes into reserved-unwritten chunks make them data.
+    func markWritten(_ volume: Volume, offset: UInt64, length: Int) {
+        guard length > 0, volume.reservations.contains(where: { $0.range != nil }) else { return }
+        let chunkSize = volume.pool.chunkSize
+        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
+            guard let owner = volume.unwrittenOwner(of: chunk) else { continue }
+            owner.markWritten(chunk)
+            volume.pool.unwrittenReservedChunks -= 1
+            pending.append(.markWritten(volume: volume.key, virtualChunk: chunk))
+        }
+    }
+
+    /// A write found no chunk. Decides, per the pool's policy, whether it
+    /// waits (`retry` runs later) or fails now (`fail` runs).
+    func noChunk(for volume: Volume, offset: UInt64, source: WriteChunks, deadline: Int64?,
+                 retry: @escaping (_ deadline: Int64?) -> Void, fail: @escaping () -> Void) {
+        if source.waitingForPreparation && chunksComing(volume.pool) {
+            return waitForChunks { retry(deadline) }
+        }
+        let pool = volume.pool
+        if case .queue(let seconds) = pool.onNoSpace {
+            let until = deadline ?? monotonicNanoseconds() + Int64(seconds) * 1_000_000_000
+            if monotonicNanoseconds() < until {
+                spaceWaiters.append((until, pool, { retry(until) }, fail))
+                return
+            }
+        }
+        let now = monotonicNanoseconds()
+        if now - (lastNoSpaceEvent[pool.name] ?? 0) > 1_000_000_000 {
+            lastNoSpaceEvent[pool.name] = now
+            events.record(.poolNoSpace, pool: pool.name, volume: volume.name, offsetBytes: offset,
+                          detail: "a write to volume '\(volume.name)' at offset \(offset) found no space in pool '\(pool.name)'")
+        }
+        fail()
+    }
+
+    /// Space may have come back to `pool`: queued writes try again.
+    func retrySpaceWaiters(_ pool: Pool) {
+        let waiting = spaceWaiters.filter { $0.pool === pool }
+        guard !waiting.isEmpty else { return }
+        spaceWaiters.removeAll { $0.pool === pool }
+        for waiter in waiting { waiter.retry() }
+    }
+
+    /// Queued writes past their deadline fail with ENOSPC.
+    func expireSpaceWaiters(now: Int64) {
+        let expired = spaceWaiters.filter { $0.deadline <= now }
+        guard !expired.isEmpty else { return }
+        spaceWaiters.removeAll { $0.deadline <= now }
+        for waiter in expired { waiter.fail() }
+    }
+
+    // MARK: - Thresholds and leases (from tick)
+
+    func checkThresholds() {
+        for pool in pools.values {
+            let percent = pool.committedPercent
+            var crossed = crossedThresholds[pool.name] ?? []
+            for threshold in pool.lowSpaceThresholds.sorted() {
+                if percent >= Double(threshold) {
+                    if crossed.insert(threshold).inserted {
+                        events.record(.poolLowSpace, pool: pool.name, percent: threshold,
+                                      detail: "pool '\(pool.name)' is \(Int(percent))% committed (threshold \(threshold)%)")
+                    }
+                } else {
+                    crossed.remove(threshold)
+                }
+            }
+            crossedThresholds[pool.name] = crossed
+        }
+    }
+
+    func expireLeases(now: Int64) {
+        var expired: [Reservation] = []
+        for volume in volumes.values {
+            for reservation in volume.reservations where !reservation.released {
+                if let end = reservation.expiresAt, end <= now { expired.append(reservation) }
+            }
+        }
+        guard !expired.isEmpty else { return }
+        for reservation in expired {
+            events.record(.reservationExpired, pool: reservation.volume.pool.name, volume: reservation.volume.name,
+                          reservation: reservation.id, detail: "lease \(reservation.id) on volume '\(reservation.volume.name)' expired")
+            release(reservation)
+        }
+        commit { result in
+            if case .failure(let error) = result { log("committing expired leases failed: \(error)") }
+        }
+    }
+
+    // MARK: - Reservation life cycle (engine thread)
+
+    /// Drops the holder's reference; the reservation ends once no write
+    /// drawing on it is in flight.
+    func release(_ reservation: Reservation) {
+        guard !reservation.released else { return }
+        reservation.released = true
+        if reservation.inFlight == 0 { finishRelease(reservation) }
+    }
+
+    /// Returns what the reservation did not use to the pool. Unwritten
+    /// chunks of a range go to another live range reservation covering them,
+    /// else are unmapped (freed after the next commit).
+    func finishRelease(_ reservation: Reservation) {
+        let volume = reservation.volume
+        guard let index = volume.reservations.firstIndex(where: { $0 === reservation }) else { return }
+        volume.reservations.remove(at: index)
+        let pool = volume.pool
+        if reservation.kind == .pooled {
+            pool.pooledReservedChunks -= reservation.remaining
+        } else {
+            for chunk in reservation.unwrittenChunks {
+                reservation.markWritten(chunk)
+                if let heir = volume.rangeReservation(covering: chunk) {
+                    heir.markUnwritten(chunk)
+                } else {
+                    pool.unwrittenReservedChunks -= 1
+                    unmapChunk(volume, chunk)
+                }
+            }
+        }
+        pending.append(.deleteReservation(id: reservation.id))
+        for (name, export) in extraExports where export.reservation == reservation.id {
+            extraExports[name] = (export.volume, nil)
+        }
+        events.record(.reservationReleased, pool: pool.name, volume: volume.name, reservation: reservation.id,
+                      detail: "reservation \(reservation.id) on volume '\(volume.name)' released; \(reservation.usedBytes) bytes used")
+        retrySpaceWaiters(pool)
+    }
+
+    /// Creates a reservation on the engine thread; `reply` gets it once durable.
+    func reserve(_ volume: Volume, _ spec: ReservationSpec, role: Reservation.Role,
+                 reply: @escaping (Result<(ReservationInfo, created: Bool), RemapError>) -> Void) {
+        let pool = volume.pool
+        let chunkSize = pool.chunkSize
+        if let name = spec.name, let existing = volume.reservations.first(where: { $0.name == name && !$0.released }) {
+            return reply(matches(existing, spec)
+                ? .success((existing.info, false))
+                : .failure(.alreadyExists(kind: "reservation", name: name,
+                                          detail: "reservation '\(name)' on volume '\(volume.name)' exists with another spec")))
+        }
+        let expiresAt = spec.ttlSeconds.map { Int64(time(nil)) + Int64($0) }
+        let reservation: Reservation
+        var changes: [MetadataChange] = []
+        switch spec.amount {
+        case .pooled(let bytes):
+            let chunks = (bytes + chunkSize - 1) / chunkSize
+            guard pool.unreservedFreeChunks >= chunks else {
+                return reply(.failure(.noSpace(requestedBytes: chunks * chunkSize, availableBytes: pool.freeBytes)))
+            }
+            reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .pooled, role: role,
+                                      chunkCount: chunks, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
+            reservation.setRemaining(chunks)
+            pool.pooledReservedChunks += chunks
+        case .range(let offset, let length):
+            guard length > 0, offset <= volume.sizeBytes, length <= volume.sizeBytes - offset else {
+                return reply(.failure(.invalidArgument(
+                    "range \(offset)+\(length) must be non-empty and inside the volume's \(volume.sizeBytes) bytes")))
+            }
+            let first = offset / chunkSize
+            let count = (offset + length - 1) / chunkSize - first + 1
+            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
+            guard pool.unreservedFreeChunks >= UInt64(holes.count) else {
+                return reply(.failure(.noSpace(requestedBytes: UInt64(holes.count) * chunkSize, availableBytes: pool.freeBytes)))
+            }
+            guard pool.preparedCount >= holes.count else {
+                if chunksComing(pool) {
+                    return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) }
+                }
+                return reply(.failure(.noSpace(requestedBytes: UInt64(holes.count) * chunkSize, availableBytes: pool.freeBytes)))
+            }
+            reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
+                                      role: role, chunkCount: count, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
+            for hole in holes {
+                // invariant: counted above that enough prepared chunks are there
+                let physical = pool.takeChunk()!
+                volume.map.map(hole, to: physical)
+                reservation.markUnwritten(hole)
+                pool.unwrittenReservedChunks += 1
+                changes.append(.reserveChunk(volume: volume.key, virtualChunk: hole, physicalChunk: physical))
+                changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
+            }
+            prepareChunks(pool)
+        }
+        volume.reservations.append(reservation)
+        let stored = StoredReservation(
+            id: reservation.id, volume: volume.key, name: reservation.name, firstChunk: reservation.range?.lowerBound,
+            chunkCount: reservation.chunkCount, remaining: reservation.kind == .pooled ? reservation.remaining : 0,
+            role: role.rawValue, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
+        pending += [.createReservation(stored)] + changes
+        checkThresholds()
+        commit { result in reply(result.map { (reservation.info, true) }) }
+    }
+
+    private func matches(_ reservation: Reservation, _ spec: ReservationSpec) -> Bool {
+        let chunkSize = reservation.chunkSize
+        guard reservation.ttlSeconds == spec.ttlSeconds else { return false }
+        switch spec.amount {
+        case .pooled(let bytes):
+            return reservation.kind == .pooled && reservation.chunkCount == (bytes + chunkSize - 1) / chunkSize
+        case .range(let offset, let length):
+            guard let range = reservation.range, length > 0 else { return false }
+            return range.lowerBound == offset / chunkSize && range.upperBound == (offset + length - 1) / chunkSize + 1
+        }
+    }
+
+    // MARK: - Control plane (blocking, from other threads)
+
+    public func createReservation(volume name: String, _ spec: ReservationSpec) throws(RemapError) -> (ReservationInfo, created: Bool) {
+        switch spec.amount {
+        case .pooled(let bytes): guard bytes > 0 else { throw .invalidArgument("bytes must be greater than 0") }
+        case .range(_, let length): guard length > 0 else { throw .invalidArgument("lengthBytes must be greater than 0") }
+        }
+        if let ttl = spec.ttlSeconds, !(1...ReservationSpec.maximumTTL).contains(ttl) {
+            throw .invalidArgument("ttlSeconds must be from 1 to \(ReservationSpec.maximumTTL)")
+        }
+        if let name = spec.name { try Name.validate(name, kind: "reservation") }
+        return try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            reserve(volume, spec, role: .plain) { reply($0) }
+        }
+    }
+
+    public func reservationInfos(volume name: String) throws(RemapError) -> [ReservationInfo] {
+        try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            reply(.success(volume.reservations.filter { !$0.released }.map(\.info)))
+        }
+    }
+
+    public func reservationInfo(volume name: String, id: String) throws(RemapError) -> ReservationInfo {
+        try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released }) else {
+                return reply(.failure(.notFound(kind: "reservation", name: id)))
+            }
+            reply(.success(reservation.info))
+        }
+    }
+
+    public func deleteReservation(volume name: String, id: String) throws(RemapError) {
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released }) else {
+                return reply(.failure(.notFound(kind: "reservation", name: id)))
+            }
+            release(reservation)
+            commit { result in reply(result) }
+        }
+    }
+
+    public func renewReservation(volume name: String, id: String, ttlSeconds: UInt64?) throws(RemapError) -> ReservationInfo {
+        if let ttl = ttlSeconds, !(1...ReservationSpec.maximumTTL).contains(ttl) {
+            throw .invalidArgument("ttlSeconds must be from 1 to \(ReservationSpec.maximumTTL)")
+        }
+        return try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released }) else {
+                return reply(.failure(.notFound(kind: "reservation", name: id)))
+            }
+            guard let ttl = ttlSeconds ?? reservation.ttlSeconds else {
+                return reply(.failure(.invalidArgument("reservation \(id) is not a lease: it has no TTL to renew")))
+            }
+            reservation.ttlSeconds = ttl
+            reservation.expiresAt = Int64(time(nil)) + Int64(ttl)
+            pending.append(.setReservationExpiry(id: id, expiresAt: reservation.expiresAt))
+            commit { result in reply(result.map { reservation.info }) }
+        }
+    }
+
+    // MARK: Exports
+
+    public func exportInfos() -> [ExportInfo] {
+        (try? call { [self] reply in
+            var list = volumes.values.map { ExportInfo(name: $0.name, volume: $0.name, reservation: nil) }
+            list += extraExports.map { ExportInfo(name: $0.key, volume: $0.value.volume.name, reservation: $0.value.reservation) }
+            reply(.success(list.sorted { $0.name < $1.name }))
+        }) ?? []
+    }
+
+    public func createExport(volume name: String, reservation: String?, exportName: String?) throws(RemapError) -> ExportInfo {
+        if let exportName {
+            try Name.validate(exportName.replacingPlus(), kind: "export")
+        }
+        return try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            if let reservation {
+                guard let bound = volume.reservations.first(where: { $0.id == reservation && !$0.released }) else {
+                    return reply(.failure(.notFound(kind: "reservation", name: reservation)))
+                }
+                guard bound.kind == .pooled else {
+                    return reply(.failure(.invalidArgument("only pooled reservations can be bound to an export; \(reservation) is a range")))
+                }
+            }
+            let chosen = exportName ?? (reservation.map { "\(name)+\($0)" } ?? "\(name)+\(randomUUID().prefix(8))")
+            guard volumes[chosen] == nil, extraExports[chosen] == nil else {
+                return reply(.failure(.alreadyExists(kind: "export", name: chosen, detail: "export '\(chosen)' exists already")))
+            }
+            extraExports[chosen] = (volume, reservation)
+            pending.append(.createExport(name: chosen, volume: volume.key, reservation: reservation))
+            commit { result in reply(result.map { ExportInfo(name: chosen, volume: name, reservation: reservation) }) }
+        }
+    }
+
+    public func deleteExport(named name: String) throws(RemapError) {
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            guard extraExports[name] != nil else {
+                if volumes[name] != nil {
+                    return reply(.failure(.invalidArgument("'\(name)' is a volume's own export; delete the volume instead")))
+                }
+                return reply(.failure(.notFound(kind: "export", name: name)))
+            }
+            if let users = extraExportUsers[name], users > 0 {
+                return reply(.failure(.inUse("export '\(name)' has \(users) NBD client(s) connected")))
+            }
+            extraExports[name] = nil
+            pending.append(.deleteExport(name: name))
+            commit { result in reply(result) }
+        }
+    }
+
+    // MARK: Pool settings and growth
+
+    public func updatePool(named name: String, onNoSpace: NoSpacePolicy?, thresholds: [Int]?) throws(RemapError) -> PoolInfo {
+        if case .queue(let seconds)? = onNoSpace, !(1...NoSpacePolicy.maximumQueueSeconds).contains(seconds) {
+            throw .invalidArgument("queueSeconds must be from 1 to \(NoSpacePolicy.maximumQueueSeconds)")
+        }
+        if let thresholds {
+            guard thresholds.count <= 10, thresholds.allSatisfy({ (1...100).contains($0) }), Set(thresholds).count == thresholds.count else {
+                throw .invalidArgument("lowSpaceThresholds must be at most 10 distinct percentages from 1 to 100")
+            }
+        }
+        return try call { [self] reply in
+            guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
+            if let onNoSpace { pool.onNoSpace = onNoSpace }
+            if let thresholds { pool.lowSpaceThresholds = thresholds.sorted() }
+            var seconds = 0
+            if case .queue(let queue) = pool.onNoSpace { seconds = queue }
+            pending.append(.setPoolSettings(name: name, queueSeconds: seconds, thresholds: pool.lowSpaceThresholds))
+            checkThresholds()
+            commit { [self] result in reply(result.map { info(pool) }) }
+        }
+    }
+
+    /// Grows a file supplier to `sizeBytes` (allocated on the host like the
+    /// rest of it); the new space is usable at once.
+    public func growSupplier(pool name: String, supplier id: String, to sizeBytes: UInt64) throws(RemapError) -> PoolInfo {
+        let (fd, supplier): (Int32, Supplier) = try call { [self] reply in
+            guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
+            guard let index = pool.suppliers.firstIndex(where: { $0.id == id || $0.path == id }) else {
+                return reply(.failure(.notFound(kind: "supplier", name: id)))
+            }
+            reply(.success((supplierFD(pool: pool, index: index), pool.suppliers[index])))
+        }
+        guard supplier.kind == .file else {
+            throw .invalidArgument("block device suppliers are used whole; grow the device and add it again")
+        }
+        guard sizeBytes > supplier.sizeBytes else {
+            throw .invalidArgument("sizeBytes \(sizeBytes) must be larger than the supplier's \(supplier.sizeBytes) bytes; suppliers do not shrink")
+        }
+        try SupplierFile.grow(fd: fd, supplier, to: sizeBytes)
+        return try call { [self] reply in
+            guard let pool = pools[name], let index = pool.suppliers.firstIndex(where: { $0.id == supplier.id }) else {
+                return reply(.failure(.notFound(kind: "pool", name: name)))
+            }
+            var changes: [MetadataChange] = [.setSupplierSize(id: supplier.id, sizeBytes: sizeBytes)]
+            if let segment = pool.grow(supplier: index, to: sizeBytes) {
+                changes.append(.addSegment(pool: name, segment: storedSegment(segment, of: pool)))
+            }
+            pending += changes
+            commit { [self] result in
+                if case .success = result {
+                    events.record(.poolGrown, pool: name, detail: "supplier \(supplier.path) grew to \(sizeBytes) bytes")
+                    chunksReleased(pool)
+                }
+                reply(result.map { info(pool) })
+            }
+        }
+    }
+}
+
+/// What the control plane shows of an NBD export.
+public struct ExportInfo: Codable, Sendable, Equatable {
+    public var name: String
+    public var volume: String
+    public var reservation: String?
+}
+
+
+extension String {
+    /// Export names may contain '+' (VOLUME+ID); the rest follows volume names.
+    func replacingPlus() -> String { String(map { $0 == "+" ? "-" : $0 }) }
+}

@@ -1,0 +1,30 @@
+import Glibc
+import RemapCore
+import Synchronization
+
+/// The last events, numbered, for pollers (`since`) and streams (SSE).
+/// Written by the engine thread, read by the API's threads.
+public final class EventLog: Sendable {
+    public static let capacity = 1000
+    private let state = Mutex<(next: UInt64, events: [Event])>((1, []))
+
+    public init() {}
+
+    func record(_ type: Event.Kind, pool: String? = nil, volume: String? = nil, reservation: String? = nil,
+                offsetBytes: UInt64? = nil, percent: Int? = nil, detail: String) {
+        state.withLock { state in
+            let event = Event(seq: state.next, time: utcTimestamp(unixSeconds: Int64(time(nil))), type: type, pool: pool,
+                              volume: volume, reservation: reservation, offsetBytes: offsetBytes, percent: percent,
+                              detail: detail)
+            state.next += 1
+            state.events.append(event)
+            if state.events.count > Self.capacity { state.events.removeFirst(state.events.count - Self.capacity) }
+        }
+        log("event \(type.rawValue): \(detail)")
+    }
+
+    /// Events after `seq`, oldest first, and the number of the newest event.
+    public func events(after seq: UInt64) -> (events: [Event], last: UInt64) {
+        state.withLock { state in (state.events.filter { $0.seq > seq }, state.next - 1) }
+    }
+}

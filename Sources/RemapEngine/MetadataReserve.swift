@@ -1,0 +1,58 @@
+import Glibc
+import RemapCore
+
+/// Room kept on the metadata's filesystem so a commit never fails for
+/// space: a preallocated file that is given up when the filesystem runs
+/// low (and made again when space returns). While low, new chunks are
+/// refused with ENOSPC, so writes fail cleanly before any commit could.
+public final class MetadataReserve: @unchecked Sendable {  // used on the engine thread only, after start()
+    public static let size: UInt64 = 64 << 20
+    /// Below this much free space (besides the reserve) the filesystem is "short".
+    static let lowWater: UInt64 = 32 << 20
+    static let highWater: UInt64 = 128 << 20
+
+    let path: String
+    private(set) var short = false
+
+    public enum Change { case none, becameShort, recovered }
+
+    /// Makes the reserve file at `path` if it is missing.
+    public init(path: String) throws(RemapError) {
+        self.path = path
+        if access(path, F_OK) != 0 { try allocate() }
+    }
+
+    private func allocate() throws(RemapError) {
+        let fd = try systemCall("creating \(path)") { open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600) }
+        defer { close(fd) }
+        if fallocate(fd, 0, 0, off_t(Self.size)) != 0 {
+            let error = errno
+            unlink(path)
+            throw .io(errno: error, context: "allocating the metadata reserve \(path): \(String(cString: strerror(error)))")
+        }
+    }
+
+    private var freeBytes: UInt64 {
+        var fs = statvfs()
+        return statvfs(path, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
+    }
+
+    /// Checks the filesystem; gives up the reserve when low, takes it back
+    /// when space returned.
+    public func check() -> Change {
+        let free = freeBytes
+        if !short && free < Self.lowWater {
+            short = true
+            unlink(path)
+            log("metadata filesystem is nearly full (\(free) bytes free): new chunks are refused until space returns")
+            return .becameShort
+        }
+        if short && free > Self.highWater + Self.size {
+            guard (try? allocate()) != nil else { return .none }
+            short = false
+            log("metadata filesystem has space again: new chunks are allowed")
+            return .recovered
+        }
+        return .none
+    }
+}

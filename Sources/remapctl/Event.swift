@@ -1,0 +1,83 @@
+/// Something remapd reports about space: a pool crossing a low-space
+/// threshold or running out, a reservation lapsing or being released, a
+/// pool growing.
+struct Event: Decodable, Equatable, Sendable {
+    /// Increases by one per event; `--since` and `Last-Event-ID` resume
+    /// after it.
+    var seq: Int
+    /// RFC 3339 text, shown as received.
+    var time: String
+    /// `pool.low-space`, `pool.no-space`, `reservation.expired`,
+    /// `reservation.released`, `pool.grown`, or a type newer than remapctl.
+    var type: String
+    var pool: String?
+    var volume: String?
+    var reservation: String?
+    var offsetBytes: Int?
+    var percent: Double?
+    var detail: String?
+}
+
+/// The body of `GET /v1/events?since=SEQ`.
+struct EventList: Decodable, Sendable {
+    var events: [Event]
+    /// The newest event's number; `--since` this to see only what follows.
+    var lastSeq: Int?
+}
+
+extension Event {
+    /// What the event is about: `pool/volume`, `pool`, `volume`, or `-`.
+    var subject: String {
+        switch (pool, volume) {
+        case let (pool?, volume?): "\(pool)/\(volume)"
+        case let (pool?, nil): pool
+        case let (nil, volume?): volume
+        case (nil, nil): "-"
+        }
+    }
+
+    /// The server's detail, followed by the structured fields it may not
+    /// mention, so grep finds them.
+    var explanation: String {
+        var parts: [String] = []
+        // Runs of blanks folded, so that two spaces keep separating columns.
+        let words = (detail ?? "").split(whereSeparator: \.isWhitespace)
+        if !words.isEmpty { parts.append(words.joined(separator: " ")) }
+        var facts: [String] = []
+        if let percent { facts.append("percent=\(Self.number(percent))") }
+        if let reservation { facts.append("reservation=\(reservation)") }
+        if let offsetBytes { facts.append("offset=\(offsetBytes)") }
+        if !facts.isEmpty { parts.append("[" + facts.joined(separator: " ") + "]") }
+        return parts.isEmpty ? "-" : parts.joined(separator: " ")
+    }
+
+    /// One line for `remapctl events --follow`: the table's columns, with the
+    /// type padded so consecutive lines mostly line up.
+    var line: String {
+        let paddedType = type.count >= 20 ? type : type + String(repeating: " ", count: 20 - type.count)
+        return "\(seq)  \(time)  \(paddedType)  \(subject)  \(explanation)"
+    }
+
+    /// `SEQ TIME TYPE POOL/VOLUME DETAIL`, oldest first.
+    static func table(_ events: [Event]) -> String {
+        var table = Table([
+            .init(title: "SEQ", alignment: .right),
+            .init(title: "TIME"),
+            .init(title: "TYPE"),
+            .init(title: "POOL/VOLUME"),
+            .init(title: "DETAIL"),
+        ])
+        for event in events.sorted(by: { $0.seq < $1.seq }) {
+            table.append([String(event.seq), event.time, event.type, event.subject, event.explanation])
+        }
+        return table.rendered()
+    }
+
+    /// `90` for whole numbers, else one decimal: `92.5`.
+    private static func number(_ value: Double) -> String {
+        guard value.isFinite else { return "-" }
+        if value == value.rounded(), abs(value) < 1e15 { return String(Int(value)) }
+        let tenths = Int((value * 10).rounded())
+        return "\(tenths / 10).\(abs(tenths % 10))"
+    }
+}

@@ -1,0 +1,187 @@
+import Foundation
+import Glibc
+
+/// Follows remapd's event stream (`GET /v1/events`, Server-Sent Events),
+/// printing each event as it arrives, for as long as remapctl runs.
+///
+/// When the stream drops, the follower reconnects with `Last-Event-ID` set
+/// to the last event seen, so nothing is missed or printed twice (events
+/// the server repeats anyway are skipped by sequence number and time). A
+/// daemon that answers with the JSON list instead of a stream is polled.
+struct EventFollower {
+    let client: APIClient
+    /// One JSON object per line instead of readable lines.
+    let json: Bool
+
+    /// The `id:` of the last message, sent back as `Last-Event-ID`.
+    private var lastEventID: String?
+    /// The sequence number and time of the last event printed.
+    private var lastSeq: Int?
+    private var lastTime: String?
+    /// The wait between reconnects the server asked for with `retry:`.
+    private var retryMilliseconds: Int?
+
+    init(client: APIClient, json: Bool, since: Int?) {
+        self.client = client
+        self.json = json
+        self.lastEventID = since.map(String.init)
+        self.lastSeq = since
+    }
+
+    /// Prints events until the process is interrupted (SIGINT exits with
+    /// status 0).
+    ///
+    /// - Throws: ``ClientError`` when the first connection fails, when
+    ///   remapd answers with an error, or when what it sends is not an event
+    ///   stream; a stream that drops later is reconnected, not thrown.
+    mutating func run() throws(ClientError) -> Never {
+        Self.exitOnInterrupt()
+        var connected = false
+        var failures = 0
+        var polling = false
+        while true {
+            do throws(ClientError) {
+                var stream = try HTTPStream(
+                    request(), address: client.connection.address,
+                    timeoutSeconds: client.connection.timeoutSeconds, bodyTimeoutSeconds: nil)
+                if failures > 0 {
+                    Output.print(toStandardError: "remapctl: reconnected to the event stream\n")
+                }
+                connected = true
+                failures = 0
+                if Self.isEventStream(stream.head) {
+                    polling = false
+                    var parser = ServerSentEventParser(lastEventID: lastEventID)
+                    while let bytes = try stream.next() {
+                        for message in parser.feed(bytes) {
+                            handle(message)
+                        }
+                        retryMilliseconds = parser.retryMilliseconds ?? retryMilliseconds
+                    }
+                } else {
+                    if !polling {
+                        Output.print(toStandardError: "remapctl: remapd sent no event stream; polling every second\n")
+                        polling = true
+                    }
+                    try printList(stream.remainingBody())
+                }
+            } catch {
+                guard connected, Self.isTransient(error) else { throw error }
+                failures += 1
+                if failures == 1 {
+                    Output.print(toStandardError: "remapctl: \(error.message); reconnecting\n")
+                }
+            }
+            Self.pause(milliseconds: delay(afterFailures: failures, polling: polling))
+        }
+    }
+
+    private func request() -> HTTPRequest {
+        var request = HTTPRequest(
+            method: "GET",
+            path: QueryString.target("/v1/events", lastSeq.map { [(name: "since", value: String($0))] } ?? []),
+            bearerToken: client.bearerToken,
+            accept: "text/event-stream")
+        request.extraHeaders.append((name: "Cache-Control", value: "no-cache"))
+        if let lastEventID {
+            request.extraHeaders.append((name: "Last-Event-ID", value: lastEventID))
+        }
+        return request
+    }
+
+    private mutating func handle(_ message: ServerSentEventParser.Message) {
+        lastEventID = message.lastEventID ?? lastEventID
+        if let event = try? JSONDecoder().decode(Event.self, from: Data(message.data.utf8)) {
+            printEvent(event, raw: Array(message.data.utf8))
+        } else if json {
+            let document = JSONValue(parsing: Array(message.data.utf8))
+            printLine(document?.compact ?? message.data.singleLine)
+        } else {
+            printLine("\(message.lastEventID ?? "-")  \(message.event)  \(message.data.singleLine)")
+        }
+    }
+
+    /// Prints the events of a `GET /v1/events` document.
+    private mutating func printList(_ body: [UInt8]) throws(ClientError) {
+        let list: EventList
+        do {
+            list = try JSONDecoder().decode(EventList.self, from: Data(body))
+        } catch {
+            throw .unexpectedBody(path: "/v1/events", reason: "neither an event stream nor an event list")
+        }
+        let documents: [JSONValue]
+        if case .object(let members)? = JSONValue(parsing: body), case .array(let elements)? = members["events"] {
+            documents = elements
+        } else {
+            documents = []
+        }
+        for (index, event) in list.events.enumerated() {
+            let raw = index < documents.count ? Array(documents[index].compact.utf8) : []
+            printEvent(event, raw: raw)
+        }
+        // The next poll asks only for what follows, even when nothing was new.
+        if let newest = list.lastSeq, newest > (lastSeq ?? -1) {
+            lastSeq = newest
+            lastEventID = String(newest)
+        }
+    }
+
+    private mutating func printEvent(_ event: Event, raw: [UInt8]) {
+        // A server that ignores Last-Event-ID repeats events; one that
+        // restarted may number from 1 again, but its events are newer.
+        // (RFC 3339 UTC times in one format compare as text.)
+        if let lastSeq, event.seq <= lastSeq, event.time <= (lastTime ?? event.time) { return }
+        lastSeq = event.seq
+        lastTime = event.time
+        lastEventID = String(event.seq)
+        if json {
+            printLine(JSONValue(parsing: raw)?.compact ?? String(decoding: raw, as: UTF8.self).singleLine)
+        } else {
+            printLine(event.line)
+        }
+    }
+
+    private func printLine(_ text: String) {
+        Output.print(text + "\n")
+        Output.flush()
+    }
+
+    /// How long to wait before connecting again: what the server asked for,
+    /// else a second, backing off to five while connections keep failing.
+    private func delay(afterFailures failures: Int, polling: Bool) -> Int {
+        if failures == 0 {
+            return polling ? 1000 : (retryMilliseconds ?? 1000)
+        }
+        return min(500 << min(failures, 4), 5000)
+    }
+
+    private static func isEventStream(_ head: HTTPResponse) -> Bool {
+        let type = head.header("Content-Type")?.split(separator: ";").first?.trimmed.lowercased()
+        return type == "text/event-stream"
+    }
+
+    /// Failures a later attempt may not meet: the daemon restarting, the
+    /// connection dropping.
+    private static func isTransient(_ error: ClientError) -> Bool {
+        switch error {
+        case .noSocketFound, .cannotConnect, .cannotResolve, .connectionLost, .timedOut:
+            true
+        case .malformedResponse, .unexpectedBody, .problem, .unreadableTokenFile, .lookupFailed:
+            false
+        }
+    }
+
+    private static func pause(milliseconds: Int) {
+        var request = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) == -1 && errno == EINTR {
+            request = remaining
+        }
+    }
+
+    /// Ctrl-C ends a follow as a success: it is how one stops it. Every
+    /// line printed was flushed already, so nothing is lost by `_exit`.
+    private static func exitOnInterrupt() {
+        signal(SIGINT) { _ in _exit(0) }
+    }
+}

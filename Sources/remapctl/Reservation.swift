@@ -1,0 +1,92 @@
+/// A promise of space for one volume, named by an opaque cookie (``id``):
+/// writes it covers never fail for lack of space.
+struct Reservation: Decodable, Equatable, Sendable {
+    var id: String
+    var volume: String
+    /// The holder's name for it; remapd names `thick` and `default` ones.
+    var name: String?
+    /// `pooled` (bytes set aside in the pool) or `range` (every chunk of
+    /// ``offsetBytes``..<``offsetBytes``+``lengthBytes`` backed now).
+    var kind: String
+    /// The space promised, rounded up to whole chunks.
+    var bytes: Int
+    /// How much of ``bytes`` writes have drawn on.
+    var usedBytes: Int
+    /// Set only for leases; RFC 3339 text, shown as received.
+    var expiresAt: String?
+    var offsetBytes: Int?
+    var lengthBytes: Int?
+}
+
+/// The body of `GET /v1/volumes/{name}/reservations`.
+struct ReservationList: Decodable, Sendable {
+    var reservations: [Reservation]
+}
+
+/// The body of `POST /v1/volumes/{name}/reservations`.
+struct ReservationSpec: Encodable, Sendable {
+    /// Pooled: this many bytes set aside in the pool.
+    var bytes: Int?
+    /// Range: the chunks of offsetBytes..<offsetBytes+lengthBytes backed now.
+    var offsetBytes: Int?
+    var lengthBytes: Int?
+    /// A lease: the reservation lapses unless renewed within this time.
+    var ttlSeconds: Int?
+    var name: String?
+}
+
+/// The body of `POST /v1/volumes/{name}/reservations/{id}/renew`; without a
+/// TTL remapd renews for the original one.
+struct ReservationRenewal: Encodable, Sendable {
+    var ttlSeconds: Int?
+}
+
+extension Reservation {
+    /// When the lease ends, or `never` for a reservation without one.
+    var expiry: String { expiresAt ?? "never" }
+
+    /// The reservation as `remapctl reservation show` prints it.
+    var details: String {
+        var fields = FieldList()
+        fields.append("id", id)
+        fields.append("volume", volume)
+        fields.append("name", name ?? "-")
+        fields.append("kind", kind)
+        if let offsetBytes {
+            fields.append("offset", Output.size(offsetBytes))
+        }
+        if let lengthBytes {
+            fields.append("length", Output.size(lengthBytes))
+        }
+        fields.append("size", Output.size(bytes))
+        fields.append("used", Output.size(usedBytes))
+        fields.append("remaining", Output.size(max(bytes - usedBytes, 0)))
+        fields.append("expires", expiry)
+        return fields.rendered()
+    }
+
+    /// `ID NAME KIND SIZE USED EXPIRES` for reservations, ordered by name
+    /// and then by ID so the list reads the same each time.
+    static func table(_ reservations: [Reservation]) -> String {
+        var table = Table([
+            .init(title: "ID"),
+            .init(title: "NAME"),
+            .init(title: "KIND"),
+            .init(title: "SIZE", alignment: .right),
+            .init(title: "USED", alignment: .right),
+            .init(title: "EXPIRES"),
+        ])
+        let ordered = reservations.sorted { ($0.name ?? "", $0.id) < ($1.name ?? "", $1.id) }
+        for reservation in ordered {
+            table.append([
+                reservation.id,
+                reservation.name.flatMap { $0.isEmpty ? nil : $0 } ?? "-",
+                reservation.kind,
+                ByteSize.format(reservation.bytes),
+                ByteSize.format(reservation.usedBytes),
+                reservation.expiry,
+            ])
+        }
+        return table.rendered()
+    }
+}
