@@ -19,6 +19,23 @@ public protocol ControlPlane: Sendable {
     func updateVolume(named name: String, _ patch: VolumePatch) throws(RemapError) -> VolumeInfo
     func deleteVolume(named name: String) throws(RemapError)
     func dataPathStatistics() -> DataPathStatistics
+
+    func updatePool(named name: String, onNoSpace: NoSpacePolicy?, thresholds: [Int]?) throws(RemapError) -> PoolInfo
+    func growSupplier(pool name: String, supplier id: String, to sizeBytes: UInt64) throws(RemapError) -> PoolInfo
+
+    /// Durable when it returns; `created` is false when one of that name and spec existed.
+    func createReservation(volume name: String, _ spec: ReservationSpec) throws(RemapError) -> (ReservationInfo, created: Bool)
+    func reservationInfos(volume name: String) throws(RemapError) -> [ReservationInfo]
+    func reservationInfo(volume name: String, id: String) throws(RemapError) -> ReservationInfo
+    func deleteReservation(volume name: String, id: String) throws(RemapError)
+    func renewReservation(volume name: String, id: String, ttlSeconds: UInt64?) throws(RemapError) -> ReservationInfo
+
+    func exportInfos() -> [ExportInfo]
+    func createExport(volume name: String, reservation: String?, exportName: String?) throws(RemapError) -> ExportInfo
+    func deleteExport(named name: String) throws(RemapError)
+
+    /// Events after `seq` (oldest first) and the newest event's number.
+    func events(after seq: UInt64) -> (events: [Event], last: UInt64)
 }
 
 /// remap's version, reported by `GET /v1/version`.

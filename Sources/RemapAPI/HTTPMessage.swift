@@ -4,6 +4,9 @@ public struct HTTPRequest: Sendable {
     /// The path as sent (still percent-encoded), without the query.
     public var path: String
     public var contentType: String?
+    /// The Accept header, and SSE's Last-Event-ID.
+    public var accept: String?
+    public var lastEventID: UInt64?
     /// Query parameters in order, percent-decoded.
     public var query: [(name: String, value: String)] = []
     public var body: [UInt8]
@@ -15,9 +18,18 @@ public struct HTTPResponse: Sendable {
     public var contentType: String?
     public var headers: [(String, String)] = []
     public var body: [UInt8]
+    /// When set, the body is streamed from it instead (Server-Sent Events).
+    var stream: EventStream?
 
     static func noContent() -> HTTPResponse {
         HTTPResponse(status: 204, contentType: nil, body: [])
+    }
+
+    static func eventStream(_ stream: EventStream) -> HTTPResponse {
+        var response = HTTPResponse(status: 200, contentType: "text/event-stream", body: [])
+        response.headers = [("Cache-Control", "no-cache")]
+        response.stream = stream
+        return response
     }
 }
 

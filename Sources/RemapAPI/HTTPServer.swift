@@ -1,6 +1,7 @@
 import CMicroHTTPD
 import Glibc
 import RemapCore
+import Synchronization
 
 /// The REST server: libmicrohttpd on one listening socket (unix or TCP),
 /// one thread per connection, every request handed to a `Router`.
@@ -9,6 +10,8 @@ public final class HTTPServer: Sendable {
     public static let maximumBodySize = 1 << 20
 
     private let router: Router
+    /// Event streams being served, so stopping can end them.
+    private let streams = Mutex<[EventStream]>([])
     /// When set, every request needs `Authorization: Bearer <token>` (TCP).
     private let token: String?
     // The daemon handle is set once in start() and cleared in stop(), both
@@ -51,6 +54,8 @@ public final class HTTPServer: Sendable {
     }
 
     public func stop() {
+        // Streams end first: libmicrohttpd waits for their connections' threads.
+        for stream in streams.withLock({ $0 }) { stream.end() }
         if let daemon { MHD_stop_daemon(daemon) }
         daemon = nil
     }
@@ -76,8 +81,18 @@ public final class HTTPServer: Sendable {
     }
 
     fileprivate func respond(_ connection: OpaquePointer, _ response: HTTPResponse) -> MHD_Result {
-        let reply = response.body.withUnsafeBytes { raw in
-            MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), mustCopy)
+        let reply: OpaquePointer?
+        if let stream = response.stream {
+            streams.withLock { streams in
+                streams.removeAll { $0.isEnded }
+                streams.append(stream)
+            }
+            reply = MHD_create_response_from_callback(
+                UInt64.max, 4096, streamReader, Unmanaged.passRetained(stream).toOpaque(), streamRelease)
+        } else {
+            reply = response.body.withUnsafeBytes { raw in
+                MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), mustCopy)
+            }
         }
         guard let reply else { return MHD_Result.NO }
         if let type = response.contentType { MHD_add_response_header(reply, "Content-Type", type) }
@@ -99,8 +114,10 @@ public final class HTTPServer: Sendable {
                 detail: "request body is larger than \(Self.maximumBodySize) bytes")))
         }
         let contentType = cmhd_header(connection, "Content-Type").map { String(cString: $0) }
-        let request = HTTPRequest(method: method, path: path, contentType: contentType,
+        var request = HTTPRequest(method: method, path: path, contentType: contentType,
                                   query: Self.query(connection), body: exchange.body)
+        request.accept = cmhd_header(connection, "Accept").map { String(cString: $0) }
+        request.lastEventID = cmhd_header(connection, "Last-Event-ID").flatMap { UInt64(String(cString: $0)) }
         return respond(connection, router.handle(request))
     }
 }
@@ -155,4 +172,24 @@ extension String {
     fileprivate func replacingPlus() -> String {
         String(map { $0 == "+" ? " " : $0 })
     }
+}
+
+/// Fills libmicrohttpd's buffer from an event stream (blocking until events
+/// or a keep-alive); -1 (MHD_CONTENT_READER_END_OF_STREAM) ends it.
+private let streamReader: MHD_ContentReaderCallback = { context, _, buffer, maximum in
+    guard let context, let buffer else { return -1 }
+    let stream = Unmanaged<EventStream>.fromOpaque(context).takeUnretainedValue()
+    guard let bytes = stream.read(maximum: maximum) else { return -1 }
+    if bytes.isEmpty { return -1 }
+    bytes.withUnsafeBytes { raw in
+        if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: raw.count) }
+    }
+    return bytes.count
+}
+
+private let streamRelease: MHD_ContentReaderFreeCallback = { context in
+    guard let context else { return }
+    let stream = Unmanaged<EventStream>.fromOpaque(context)
+    stream.takeUnretainedValue().end()
+    stream.release()
 }

@@ -93,6 +93,17 @@ struct JSONFields {
         }
     }
 
+    func nonNegativeInteger(_ key: String) throws(Problem) -> UInt64? {
+        switch object[key] {
+        case nil: return nil
+        case .integer(let value):
+            guard value >= 0 else { throw .invalidArgument("field '\(prefix)\(key)' must not be negative, got \(value)") }
+            return UInt64(value)
+        case let other?:
+            throw .invalidArgument("field '\(prefix)\(key)' must be an integer number of bytes, got \(other.typeName)")
+        }
+    }
+
     /// An object of string values.
     func labels(_ key: String) throws(Problem) -> [String: String]? {
         switch object[key] {

@@ -4,12 +4,90 @@ import RemapCore
 /// The JSON bodies of the API, checked field by field.
 enum RequestBodies {
     static func volumeSpec(_ request: HTTPRequest) throws(Problem) -> VolumeSpec {
-        let fields = try JSONFields(try body(request), allowed: ["name", "sizeBytes", "pool", "labels"])
+        let fields = try JSONFields(try body(request), allowed: ["name", "sizeBytes", "pool", "labels", "reservation"])
+        var reservation = VolumeReservation.none
+        switch fields.object["reservation"] {
+        case nil, .string("none")?: break
+        case .string("thick")?: reservation = .thick
+        case .object(let object)?:
+            reservation = .bytes(try JSONFields(object, allowed: ["bytes"], prefix: "reservation.").positiveInteger("bytes"))
+        case let other?:
+            throw .invalidArgument("field 'reservation' must be \"none\", \"thick\" or {\"bytes\": N}, got \(other.typeName)")
+        }
         return VolumeSpec(
             name: try fields.string("name"),
             sizeBytes: try fields.positiveInteger("sizeBytes"),
             pool: try fields.optionalString("pool") ?? "default",
-            labels: try fields.labels("labels") ?? [:])
+            labels: try fields.labels("labels") ?? [:],
+            reservation: reservation)
+    }
+
+    static func reservationSpec(_ request: HTTPRequest) throws(Problem) -> ReservationSpec {
+        let fields = try JSONFields(try body(request), allowed: ["bytes", "offsetBytes", "lengthBytes", "ttlSeconds", "name"])
+        let amount: ReservationSpec.Amount
+        if fields.object["bytes"] != nil {
+            guard fields.object["offsetBytes"] == nil, fields.object["lengthBytes"] == nil else {
+                throw .invalidArgument("give either 'bytes' (pooled) or 'offsetBytes' and 'lengthBytes' (range), not both")
+            }
+            amount = .pooled(bytes: try fields.positiveInteger("bytes"))
+        } else if fields.object["lengthBytes"] != nil || fields.object["offsetBytes"] != nil {
+            amount = .range(offsetBytes: try fields.nonNegativeInteger("offsetBytes") ?? 0,
+                            lengthBytes: try fields.positiveInteger("lengthBytes"))
+        } else {
+            throw .invalidArgument("a reservation needs 'bytes' (pooled) or 'offsetBytes' and 'lengthBytes' (range)")
+        }
+        let ttl = fields.object["ttlSeconds"] == nil ? nil : try fields.positiveInteger("ttlSeconds")
+        return ReservationSpec(amount: amount, ttlSeconds: ttl, name: try fields.optionalString("name"))
+    }
+
+    static func renewal(_ request: HTTPRequest) throws(Problem) -> UInt64? {
+        guard !request.body.isEmpty else { return nil }
+        let fields = try JSONFields(try body(request), allowed: ["ttlSeconds"])
+        return fields.object["ttlSeconds"] == nil ? nil : try fields.positiveInteger("ttlSeconds")
+    }
+
+    static func exportSpec(_ request: HTTPRequest) throws(Problem) -> (volume: String, reservation: String?, name: String?) {
+        let fields = try JSONFields(try body(request), allowed: ["volume", "reservation", "name"])
+        return (try fields.string("volume"), try fields.optionalString("reservation"), try fields.optionalString("name"))
+    }
+
+    static func poolPatch(_ request: HTTPRequest) throws(Problem) -> (NoSpacePolicy?, [Int]?) {
+        let fields = try JSONFields(try body(request), allowed: ["onNoSpace", "lowSpaceThresholds"])
+        var policy: NoSpacePolicy?
+        switch fields.object["onNoSpace"] {
+        case nil: break
+        case .string("error")?: policy = .error
+        case .object(let object)?:
+            let seconds = try JSONFields(object, allowed: ["queueSeconds"], prefix: "onNoSpace.").positiveInteger("queueSeconds")
+            guard seconds <= UInt64(NoSpacePolicy.maximumQueueSeconds) else {
+                throw .invalidArgument("onNoSpace.queueSeconds must be from 1 to \(NoSpacePolicy.maximumQueueSeconds)")
+            }
+            policy = .queue(seconds: Int(seconds))
+        case let other?:
+            throw .invalidArgument("field 'onNoSpace' must be \"error\" or {\"queueSeconds\": S}, got \(other.typeName)")
+        }
+        var thresholds: [Int]?
+        switch fields.object["lowSpaceThresholds"] {
+        case nil: break
+        case .array(let items)?:
+            thresholds = []
+            for item in items {
+                guard case .integer(let value) = item, (1...100).contains(value) else {
+                    throw .invalidArgument("lowSpaceThresholds must hold integer percentages from 1 to 100")
+                }
+                thresholds?.append(Int(value))
+            }
+        case let other?:
+            throw .invalidArgument("field 'lowSpaceThresholds' must be an array of percentages, got \(other.typeName)")
+        }
+        guard policy != nil || thresholds != nil else {
+            throw .invalidArgument("a pool patch needs 'onNoSpace' or 'lowSpaceThresholds'")
+        }
+        return (policy, thresholds)
+    }
+
+    static func supplierPatch(_ request: HTTPRequest) throws(Problem) -> UInt64 {
+        try JSONFields(try body(request), allowed: ["sizeBytes"]).positiveInteger("sizeBytes")
     }
 
     static func volumePatch(_ request: HTTPRequest) throws(Problem) -> VolumePatch {

@@ -62,13 +62,86 @@ public struct Router: Sendable {
             return Self.json(created ? 201 : 200, pool)
         case 2 where path[0] == "pools":
             route = "/v1/pools/{name}"
+            try allow(request, ["GET", "PATCH", "DELETE"])
+            try noQuery(request)
+            switch request.method {
+            case "GET":
+                return Self.json(200, try answer { () throws(RemapError) in try control.poolInfo(named: path[1]) })
+            case "PATCH":
+                let (policy, thresholds) = try RequestBodies.poolPatch(request)
+                return Self.json(200, try answer { () throws(RemapError) in
+                    try control.updatePool(named: path[1], onNoSpace: policy, thresholds: thresholds)
+                })
+            default:
+                try answer { () throws(RemapError) in try control.deletePool(named: path[1]) }
+                return .noContent()
+            }
+        case 4 where path[0] == "pools" && path[2] == "suppliers":
+            route = "/v1/pools/{name}/suppliers/{id}"
+            try allow(request, ["PATCH"])
+            try noQuery(request)
+            let size = try RequestBodies.supplierPatch(request)
+            return Self.json(200, try answer { () throws(RemapError) in
+                try control.growSupplier(pool: path[1], supplier: path[3], to: size)
+            })
+        case 3 where path[0] == "volumes" && path[2] == "reservations":
+            route = "/v1/volumes/{name}/reservations"
+            try allow(request, ["GET", "POST"])
+            try noQuery(request)
+            if request.method == "GET" {
+                let list = try answer { () throws(RemapError) in try control.reservationInfos(volume: path[1]) }
+                return Self.json(200, ReservationList(reservations: list))
+            }
+            let spec = try RequestBodies.reservationSpec(request)
+            let (reservation, created) = try answer { () throws(RemapError) in try control.createReservation(volume: path[1], spec) }
+            return Self.json(created ? 201 : 200, reservation)
+        case 4 where path[0] == "volumes" && path[2] == "reservations":
+            route = "/v1/volumes/{name}/reservations/{id}"
             try allow(request, ["GET", "DELETE"])
             try noQuery(request)
             if request.method == "GET" {
-                return Self.json(200, try answer { () throws(RemapError) in try control.poolInfo(named: path[1]) })
+                return Self.json(200, try answer { () throws(RemapError) in try control.reservationInfo(volume: path[1], id: path[3]) })
             }
-            try answer { () throws(RemapError) in try control.deletePool(named: path[1]) }
+            try answer { () throws(RemapError) in try control.deleteReservation(volume: path[1], id: path[3]) }
             return .noContent()
+        case 5 where path[0] == "volumes" && path[2] == "reservations" && path[4] == "renew":
+            route = "/v1/volumes/{name}/reservations/{id}/renew"
+            try allow(request, ["POST"])
+            try noQuery(request)
+            let ttl = try RequestBodies.renewal(request)
+            return Self.json(200, try answer { () throws(RemapError) in
+                try control.renewReservation(volume: path[1], id: path[3], ttlSeconds: ttl)
+            })
+        case 1 where path[0] == "exports":
+            route = "/v1/exports"
+            try allow(request, ["GET", "POST"])
+            try noQuery(request)
+            if request.method == "GET" { return Self.json(200, ExportList(exports: control.exportInfos())) }
+            let (volume, reservation, name) = try RequestBodies.exportSpec(request)
+            return Self.json(201, try answer { () throws(RemapError) in
+                try control.createExport(volume: volume, reservation: reservation, exportName: name)
+            })
+        case 2 where path[0] == "exports":
+            route = "/v1/exports/{name}"
+            try allow(request, ["DELETE"])
+            try noQuery(request)
+            try answer { () throws(RemapError) in try control.deleteExport(named: path[1]) }
+            return .noContent()
+        case 1 where path[0] == "events":
+            route = "/v1/events"
+            try allow(request, ["GET"])
+            let query = try QueryParameters(request.query, allowed: ["since"])
+            var since: UInt64 = 0
+            if let text = query.value("since") {
+                guard let number = UInt64(text) else { throw .invalidArgument("since must be an event number (an integer >= 0), got '\(text)'") }
+                since = number
+            }
+            if request.accept?.contains("text/event-stream") == true {
+                if let last = request.lastEventID { since = max(since, last) }
+                return HTTPResponse.eventStream(EventStream(control: control, after: since))
+            }
+            let (events, last) = control.events(after: since)
+            return Self.json(200, EventList(events: events, lastSeq: last))
         case 3 where path[0] == "pools" && path[2] == "suppliers":
             route = "/v1/pools/{name}/suppliers"
             try allow(request, ["POST"])
@@ -173,6 +246,12 @@ public struct Router: Sendable {
 }
 
 struct PoolList: Encodable { var pools: [PoolInfo] }
+struct ReservationList: Encodable { var reservations: [ReservationInfo] }
+struct ExportList: Encodable { var exports: [ExportInfo] }
+struct EventList: Encodable {
+    var events: [Event]
+    var lastSeq: UInt64
+}
 
 struct VolumeList: Encodable {
     var volumes: [VolumeInfo]

@@ -120,3 +120,16 @@ public enum SupplierSpec: Sendable, Equatable {
         }
     }
 }
+
+/// What the control plane shows of an NBD export.
+public struct ExportInfo: Codable, Sendable, Equatable {
+    public var name: String
+    public var volume: String
+    public var reservation: String?
+
+    public init(name: String, volume: String, reservation: String?) {
+        self.name = name
+        self.volume = volume
+        self.reservation = reservation
+    }
+}

@@ -478,12 +478,6 @@ extension Engine {
     }
 }
 
-/// What the control plane shows of an NBD export.
-public struct ExportInfo: Codable, Sendable, Equatable {
-    public var name: String
-    public var volume: String
-    public var reservation: String?
-}
 
 
 extension String {

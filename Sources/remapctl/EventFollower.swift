@@ -41,6 +41,7 @@ struct EventFollower {
         var polling = false
         while true {
             do throws(ClientError) {
+                if connected { try noticeRestart() }
                 var stream = try HTTPStream(
                     request(), address: client.connection.address,
                     timeoutSeconds: client.connection.timeoutSeconds, bodyTimeoutSeconds: nil)
@@ -74,6 +75,18 @@ struct EventFollower {
             }
             Self.pause(milliseconds: delay(afterFailures: failures, polling: polling))
         }
+    }
+
+    /// remapd numbers events from 1 each time it starts. After a restart
+    /// the old `Last-Event-ID` would hide the new daemon's first events, so
+    /// when its newest number is below the last one printed, start over.
+    private mutating func noticeRestart() throws(ClientError) {
+        guard let lastSeq, let newest = try client.events(since: lastSeq).value.lastSeq, newest < lastSeq else {
+            return
+        }
+        Output.print(toStandardError: "remapctl: remapd restarted; following its events from the start\n")
+        self.lastSeq = nil
+        lastEventID = "0"
     }
 
     private func request() -> HTTPRequest {

@@ -16,6 +16,8 @@ struct Reservation: Decodable, Equatable, Sendable {
     var expiresAt: String?
     var offsetBytes: Int?
     var lengthBytes: Int?
+    /// A lease's length, which a renewal without `--ttl` grants again.
+    var ttlSeconds: Int?
 }
 
 /// The body of `GET /v1/volumes/{name}/reservations`.
@@ -61,6 +63,7 @@ extension Reservation {
         fields.append("size", Output.size(bytes))
         fields.append("used", Output.size(usedBytes))
         fields.append("remaining", Output.size(max(bytes - usedBytes, 0)))
+        fields.append("lease", ttlSeconds.map { Seconds($0).description } ?? "none")
         fields.append("expires", expiry)
         return fields.rendered()
     }

@@ -209,4 +209,8 @@ struct Remapd: ParsableCommand {
 
 extension Engine: ControlPlane {
     public var engineName: String { name }
+
+    public func events(after seq: UInt64) -> (events: [Event], last: UInt64) {
+        events.events(after: seq)
+    }
 }
