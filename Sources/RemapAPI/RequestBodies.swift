@@ -31,8 +31,10 @@ enum RequestBodies {
             }
             amount = .pooled(bytes: try fields.positiveInteger("bytes"))
         } else if fields.object["lengthBytes"] != nil || fields.object["offsetBytes"] != nil {
-            amount = .range(offsetBytes: try fields.nonNegativeInteger("offsetBytes") ?? 0,
-                            lengthBytes: try fields.positiveInteger("lengthBytes"))
+            guard let offset = try fields.nonNegativeInteger("offsetBytes") else {
+                throw .invalidArgument("a range reservation needs 'offsetBytes' as well as 'lengthBytes'")
+            }
+            amount = .range(offsetBytes: offset, lengthBytes: try fields.positiveInteger("lengthBytes"))
         } else {
             throw .invalidArgument("a reservation needs 'bytes' (pooled) or 'offsetBytes' and 'lengthBytes' (range)")
         }

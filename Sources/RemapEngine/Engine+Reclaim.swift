@@ -63,6 +63,7 @@ extension Engine {
 
     /// Chunks went back to the allocator: refill stashes, wake waiters.
     func chunksReleased(_ pool: Pool) {
+        checkThresholds(pool)
         prepareChunks(pool)
         if !preparingPools.contains(pool.name) { wakeWritersWaitingForChunks() }
         retrySpaceWaiters(pool)

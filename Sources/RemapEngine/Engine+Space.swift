@@ -87,6 +87,7 @@ extension Engine {
     /// The write completed: record what it drew and let released
     /// reservations end.
     func endDrawing(_ source: WriteChunks) {
+        if !source.taken.isEmpty { checkThresholds(source.pool) }
         for (reservation, count) in source.drawnCounts {
             reservation.inFlight -= 1
             reservation.drawnInFlight -= count
@@ -117,20 +118,23 @@ extension Engine {
             return waitForChunks { retry(deadline) }
         }
         let pool = volume.pool
+        let failed = { [self] in
+            let now = monotonicNanoseconds()
+            if now - (lastNoSpaceEvent[pool.name] ?? 0) > 1_000_000_000 {
+                lastNoSpaceEvent[pool.name] = now
+                events.record(.poolNoSpace, pool: pool.name, volume: volume.name, offsetBytes: offset,
+                              detail: "a write to volume '\(volume.name)' at offset \(offset) found no space in pool '\(pool.name)'")
+            }
+            fail()
+        }
         if case .queue(let seconds) = pool.onNoSpace {
             let until = deadline ?? monotonicNanoseconds() + Int64(seconds) * 1_000_000_000
             if monotonicNanoseconds() < until {
-                spaceWaiters.append((until, pool, { retry(until) }, fail))
+                spaceWaiters.append((until, pool, { retry(until) }, failed))
                 return
             }
         }
-        let now = monotonicNanoseconds()
-        if now - (lastNoSpaceEvent[pool.name] ?? 0) > 1_000_000_000 {
-            lastNoSpaceEvent[pool.name] = now
-            events.record(.poolNoSpace, pool: pool.name, volume: volume.name, offsetBytes: offset,
-                          detail: "a write to volume '\(volume.name)' at offset \(offset) found no space in pool '\(pool.name)'")
-        }
-        fail()
+        failed()
     }
 
     /// Space may have come back to `pool`: queued writes try again.
@@ -152,7 +156,13 @@ extension Engine {
     // MARK: - Thresholds and leases (from tick)
 
     func checkThresholds() {
-        for pool in pools.values {
+        for pool in pools.values { checkThresholds(pool) }
+    }
+
+    /// Fires `pool.low-space` for each threshold crossed upward since the
+    /// last check; a threshold fires again only after space fell below it.
+    func checkThresholds(_ pool: Pool) {
+        do {
             let percent = pool.committedPercent
             var crossed = crossedThresholds[pool.name] ?? []
             for threshold in pool.lowSpaceThresholds.sorted() {
@@ -224,6 +234,7 @@ extension Engine {
         }
         events.record(.reservationReleased, pool: pool.name, volume: volume.name, reservation: reservation.id,
                       detail: "reservation \(reservation.id) on volume '\(volume.name)' released; \(reservation.usedBytes) bytes used")
+        checkThresholds(pool)
         retrySpaceWaiters(pool)
     }
 

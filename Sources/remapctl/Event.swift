@@ -36,18 +36,22 @@ extension Event {
         }
     }
 
-    /// The server's detail, followed by the structured fields it may not
-    /// mention, so grep finds them.
+    /// The server's detail, followed by the structured fields it does not
+    /// mention, so that grep finds them.
     var explanation: String {
-        var parts: [String] = []
         // Runs of blanks folded, so that two spaces keep separating columns.
-        let words = (detail ?? "").split(whereSeparator: \.isWhitespace)
-        if !words.isEmpty { parts.append(words.joined(separator: " ")) }
+        let text = (detail ?? "").split(whereSeparator: \.isWhitespace).joined(separator: " ")
         var facts: [String] = []
-        if let percent { facts.append("percent=\(Self.number(percent))") }
-        if let reservation { facts.append("reservation=\(reservation)") }
-        if let offsetBytes { facts.append("offset=\(offsetBytes)") }
-        if !facts.isEmpty { parts.append("[" + facts.joined(separator: " ") + "]") }
+        if let percent, !text.contains("\(Self.number(percent))%") {
+            facts.append("percent=\(Self.number(percent))")
+        }
+        if let reservation, !text.contains(reservation) {
+            facts.append("reservation=\(reservation)")
+        }
+        if let offsetBytes, !text.contains(String(offsetBytes)) {
+            facts.append("offset=\(offsetBytes)")
+        }
+        let parts = (text.isEmpty ? [] : [text]) + (facts.isEmpty ? [] : ["[" + facts.joined(separator: " ") + "]"])
         return parts.isEmpty ? "-" : parts.joined(separator: " ")
     }
 

@@ -12,13 +12,14 @@ struct EventCommand: ParsableCommand {
             --thresholds), pool.no-space (a write failed for lack of space), \
             reservation.expired, reservation.released, pool.grown.
 
-            Without --follow remapctl prints the events remapd keeps (the last \
-            1000), or those after --since SEQ, and exits. With --follow it stays \
-            connected and prints each event on one line as it arrives, resuming \
-            after the last one seen if the connection drops (a notice goes to \
-            standard error); Ctrl-C ends it with status 0. With --json the list \
-            is remapd's JSON document, and --follow prints one JSON object per \
-            line.
+            remapctl prints the events remapd keeps (the last 1000; remapd \
+            numbers them from 1 each time it starts), or those after --since \
+            SEQ. With --follow it then stays connected and prints each new event \
+            as it arrives, one line each (SEQ TIME TYPE POOL/VOLUME DETAIL, as \
+            the table's columns); if the connection drops it reconnects and \
+            resumes after the last event seen (notices go to standard error). \
+            Ctrl-C ends it with status 0. With --json the list is remapd's JSON \
+            document, and --follow prints one JSON object per line.
 
               remapctl events --follow | grep --line-buffered low-space
             """)

@@ -15,9 +15,15 @@ struct EventFollower {
 
     /// The `id:` of the last message, sent back as `Last-Event-ID`.
     private var lastEventID: String?
-    /// The sequence number and time of the last event printed.
-    private var lastSeq: Int?
-    private var lastTime: String?
+    /// The last event printed: reconnects resume after it, repeats of it
+    /// and of older ones are skipped.
+    private var lastPrinted: Event?
+    /// Where to resume when no event was printed since: `--since`, or the
+    /// newest number a poll reported.
+    private var resumeAfter: Int?
+
+    /// The number of the last event printed or passed over.
+    private var lastSeq: Int? { [lastPrinted?.seq, resumeAfter].compactMap { $0 }.max() }
     /// The wait between reconnects the server asked for with `retry:`.
     private var retryMilliseconds: Int?
 
@@ -25,7 +31,7 @@ struct EventFollower {
         self.client = client
         self.json = json
         self.lastEventID = since.map(String.init)
-        self.lastSeq = since
+        self.resumeAfter = since
     }
 
     /// Prints events until the process is interrupted (SIGINT exits with
@@ -79,13 +85,23 @@ struct EventFollower {
 
     /// remapd numbers events from 1 each time it starts. After a restart
     /// the old `Last-Event-ID` would hide the new daemon's first events, so
-    /// when its newest number is below the last one printed, start over.
+    /// when the daemon no longer has the last event printed under its
+    /// number, start over from its first event.
     private mutating func noticeRestart() throws(ClientError) {
-        guard let lastSeq, let newest = try client.events(since: lastSeq).value.lastSeq, newest < lastSeq else {
+        if let lastPrinted {
+            let answer = try client.events(since: max(lastPrinted.seq - 1, 0)).value
+            if answer.events.first(where: { $0.seq == lastPrinted.seq }) == lastPrinted { return }
+            // Missing or different: restarted, or the daemon dropped it as one
+            // of more than the 1000 it keeps; starting over suits both.
+        } else if let resumeAfter {
+            let newest = try client.events(since: resumeAfter).value.lastSeq ?? resumeAfter
+            if newest >= resumeAfter { return }
+        } else {
             return
         }
         Output.print(toStandardError: "remapctl: remapd restarted; following its events from the start\n")
-        self.lastSeq = nil
+        lastPrinted = nil
+        resumeAfter = nil
         lastEventID = "0"
     }
 
@@ -134,18 +150,15 @@ struct EventFollower {
         }
         // The next poll asks only for what follows, even when nothing was new.
         if let newest = list.lastSeq, newest > (lastSeq ?? -1) {
-            lastSeq = newest
+            resumeAfter = newest
             lastEventID = String(newest)
         }
     }
 
     private mutating func printEvent(_ event: Event, raw: [UInt8]) {
-        // A server that ignores Last-Event-ID repeats events; one that
-        // restarted may number from 1 again, but its events are newer.
-        // (RFC 3339 UTC times in one format compare as text.)
-        if let lastSeq, event.seq <= lastSeq, event.time <= (lastTime ?? event.time) { return }
-        lastSeq = event.seq
-        lastTime = event.time
+        // A server that ignores Last-Event-ID would repeat events.
+        if let lastSeq, event.seq <= lastSeq { return }
+        lastPrinted = event
         lastEventID = String(event.seq)
         if json {
             printLine(JSONValue(parsing: raw)?.compact ?? String(decoding: raw, as: UTF8.self).singleLine)

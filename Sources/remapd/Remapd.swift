@@ -137,6 +137,8 @@ struct Remapd: ParsableCommand {
             engine.setHeartbeat(every: interval / 3) { Systemd.notify("WATCHDOG=1") }
         }
         engine.handshakeTimeout = Int64(nbdHandshakeTimeout) * 1_000_000_000
+        // Room for metadata commits on the state directory's filesystem.
+        engine.metadataReserve = try MetadataReserve(path: stateDirectory + "/metadata.reserve")
         engine.start()
         engine.serveNBD(listener: nbdUnix)
         if let nbdTCP { engine.serveNBD(listener: nbdTCP) }
