@@ -9,7 +9,7 @@ public final class MetadataReserve: @unchecked Sendable {  // used on the engine
     public static let size: UInt64 = 64 << 20
     /// Below this much free space (besides the reserve) the filesystem is "short".
     static let lowWater: UInt64 = 32 << 20
-    static let highWater: UInt64 = 128 << 20
+    static let highWater: UInt64 = 64 << 20
 
     let path: String
     private(set) var short = false
