@@ -32,9 +32,12 @@ public final class MetadataReserve: @unchecked Sendable {  // used on the engine
         }
     }
 
+    /// Free space on the filesystem of the reserve's directory (the file
+    /// itself may be gone).
     private var freeBytes: UInt64 {
         var fs = statvfs()
-        return statvfs(path, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
+        let directory = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        return statvfs(directory.isEmpty ? "/" : directory, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
     }
 
     /// Checks the filesystem; gives up the reserve when low, takes it back
