@@ -237,7 +237,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func start() {
         committer.start()
         armWake()
-        post { [self] in for pool in pools.values { prepareChunks(pool) } }
+        post { [self] in
+            for pool in pools.values {
+                prepareChunks(pool)
+                // Thresholds already crossed before this start are not news.
+                crossedThresholds[pool.name] = Set(pool.lowSpaceThresholds.filter { pool.committedPercent >= Double($0) })
+            }
+        }
         startThread(name: "remap-engine") { [self] in
             while !finished {
                 ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
@@ -520,6 +526,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         try Labels.validate(spec.labels)
         return try call { [self] reply in
             guard let pool = pools[spec.pool] else { return reply(.failure(.notFound(kind: "pool", name: spec.pool))) }
+            if extraExports[spec.name] != nil {
+                return reply(.failure(.alreadyExists(kind: "export", name: spec.name,
+                                                     detail: "an export named '\(spec.name)' exists; volume names share the export namespace")))
+            }
             if let existing = volumes[spec.name] {
                 var asked = spec.reservation
                 if case .bytes(let bytes) = asked { asked = .bytes((bytes + pool.chunkSize - 1) / pool.chunkSize * pool.chunkSize) }

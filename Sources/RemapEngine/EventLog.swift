@@ -6,9 +6,16 @@ import Synchronization
 /// Written by the engine thread, read by the API's threads.
 public final class EventLog: Sendable {
     public static let capacity = 1000
-    private let state = Mutex<(next: UInt64, events: [Event])>((1, []))
+    private let state: Mutex<(next: UInt64, events: [Event])>
 
-    public init() {}
+    /// Numbers start at the start time in milliseconds, so they keep
+    /// growing across restarts and a client resuming with an old
+    /// `Last-Event-ID` misses nothing new.
+    public init() {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        state = Mutex((UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec / 1_000_000), []))
+    }
 
     func record(_ type: Event.Kind, pool: String? = nil, volume: String? = nil, reservation: String? = nil,
                 offsetBytes: UInt64? = nil, percent: Int? = nil, detail: String) {

@@ -5,9 +5,11 @@ import Glibc
 /// printing each event as it arrives, for as long as remapctl runs.
 ///
 /// When the stream drops, the follower reconnects with `Last-Event-ID` set
-/// to the last event seen, so nothing is missed or printed twice (events
-/// the server repeats anyway are skipped by sequence number and time). A
-/// daemon that answers with the JSON list instead of a stream is polled.
+/// to the last event seen, so nothing is missed or printed twice (events a
+/// server repeats anyway are skipped by sequence number). A daemon that
+/// restarted numbers its events from 1 again; the follower notices and
+/// starts over with it. A daemon that answers with the JSON list instead of
+/// a stream is polled.
 struct EventFollower {
     let client: APIClient
     /// One JSON object per line instead of readable lines.
