@@ -21,7 +21,7 @@ APT_INSTALL = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-.PHONY: all deps test-deps build build-debug run test unit-test integration-test clean
+.PHONY: all deps test-deps contract-deps build build-debug run test unit-test integration-test bench clean
 
 all: build
 
@@ -42,6 +42,19 @@ build-debug:
 run: build
 	./.build/release/remapd --state-dir $(STATE_DIR) --default-pool-size $(POOL_SIZE)
 
+# Contract-test tools in a venv of the system Python; reinstalled only when
+# the requirements change.
+CONTRACT_VENV := .build/venv
+CONTRACT_REQUIREMENTS := Tests/Contract/requirements.txt
+
+$(CONTRACT_VENV)/.installed: $(CONTRACT_REQUIREMENTS)
+	@$(call APT_INSTALL,python3-venv)
+	@[ -x $(CONTRACT_VENV)/bin/pip ] || /usr/bin/python3 -m venv $(CONTRACT_VENV)
+	$(CONTRACT_VENV)/bin/pip install -q --disable-pip-version-check -r $(CONTRACT_REQUIREMENTS)
+	@touch $@
+
+contract-deps: $(CONTRACT_VENV)/.installed
+
 unit-test: build-debug
 	$(SWIFT) test --skip-build
 
@@ -50,7 +63,7 @@ unit-test: build-debug
 # output ends with its summary.
 DATA_PATH_TESTS := Tests/Integration/test_nbd_data.py Tests/Integration/test_nbd_protocol.py Tests/Integration/test_nbd_robustness.py
 
-integration-test: build-debug
+integration-test: build-debug contract-deps
 	REMAP_ENGINE=threads REMAPD=$(CURDIR)/.build/debug/remapd REMAPCTL=$(CURDIR)/.build/debug/remapctl \
 	  /usr/bin/python3 -m pytest -q -ra $(DATA_PATH_TESTS)
 	REMAPD=$(CURDIR)/.build/debug/remapd REMAPCTL=$(CURDIR)/.build/debug/remapctl \

@@ -1,5 +1,7 @@
 #include "CURing.h"
 #include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 unsigned curing_peek_cqes(struct io_uring *ring, struct io_uring_cqe **cqes, unsigned max) {
     return io_uring_peek_batch_cqe(ring, cqes, max);
@@ -19,3 +21,8 @@ int curing_submit_and_wait(struct io_uring *ring, long long timeout_ns) {
 }
 
 unsigned long curing_blkgetsize64(void) { return BLKGETSIZE64; }
+
+int curing_enable_rings(struct io_uring *ring) {
+    long rc = syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    return rc < 0 ? -errno : 0;
+}

@@ -6,7 +6,7 @@ public struct HTTPRequest: Sendable {
     public var contentType: String?
     /// The Accept header, and SSE's Last-Event-ID.
     public var accept: String?
-    public var lastEventID: UInt64?
+    public var lastEventID: String?
     /// Query parameters in order, percent-decoded.
     public var query: [(name: String, value: String)] = []
     public var body: [UInt8]

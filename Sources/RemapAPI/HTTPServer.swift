@@ -117,7 +117,7 @@ public final class HTTPServer: Sendable {
         var request = HTTPRequest(method: method, path: path, contentType: contentType,
                                   query: Self.query(connection), body: exchange.body)
         request.accept = cmhd_header(connection, "Accept").map { String(cString: $0) }
-        request.lastEventID = cmhd_header(connection, "Last-Event-ID").flatMap { UInt64(String(cString: $0)) }
+        request.lastEventID = cmhd_header(connection, "Last-Event-ID").map { String(cString: $0) }
         return respond(connection, router.handle(request))
     }
 }

@@ -133,11 +133,19 @@ public struct Router: Sendable {
             let query = try QueryParameters(request.query, allowed: ["since"])
             var since: UInt64 = 0
             if let text = query.value("since") {
-                guard let number = UInt64(text) else { throw .invalidArgument("since must be an event number (an integer >= 0), got '\(text)'") }
+                guard let number = UInt64(text), number <= UInt64(Int64.max) else {
+                    throw .invalidArgument("since must be an event number (an integer from 0 to \(Int64.max)), got '\(text)'")
+                }
                 since = number
             }
+            if let header = request.lastEventID {
+                guard !header.isEmpty, header.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+                    throw .invalidArgument("Last-Event-ID must be an event number, got '\(header)'")
+                }
+                // A number past any event means "nothing before it".
+                since = max(since, min(UInt64(header) ?? UInt64.max, UInt64(Int64.max)))
+            }
             if request.accept?.contains("text/event-stream") == true {
-                if let last = request.lastEventID { since = max(since, last) }
                 return HTTPResponse.eventStream(EventStream(control: control, after: since))
             }
             let (events, last) = control.events(after: since)
@@ -182,10 +190,14 @@ public struct Router: Sendable {
         let query = try QueryParameters(request.query, allowed: ["pool", "label", "limit", "pageToken"])
         let limit = try query.integer("limit", in: 1...1000) ?? 100
         var volumes = control.volumeInfos()
-        if let pool = query.value("pool") { volumes = volumes.filter { $0.pool == pool } }
+        if let pool = query.value("pool") {
+            do { try Name.validate(pool, kind: "pool") } catch { throw Problem(error) }
+            volumes = volumes.filter { $0.pool == pool }
+        }
         if let label = query.value("label") {
             let parts = label.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             guard !parts[0].isEmpty else { throw .invalidArgument("label filter must be 'key' or 'key=value', got '\(label)'") }
+            do { try Labels.validate([parts[0]: parts.count > 1 ? parts[1] : ""]) } catch { throw Problem(error) }
             volumes = volumes.filter { parts.count == 1 ? $0.labels[parts[0]] != nil : $0.labels[parts[0]] == parts[1] }
         }
         if let token = query.value("pageToken") {

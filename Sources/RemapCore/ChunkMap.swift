@@ -189,6 +189,25 @@ public struct ChunkMap: Sendable {
         virtualChunks = newCount
     }
 
+    /// How many chunks of `range` are mapped, from the extents: cheap even
+    /// for huge ranges.
+    public func mappedCount(in range: Range<UInt64>) -> UInt64 {
+        guard !range.isEmpty else { return 0 }
+        var count: UInt64 = 0
+        let firstPage = Int(range.lowerBound >> Self.pageShift)
+        let lastPage = Int((range.upperBound - 1) >> Self.pageShift)
+        for pageNumber in firstPage...min(lastPage, directory.count - 1) where directory[pageNumber] != Self.noPage {
+            let base = UInt64(pageNumber) << Self.pageShift
+            for packed in pages[Int(directory[pageNumber])] {
+                let extent = Extent(packed)
+                let start = max(base + extent.start, range.lowerBound)
+                let end = min(base + extent.end, range.upperBound)
+                if end > start { count += end - start }
+            }
+        }
+        return count
+    }
+
     /// Every mapping, in virtual order.
     public func forEachMapping(_ body: (_ virtual: UInt64, _ physical: UInt64) -> Void) {
         for (pageNumber, slot) in directory.enumerated() where slot != Self.noPage {

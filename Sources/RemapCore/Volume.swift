@@ -76,6 +76,10 @@ public final class Volume {
             createdAt: createdAt, exportName: name, labels: labels)
     }
 
+    /// The largest volume: 1 PiB. The chunk map's directory costs 4 bytes
+    /// per 4096 chunks of size (16 MiB at 1 PiB with 64 KiB chunks).
+    public static let maximumSize: UInt64 = 1 << 50
+
     /// Checks a size for a new volume: positive and whole 512-byte sectors,
     /// which every block client assumes.
     public static func validate(sizeBytes: UInt64) throws(RemapError) {
@@ -83,7 +87,9 @@ public final class Volume {
         guard sizeBytes % 512 == 0 else {
             throw .invalidArgument("sizeBytes must be a multiple of 512, got \(sizeBytes)")
         }
-        guard sizeBytes <= UInt64(Int64.max) / 2 else { throw .invalidArgument("sizeBytes \(sizeBytes) is too large") }
+        guard sizeBytes <= maximumSize else {
+            throw .invalidArgument("sizeBytes \(sizeBytes) is larger than the maximum volume size of \(maximumSize) bytes (1 PiB)")
+        }
     }
 }
 

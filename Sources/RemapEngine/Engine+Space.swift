@@ -269,10 +269,12 @@ extension Engine {
             }
             let first = offset / chunkSize
             let count = (offset + length - 1) / chunkSize - first + 1
-            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
-            guard pool.unreservedFreeChunks >= UInt64(holes.count) else {
-                return reply(.failure(.noSpace(requestedBytes: UInt64(holes.count) * chunkSize, availableBytes: pool.freeBytes)))
+            // Decided at once, from the extents, before any per-chunk work.
+            let holeCount = count - volume.map.mappedCount(in: first..<(first + count))
+            guard pool.unreservedFreeChunks >= holeCount else {
+                return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
             }
+            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
             guard pool.preparedCount >= holes.count else {
                 if chunksComing(pool) {
                     return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) }

@@ -245,6 +245,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
         }
         startThread(name: "remap-engine") { [self] in
+            ring.activate()
             while !finished {
                 ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
                 tick()

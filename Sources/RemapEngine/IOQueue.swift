@@ -26,6 +26,8 @@ protocol IOQueue: AnyObject {
     func readEvent(fd: Int32, into buffer: UnsafeMutableRawPointer, _ handler: @escaping Handler)
     /// Waits up to the timeout for completions and runs their handlers.
     func run(timeoutNanoseconds: Int64)
+    /// Called once on the engine thread before the first `run`.
+    func activate()
 }
 
 extension IOQueue {

@@ -18,18 +18,32 @@ final class Ring: IOQueue {
     private var freeSlots: [Int] = []
     private var cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     private static let batch = 64
+    /// Created disabled: `activate` (on the engine thread) enables it.
+    private var disabled: Bool
 
     init(entries: UInt32) throws(RemapError) {
         // Set up before any stored property: a throw after them would run
         // deinit on a ring that never existed.
         let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
         ring.initialize(to: io_uring())
-        let rc = io_uring_queue_init(entries, ring, 0)
+        // Only the engine thread submits and reaps: tell the kernel, so it
+        // runs completion work when that thread waits instead of
+        // interrupting it (6.1+). The ring starts disabled and is enabled
+        // from the engine thread, which becomes its single issuer.
+        var parameters = io_uring_params()
+        parameters.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED
+        var rc = io_uring_queue_init_params(entries, ring, &parameters)
+        var disabled = true
+        if rc == -EINVAL {
+            rc = io_uring_queue_init(entries, ring, 0)
+            disabled = false
+        }
         if rc < 0 {
             ring.deallocate()
             throw .io(errno: -rc, context: "io_uring_queue_init: \(String(cString: strerror(-rc)))")
         }
         self.ring = ring
+        self.disabled = disabled
         cqes = .allocate(capacity: Self.batch)
     }
 
@@ -87,6 +101,14 @@ final class Ring: IOQueue {
 
     func readEvent(fd: Int32, into buffer: UnsafeMutableRawPointer, _ handler: @escaping Handler) {
         read(fd: fd, into: buffer, count: 8, offset: 0, handler)
+    }
+
+    func activate() {
+        guard disabled else { return }
+        let rc = curing_enable_rings(ring)
+        // Without an enabled ring nothing can be served.
+        precondition(rc == 0, "io_uring_enable_rings failed: \(rc)")
+        disabled = false
     }
 
     /// Submits what is queued and waits for at least one completion or the

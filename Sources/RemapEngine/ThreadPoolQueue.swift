@@ -179,6 +179,8 @@ final class ThreadPoolQueue: IOQueue {
         return -error
     }
 
+    func activate() {}
+
     func run(timeoutNanoseconds: Int64) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         let milliseconds = Int32(clamping: max(1, timeoutNanoseconds / 1_000_000))
