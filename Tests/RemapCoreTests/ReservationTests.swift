@@ -1,0 +1,64 @@
+import RemapCore
+import Testing
+
+@Suite struct ReservationTests {
+    let chunk: UInt64 = 64 * 1024
+
+    func setup(chunks: UInt64) throws -> (Pool, Volume) {
+        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [
+            Supplier(id: "s", kind: .file, path: "/p", sizeBytes: chunks * chunk, preallocated: true),
+        ])
+        pool.didPrepare(pool.startPreparing(Int(chunks)))
+        return (pool, Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 1 << 30, createdAt: ""))
+    }
+
+    func identityHolds(_ pool: Pool) -> Bool {
+        pool.capacityBytes == pool.allocatedBytes + pool.reservedBytes + pool.freeBytes
+    }
+
+    @Test func pooled_reservations_hold_space_against_uncovered_writes() throws {
+        let (pool, volume) = try setup(chunks: 10)
+        let reservation = Reservation(id: "r", name: nil, volume: volume, kind: .pooled, chunkCount: 6)
+        reservation.setRemaining(6)
+        pool.pooledReservedChunks += 6
+        volume.reservations.append(reservation)
+        #expect(pool.freeBytes == 4 * chunk && pool.reservedBytes == 6 * chunk && identityHolds(pool))
+        // Uncovered writes get the 4 free chunks, then ENOSPC.
+        _ = try volume.writePlan(offset: 0, length: Int(4 * chunk))
+        #expect(throws: RemapError.self) { _ = try volume.writePlan(offset: 8 * chunk, length: 1) }
+        #expect(identityHolds(pool) && pool.allocatedBytes == 4 * chunk)
+        #expect(volume.guaranteedWritableBytes == 10 * chunk)
+    }
+
+    @Test func range_reservations_track_unwritten_chunks() throws {
+        let (_, volume) = try setup(chunks: 10)
+        let reservation = Reservation(id: "r", name: nil, volume: volume, kind: .range(firstChunk: 2), chunkCount: 3)
+        for chunk in UInt64(2)...4 { reservation.markUnwritten(chunk) }
+        #expect(reservation.remaining == 3 && reservation.usedBytes == 0)
+        reservation.markWritten(3)
+        #expect(reservation.remaining == 2 && reservation.usedBytes == chunk)
+        #expect(reservation.unwrittenChunks == [2, 4])
+        #expect(!reservation.isUnwritten(3) && reservation.isUnwritten(4) && !reservation.isUnwritten(5))
+        reservation.resizeRange(chunkCount: 2)
+        #expect(reservation.unwrittenChunks == [2] && reservation.remaining == 1)
+    }
+
+    @Test func grown_suppliers_keep_chunk_numbers_stable() throws {
+        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [
+            Supplier(id: "a", kind: .file, path: "/a", sizeBytes: 4 * chunk, preallocated: true),
+            Supplier(id: "b", kind: .file, path: "/b", sizeBytes: 4 * chunk, preallocated: true),
+        ])
+        let segment = pool.grow(supplier: 0, to: 6 * chunk)
+        #expect(segment == Pool.Segment(firstChunk: 8, supplier: 0, supplierOffset: 4 * chunk, chunks: 2))
+        #expect(pool.location(of: 5) == (1, chunk))       // b's chunks did not move
+        #expect(pool.location(of: 9) == (0, 5 * chunk))   // a's new tail
+        #expect(pool.capacityBytes == 10 * chunk)
+        #expect(pool.grow(supplier: 1, to: 4 * chunk + 100) == nil)  // less than a chunk more
+    }
+
+    @Test func timestamps_are_rfc3339_utc() {
+        #expect(utcTimestamp(unixSeconds: 0) == "1970-01-01T00:00:00Z")
+        #expect(utcTimestamp(unixSeconds: 1_795_634_379) == "2026-11-25T19:19:39Z")
+        #expect(utcTimestamp(unixSeconds: 951_782_400) == "2000-02-29T00:00:00Z")
+    }
+}
