@@ -23,38 +23,14 @@ import pytest
 
 from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run
 
-ERROR_LINE = re.compile(r"^remapctl: (?P<detail>.+) \((?P<code>[a-z][a-z-]*), HTTP (?P<status>\d{3})\)$")
 LOW_SPACE_BYTES = 420 * MiB  # 82% of the 512 MiB default pool: crosses the 80% threshold
+from test_remapctl_full import api_error, ok, ok_json  # noqa: E402  (shared remapctl checks)
+
 FOLLOW_DEADLINE = 5.0
 
 
 # ------------------------------------------------------------------ helpers
 
-def ok(p):
-    assert p.returncode == 0, (f"exit {p.returncode}\nstdout: {p.stdout.decode()}\n"
-                               f"stderr: {p.stderr.decode()}")
-    return p.stdout.decode()
-
-
-def ok_json(p):
-    text = ok(p)
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise AssertionError(f"--json output is not JSON ({error}): {text!r}")
-
-
-def api_error(p, code, status):
-    """Exit 1, nothing on stdout, one error line naming code and status."""
-    err = p.stderr.decode()
-    assert p.returncode == 1, f"exit {p.returncode} (want 1)\nstdout: {p.stdout.decode()}\nstderr: {err}"
-    assert p.stdout.decode() == "", f"stdout must be empty on error: {p.stdout.decode()!r}"
-    lines = err.splitlines()
-    assert len(lines) == 1, f"want exactly one line on stderr, got: {err!r}"
-    match = ERROR_LINE.match(lines[0])
-    assert match, f"error line not in the form 'remapctl: <detail> (<code>, HTTP <status>)': {lines[0]!r}"
-    assert (match["code"], int(match["status"])) == (code, status), lines[0]
-    return match["detail"]
 
 
 def usage_error(p):
