@@ -1,3 +1,4 @@
+import CURing
 import Glibc
 import RemapCore
 import RemapStore
@@ -179,6 +180,14 @@ extension Engine {
         }
     }
 
+    /// When a lease of `ttl` seconds taken now ends, in whole Unix seconds
+    /// rounded up: a lease may end up to a second late, never early.
+    func leaseEnd(_ ttl: UInt64) -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) + Int64(ttl) + (now.tv_nsec > 0 ? 1 : 0)
+    }
+
     func expireLeases(now: Int64) {
         var expired: [Reservation] = []
         for volume in volumes.values {
@@ -249,7 +258,7 @@ extension Engine {
                 : .failure(.alreadyExists(kind: "reservation", name: name,
                                           detail: "reservation '\(name)' on volume '\(volume.name)' exists with another spec")))
         }
-        let expiresAt = spec.ttlSeconds.map { Int64(time(nil)) + Int64($0) }
+        let expiresAt = spec.ttlSeconds.map(leaseEnd)
         let reservation: Reservation
         var changes: [MetadataChange] = []
         switch spec.amount {
@@ -374,8 +383,8 @@ extension Engine {
                 return reply(.failure(.invalidArgument("reservation \(id) is not a lease: it has no TTL to renew")))
             }
             reservation.ttlSeconds = ttl
-            reservation.expiresAt = Int64(time(nil)) + Int64(ttl)
-            pending.append(.setReservationExpiry(id: id, expiresAt: reservation.expiresAt))
+            reservation.expiresAt = leaseEnd(ttl)
+            pending.append(.setReservationExpiry(id: id, expiresAt: reservation.expiresAt, ttlSeconds: ttl))
             commit { result in reply(result.map { reservation.info }) }
         }
     }

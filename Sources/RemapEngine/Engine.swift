@@ -304,7 +304,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         expireSpaceWaiters(now: now)
         if now - lastSpaceCheck >= 500_000_000 {
             lastSpaceCheck = now
-            expireLeases(now: Int64(time(nil)))
+            expireLeases(now: Int64(time(nil)))  // a lease ends once its whole second has passed
             checkThresholds()
             if let reserve = metadataReserve, reserve.check() == .recovered {
                 for pool in pools.values { retrySpaceWaiters(pool) }

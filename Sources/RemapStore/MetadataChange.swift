@@ -25,7 +25,8 @@ public enum MetadataChange: Sendable, Equatable {
     case createReservation(StoredReservation)
     case deleteReservation(id: String)
     case setReservationRemaining(id: String, remaining: UInt64)
-    case setReservationExpiry(id: String, expiresAt: Int64?)
+    /// A renewal: the new end and the TTL later renewals default to.
+    case setReservationExpiry(id: String, expiresAt: Int64?, ttlSeconds: UInt64?)
     case resizeReservation(id: String, chunkCount: UInt64)
     case createExport(name: String, volume: Int64, reservation: String?)
     case deleteExport(name: String)

@@ -160,8 +160,9 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             try database.run("UPDATE exports SET reservation = NULL WHERE reservation = ?", [.text(id)])
         case .setReservationRemaining(let id, let remaining):
             try database.run("UPDATE reservations SET remaining = ? WHERE id = ?", [.integer(Int64(remaining)), .text(id)])
-        case .setReservationExpiry(let id, let expiresAt):
-            try database.run("UPDATE reservations SET expires_at = ? WHERE id = ?", [expiresAt.map { .integer($0) } ?? .null, .text(id)])
+        case .setReservationExpiry(let id, let expiresAt, let ttl):
+            try database.run("UPDATE reservations SET expires_at = ?, ttl_seconds = ? WHERE id = ?",
+                             [expiresAt.map { .integer($0) } ?? .null, ttl.map { .integer(Int64($0)) } ?? .null, .text(id)])
         case .resizeReservation(let id, let chunkCount):
             try database.run("UPDATE reservations SET chunk_count = ? WHERE id = ?", [.integer(Int64(chunkCount)), .text(id)])
         case .createExport(let name, let volume, let reservation):
