@@ -73,5 +73,16 @@ test: test-deps
 	$(MAKE) --no-print-directory unit-test
 	$(MAKE) --no-print-directory integration-test
 
+# Benchmark: fio over NBD (unix socket) against remapd, nbdkit, qemu-nbd raw
+# and qcow2, and fio on the file itself; prints one table and writes
+# bench/RESULTS.md (see bench/README.md). About 10 minutes; needs 8.5 GiB
+# free under bench/. Options through BENCH_ARGS, e.g. BENCH_ARGS="--repeat 1".
+BENCH_PACKAGES := $(RUN_PACKAGES) fio nbdkit python3
+BENCH_ARGS ?=
+
+bench: deps
+	@$(call APT_INSTALL,$(BENCH_PACKAGES))
+	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf .build

@@ -326,7 +326,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             return
         }
         if (!pending.isEmpty || !unmapped.isEmpty) && monotonicNanoseconds() - lastCommit > Self.commitInterval {
-            commit { result in
+            commit(syncData: false) { result in
                 if case .failure(let error) = result { log("periodic metadata commit failed: \(error)") }
             }
         }
@@ -423,7 +423,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     var allSupplierFDs: [Int32] { supplierFDs.values.flatMap { $0 } }
 
-    func commit(extra: [MetadataChange] = [], _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+    /// Commits the pending metadata. With `syncData` (every FLUSH, FUA and
+    /// control-plane change) the suppliers are synced first, so mappings
+    /// never point at data that is not durable. The periodic commit skips
+    /// that: its new mappings point at prepared chunks, which are clean, so
+    /// after a crash they read zeros or this volume's own unflushed writes —
+    /// what a disk with a write cache may show — never anyone's old data.
+    func commit(extra: [MetadataChange] = [], syncData: Bool = true, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
         let changes = pending + extra
         pending = []
         lastCommit = monotonicNanoseconds()
@@ -431,7 +437,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         unmapped = []
         let tag = epoch
         epoch += 1
-        submit(CommitJob(syncFDs: allSupplierFDs, changes: changes) { _ in }) { [self] result in
+        submit(CommitJob(syncFDs: syncData ? allSupplierFDs : [], changes: changes) { _ in }) { [self] result in
             if case .success = result, !freed.isEmpty {
                 for (name, group) in Dictionary(grouping: freed, by: { $0.pool.name }) {
                     draining.append((tag, group[0].pool, group.map(\.chunk)))
