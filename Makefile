@@ -61,7 +61,8 @@ unit-test: build-debug
 # The data-path tests run once more on the portable threads engine first;
 # the full suite (io_uring where the kernel allows it) runs last, so the
 # output ends with its summary.
-DATA_PATH_TESTS := Tests/Integration/test_nbd_data.py Tests/Integration/test_nbd_protocol.py Tests/Integration/test_nbd_robustness.py
+DATA_PATH_TESTS := Tests/Integration/test_nbd_data.py Tests/Integration/test_nbd_protocol.py Tests/Integration/test_nbd_robustness.py \
+	Tests/Integration/test_space.py
 
 integration-test: build-debug contract-deps
 	REMAP_ENGINE=threads REMAPD=$(CURDIR)/.build/debug/remapd REMAPCTL=$(CURDIR)/.build/debug/remapctl \
