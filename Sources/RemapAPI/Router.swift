@@ -195,7 +195,12 @@ public struct Router: Sendable {
             volumes = volumes.filter { $0.pool == pool }
         }
         if let label = query.value("label") {
-            let parts = label.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            // Split on the first '=' byte: a Character split would miss an
+            // '=' that a combining mark or emoji modifier joins to what follows.
+            let bytes = Array(label.utf8)
+            let parts: [String] = bytes.firstIndex(of: UInt8(ascii: "=")).map {
+                [String(decoding: bytes[..<$0], as: UTF8.self), String(decoding: bytes[($0 + 1)...], as: UTF8.self)]
+            } ?? [label]
             guard !parts[0].isEmpty else { throw .invalidArgument("label filter must be 'key' or 'key=value', got '\(label)'") }
             do { try Labels.validate([parts[0]: parts.count > 1 ? parts[1] : ""]) } catch { throw Problem(error) }
             volumes = volumes.filter { parts.count == 1 ? $0.labels[parts[0]] != nil : $0.labels[parts[0]] == parts[1] }
