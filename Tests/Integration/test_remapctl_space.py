@@ -24,34 +24,12 @@ import pytest
 from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run
 
 LOW_SPACE_BYTES = 420 * MiB  # 82% of the 512 MiB default pool: crosses the 80% threshold
-from test_remapctl_full import api_error, ok, ok_json  # noqa: E402  (shared remapctl checks)
+from test_remapctl_full import api_error, ok, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)
 
 FOLLOW_DEADLINE = 5.0
 
 
 # ------------------------------------------------------------------ helpers
-
-
-
-def usage_error(p):
-    err = p.stderr.decode()
-    assert p.returncode == 2, f"exit {p.returncode} (want 2)\nstdout: {p.stdout.decode()}\nstderr: {err}"
-    assert err.strip(), "a usage error says why"
-    assert p.stdout.decode() == "", p.stdout.decode()
-    return err
-
-
-def table(text):
-    """A remapctl table as (header, rows as dicts keyed by column title)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    header = re.split(r"\s{2,}", lines[0].strip())
-    rows = []
-    for line in lines[1:]:
-        cells = re.split(r"\s{2,}", line.strip())
-        assert len(cells) == len(header), f"row {line!r} does not fit header {header}"
-        rows.append(dict(zip(header, cells)))
-    return header, rows
-
 
 def field(text, name):
     """The value of `name:` in a `remapctl ... show` field list."""
