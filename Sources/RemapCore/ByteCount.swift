@@ -38,7 +38,8 @@ public enum ByteCount {
 }
 
 extension String {
-    func trimmingWhitespace() -> Substring {
+    /// Without leading and trailing white space (newlines included).
+    public func trimmingWhitespace() -> Substring {
         var slice = Substring(self)
         while let first = slice.first, first.isWhitespace { slice.removeFirst() }
         while let last = slice.last, last.isWhitespace { slice.removeLast() }

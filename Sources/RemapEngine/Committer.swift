@@ -69,10 +69,16 @@ final class Committer: Sendable {
     }
 
     private func execute(_ job: CommitJob) throws(RemapError) {
+        try Self.perform(job, store: store)
+    }
+
+    /// The work of a job, on the calling thread: sync, commit, zero, sync,
+    /// commit. The committer runs it; start-up runs it before the engine does.
+    static func perform(_ job: CommitJob, store: MetadataStore) throws(RemapError) {
         for fd in Set(job.syncFDs) { try systemCall("fdatasync supplier") { fdatasync(fd) } }
         try store.apply(job.changes)
         guard !job.zeroRanges.isEmpty else { return }
-        for range in job.zeroRanges { try Self.zero(range) }
+        for range in job.zeroRanges { try zero(range) }
         for fd in Set(job.zeroRanges.map(\.fd)) { try systemCall("fdatasync supplier") { fdatasync(fd) } }
         try store.apply(job.afterZeroing)
     }

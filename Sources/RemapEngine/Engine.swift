@@ -198,12 +198,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         // data nobody maps: zero them. Mapped ones just lose the mark.
         for (poolName, chunks) in try store.dirtyChunks() {
             guard let pool = pools[poolName] else { continue }
-            let mapped = chunks.filter { pool.allocator.isUsed($0) }
-            try store.apply(mapped.map { .clearDirty(pool: poolName, physicalChunk: $0) })
-            let job = zeroJob(pool: pool, chunks: chunks.filter { !pool.allocator.isUsed($0) })
-            for range in job.zeroRanges { try Committer.zero(range) }
-            for fd in Set(job.zeroRanges.map(\.fd)) { try systemCall("fdatasync supplier") { fdatasync(fd) } }
-            try store.apply(job.afterZeroing)
+            var job = zeroJob(pool: pool, chunks: chunks.filter { !pool.allocator.isUsed($0) })
+            job.changes = chunks.filter { pool.allocator.isUsed($0) }.map { .clearDirty(pool: poolName, physicalChunk: $0) }
+            try Committer.perform(job, store: store)
         }
     }
 
@@ -358,8 +355,6 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     func supplierFD(pool: Pool, index: Int) -> Int32 {
         supplierFDs[pool.name]![index]  // invariant: every loaded pool has its fds
     }
-
-    func volume(named name: String) -> Volume? { volumes[name] }
 
     /// A volume's own export or an extra one, with the reservation it is bound to.
     func export(named name: String) -> (volume: Volume, reservation: String?)? {
@@ -674,7 +669,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 let oldChunks = (oldSize + chunkSize - 1) / chunkSize
                 let newChunks = (size + chunkSize - 1) / chunkSize
                 let thick = volume.reservations.first { $0.role == .thick && !$0.released }
-                if let thick, newChunks > oldChunks {
+                if thick != nil, newChunks > oldChunks {
                     // A thick volume stays backed as it grows: decided at once.
                     let needed = newChunks - oldChunks
                     guard pool.unreservedFreeChunks >= needed else {
@@ -684,7 +679,6 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                         if chunksComing(pool) { return waitForChunks { [self] in applyPatch(volume, patch, reply: reply) } }
                         return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
                     }
-                    _ = thick
                 }
                 // Range reservations past the new end end or are cut short.
                 for reservation in volume.reservations where newChunks < oldChunks {

@@ -53,9 +53,6 @@ final class Ring: IOQueue {
         cqes.deallocate()
     }
 
-    /// Operations submitted whose handler has not run yet.
-    var inFlight: Int { handlers.count - freeSlots.count }
-
     private func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
         while true {
             if let sqe = io_uring_get_sqe(ring) { return sqe }

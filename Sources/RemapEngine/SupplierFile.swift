@@ -3,7 +3,7 @@ import Glibc
 import RemapCore
 
 /// Opening and creating the files and block devices that back pools.
-enum SupplierFile {
+public enum SupplierFile {
     /// Opens an existing supplier for reading and writing, checking it still
     /// has the size the metadata says.
     static func open(_ supplier: Supplier) throws(RemapError) -> Int32 {
@@ -172,11 +172,12 @@ enum SupplierFile {
         return UInt64(status.st_size)
     }
 
-    static func makeDirectories(_ path: String) throws(RemapError) {
+    /// mkdir -p: creates `path` and its missing parents with `mode`.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(RemapError) {
         var current = ""
         for component in path.split(separator: "/") {
             current += "/" + component
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+            if mkdir(current, mode) != 0 && errno != EEXIST {
                 throw .io(errno: errno, context: "creating directory \(current): \(String(cString: strerror(errno)))")
             }
         }

@@ -12,7 +12,7 @@ enum APIToken {
             defer { close(fd) }
             var buffer = [UInt8](repeating: 0, count: 4096)
             let count = try systemCall("reading \(path)") { read(fd, &buffer, buffer.count) }
-            let token = String(decoding: buffer.prefix(count), as: UTF8.self).trimmingWhitespaceAndNewlines()
+            let token = String(String(decoding: buffer.prefix(count), as: UTF8.self).trimmingWhitespace())
             guard token.count >= 16, !token.contains(where: { $0.isWhitespace }) else {
                 throw .invalidArgument("API token file \(path) must hold one token of at least 16 characters")
             }
@@ -32,14 +32,5 @@ enum APIToken {
         try systemCall("writing \(path)") { write(created, line, line.count) }
         try systemCall("syncing \(path)") { fsync(created) }
         return token
-    }
-}
-
-extension String {
-    func trimmingWhitespaceAndNewlines() -> String {
-        var slice = Substring(self)
-        while let first = slice.first, first.isWhitespace { slice.removeFirst() }
-        while let last = slice.last, last.isWhitespace { slice.removeLast() }
-        return String(slice)
     }
 }

@@ -75,7 +75,7 @@ struct Remapd: ParsableCommand {
 
     private func serve() throws(RemapError) {
         let stateDirectory = absolute(stateDir ?? environmentStateDirectory ?? "/var/lib/remap")
-        try makeDirectory(stateDirectory)
+        try SupplierFile.makeDirectories(stateDirectory, mode: 0o750)
         let lock = try lockStateDirectory(stateDirectory)
         defer { close(lock) }
 
@@ -90,7 +90,7 @@ struct Remapd: ParsableCommand {
 
         let store = try MetadataStore(path: stateDirectory + "/metadata.db")
         let suppliers = absolute(supplierDir ?? stateDirectory + "/pools")
-        try makeDirectory(suppliers)
+        try SupplierFile.makeDirectories(suppliers, mode: 0o750)
         let engine = try Engine(store: store, supplierDirectory: suppliers,
                                 kind: Engine.Kind(rawValue: self.engine) ?? .auto)
         let token = try APIToken.load(orCreateAt: absolute(apiTokenFile ?? stateDirectory + "/api.token"))
@@ -184,16 +184,6 @@ struct Remapd: ParsableCommand {
         guard getcwd(&buffer, buffer.count) != nil else { return path }
         let cwd = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return cwd + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
-    }
-
-    private func makeDirectory(_ path: String) throws(RemapError) {
-        var current = ""
-        for component in path.split(separator: "/") {
-            current += "/" + component
-            if mkdir(current, 0o750) != 0 && errno != EEXIST {
-                throw .io(errno: errno, context: "creating \(current): \(String(cString: strerror(errno)))")
-            }
-        }
     }
 
     /// One daemon per state directory: a second one fails here, clearly,

@@ -70,6 +70,22 @@ def table(text):
     return header, rows
 
 
+def bash_complete(script, words, current):
+    """What remapctl's bash completion `script` offers for words[current],
+    the cursor at its end."""
+    q = shlex.quote
+    line = " ".join(words)
+    driver = (f"source {q(str(script))}\n"
+              f"COMP_WORDS=({' '.join(q(w) for w in words)}); COMP_CWORD={current}\n"
+              f"COMP_LINE={q(line)}; COMP_POINT={len(' '.join(words[:current + 1]))}\n"
+              f"_remapctl remapctl {q(words[current])} {q(words[current - 1])}\n"
+              "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    env_path = f"{REMAPCTL.parent}:{os.environ.get('PATH', '')}"
+    p = run(["bash", "-c", f"PATH={q(env_path)}\n{driver}"], timeout=30)
+    assert p.returncode == 0, p.stderr.decode()
+    return sorted(x for x in p.stdout.decode().splitlines() if x)
+
+
 def supplier_path(d, name):
     return d.state_dir / "pools" / name
 
@@ -599,18 +615,7 @@ def test_bash_completes_names_from_the_daemon(remapd, tmp_path):
     script.write_text(ok(run([REMAPCTL, "--generate-completion-script", "bash"], timeout=30)))
 
     def complete(words, current):
-        """What bash offers for words[current], the cursor at its end."""
-        q = shlex.quote
-        line = " ".join(words)
-        driver = (f"source {q(str(script))}\n"
-                  f"COMP_WORDS=({' '.join(q(w) for w in words)}); COMP_CWORD={current}\n"
-                  f"COMP_LINE={q(line)}; COMP_POINT={len(' '.join(words[:current + 1]))}\n"
-                  f"_remapctl remapctl {q(words[current])} {q(words[current - 1])}\n"
-                  "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
-        env_path = f"{REMAPCTL.parent}:{os.environ.get('PATH', '')}"
-        p = run(["bash", "-c", f"PATH={q(env_path)}\n{driver}"], timeout=30)
-        assert p.returncode == 0, p.stderr.decode()
-        return sorted(x for x in p.stdout.decode().splitlines() if x)
+        return bash_complete(script, words, current)
 
     sock = str(d.api_sock)
     assert complete(["remapctl", "volume", "show", "", "--socket", sock], 3) == ["alpha", "beta"]

@@ -13,7 +13,6 @@ import json
 import os
 import queue
 import re
-import shlex
 import signal
 import subprocess
 import threading
@@ -24,7 +23,7 @@ import pytest
 from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run
 
 LOW_SPACE_BYTES = 420 * MiB  # 82% of the 512 MiB default pool: crosses the 80% threshold
-from test_remapctl_full import api_error, ok, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)
+from test_remapctl_full import api_error, bash_complete, ok, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)
 
 FOLLOW_DEADLINE = 5.0
 
@@ -542,17 +541,7 @@ def test_bash_completes_reservation_ids_exports_and_suppliers(remapd, tmp_path):
     script.write_text(ok(run([REMAPCTL, "--generate-completion-script", "bash"], timeout=30)))
 
     def complete(words, current):
-        q = shlex.quote
-        line = " ".join(words)
-        driver = (f"source {q(str(script))}\n"
-                  f"COMP_WORDS=({' '.join(q(w) for w in words)}); COMP_CWORD={current}\n"
-                  f"COMP_LINE={q(line)}; COMP_POINT={len(' '.join(words[:current + 1]))}\n"
-                  f"_remapctl remapctl {q(words[current])} {q(words[current - 1])}\n"
-                  "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
-        env_path = f"{REMAPCTL.parent}:{os.environ.get('PATH', '')}"
-        p = run(["bash", "-c", f"PATH={q(env_path)}\n{driver}"], timeout=30)
-        assert p.returncode == 0, p.stderr.decode()
-        return sorted(x for x in p.stdout.decode().splitlines() if x)
+        return bash_complete(script, words, current)
 
     sock = str(d.api_sock)
     assert complete(["remapctl", "reservation", "show", "vm1", "", "--socket", sock], 4) == sorted([r1, r2])
