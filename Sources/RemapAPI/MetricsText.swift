@@ -9,6 +9,8 @@ enum MetricsText {
         for pool in pools { out.sample("remap_pool_capacity_bytes", [("pool", pool.name)], pool.capacityBytes) }
         out.family("remap_pool_allocated_bytes", "gauge", "Bytes of a pool mapped by volumes.")
         for pool in pools { out.sample("remap_pool_allocated_bytes", [("pool", pool.name)], pool.allocatedBytes) }
+        out.family("remap_pool_reserved_bytes", "gauge", "The unused part of a pool's live reservations.")
+        for pool in pools { out.sample("remap_pool_reserved_bytes", [("pool", pool.name)], pool.reservedBytes) }
         out.family("remap_pool_free_bytes", "gauge", "Bytes of a pool free for new writes.")
         for pool in pools { out.sample("remap_pool_free_bytes", [("pool", pool.name)], pool.freeBytes) }
         out.family("remap_pool_provisioned_bytes", "gauge", "Sum of the sizes of a pool's volumes.")
@@ -18,9 +20,18 @@ enum MetricsText {
         for volume in volumes {
             out.sample("remap_volume_size_bytes", [("volume", volume.name), ("pool", volume.pool)], volume.sizeBytes)
         }
-        out.family("remap_volume_allocated_bytes", "gauge", "Bytes of a volume backed by pool chunks.")
+        out.family("remap_volume_allocated_bytes", "gauge", "Bytes of a volume holding data.")
         for volume in volumes {
             out.sample("remap_volume_allocated_bytes", [("volume", volume.name), ("pool", volume.pool)], volume.allocatedBytes)
+        }
+        out.family("remap_volume_reserved_bytes", "gauge", "The unused part of a volume's reservations.")
+        for volume in volumes {
+            out.sample("remap_volume_reserved_bytes", [("volume", volume.name), ("pool", volume.pool)], volume.reservedBytes)
+        }
+        out.family("remap_volume_guaranteed_writable_bytes", "gauge", "Bytes of a volume writable without free space.")
+        for volume in volumes {
+            out.sample("remap_volume_guaranteed_writable_bytes", [("volume", volume.name), ("pool", volume.pool)],
+                       volume.guaranteedWritableBytes)
         }
 
         let commands = dataPath.commands.sorted { $0.key < $1.key }

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, assert_pool_invariant, assert_problem
+from conftest import CHUNK, MiB, assert_accounting, assert_pool_invariant, assert_problem, wait_until
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -375,3 +375,53 @@ def test_metrics(remapd):
     assert counts == sorted(counts) and buckets[-1][0] == "+Inf" and counts[-1] == 2
     assert value("remap_http_requests_total", route="/v1/volumes", method="POST", status="201") == 1
     assert_pool_invariant(pool)
+
+
+def test_metrics_show_the_space_accounting(remapd):
+    """capacity = allocated + reserved + free, the same numbers as REST."""
+    d = remapd
+    d.create_volume("r", 8 * MiB)
+    status, _, _ = d.api("POST", "/v1/volumes/r/reservations", body={"bytes": 2 * MiB})
+    assert status == 201
+    status, _, _ = d.api("POST", "/v1/volumes/r/reservations", body={"offsetBytes": 4 * MiB, "lengthBytes": MiB})
+    assert status == 201
+    h = d.nbd("r")
+    h.pwrite(b"x" * 65536, 4 * MiB)  # a reserved chunk becomes data
+    h.flush()
+    _, _, text = d.api("GET", "/metrics")
+    _, samples = parse_metrics(text)
+    got = {(n, l.get("volume") or l.get("pool")): v for n, l, v in samples}
+    pool, volume = d.pool(), d.volume("r")
+    for field in ("capacity", "allocated", "reserved", "free"):
+        assert got[(f"remap_pool_{field}_bytes", "default")] == pool[f"{field}Bytes"], field
+    assert pool["reservedBytes"] == 2 * MiB + MiB - 65536
+    assert pool["capacityBytes"] == pool["allocatedBytes"] + pool["reservedBytes"] + pool["freeBytes"]
+    assert got[("remap_volume_reserved_bytes", "r")] == volume["reservedBytes"]
+    assert got[("remap_volume_guaranteed_writable_bytes", "r")] == volume["guaranteedWritableBytes"]
+
+
+def test_reclaim_keeps_preallocated_space_and_returns_sparse_space_to_the_host(remapd):
+    """TRIM of whole chunks: a preallocated supplier keeps its blocks
+    (zero-range), a sparse one gives them back to the host (punch hole)."""
+    d = remapd
+    sparse = d.state_dir / "pools" / "sparse.img"
+    status, _, _ = d.api("POST", "/v1/pools", body={"name": "thin", "suppliers": [
+        {"kind": "file", "path": str(sparse), "sizeBytes": 64 * MiB, "preallocate": False}]})
+    assert status == 201
+    dense = d.state_dir / "pools" / "default.img"
+    for name, pool, path in (("t1", "thin", sparse), ("t2", "default", dense)):
+        d.create_volume(name, 32 * MiB, pool=pool)
+        h = d.nbd(name)
+        h.pwrite(os.urandom(8 * MiB), 0)
+        h.flush()
+        blocks_written = os.stat(path).st_blocks * 512
+        h.trim(8 * MiB, 0)
+        h.flush()
+        h.shutdown()
+        d.close_handles()
+        assert wait_until(lambda: d.volume(name)["allocatedBytes"] == 0 and d.pool(pool)["allocatedBytes"] == 0, timeout=10)
+        blocks_after = os.stat(path).st_blocks * 512
+        if path == sparse:
+            assert blocks_written >= 8 * MiB and blocks_after <= blocks_written - 8 * MiB, (blocks_written, blocks_after)
+        else:
+            assert blocks_after == blocks_written >= 512 * MiB, (blocks_written, blocks_after)
