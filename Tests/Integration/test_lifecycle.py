@@ -186,3 +186,15 @@ def test_tcp_listeners(make_remapd):
         with pytest.raises(OSError):
             s.connect(("127.0.0.1", port))
         s.close()
+
+
+def test_api_socket_group_and_mode(make_remapd):
+    """--api-socket-group gives the API socket to a group; mode 0660."""
+    import grp
+    d = make_remapd(extra_args=["--api-socket-group", "daemon"])
+    st = d.api_sock.stat()
+    assert st.st_gid == grp.getgrnam("daemon").gr_gid
+    assert st.st_mode & 0o777 == 0o660
+    bad = make_remapd(name="bad", start=False, extra_args=["--api-socket-group", "no-such-group-remap"])
+    bad.start(wait=False)
+    assert bad.proc.wait(timeout=30) != 0 and "no such group" in bad.log()
