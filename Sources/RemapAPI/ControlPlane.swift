@@ -36,6 +36,28 @@ public protocol ControlPlane: Sendable {
 
     /// Events after `seq` (oldest first) and the newest event's number.
     func events(after seq: UInt64) -> (events: [Event], last: UInt64)
+
+    // Snapshots and clones: a snapshot is named by its id or `VOLUME@NAME`.
+    func createSnapshot(volume name: String, snapshot snapshotName: String) throws(RemapError) -> (SnapshotInfo, created: Bool)
+    /// All snapshots, or those of one volume; oldest first.
+    func snapshotInfos(volume name: String?) throws(RemapError) -> [SnapshotInfo]
+    func snapshotInfo(_ reference: String) throws(RemapError) -> SnapshotInfo
+    func deleteSnapshot(_ reference: String) throws(RemapError)
+    func cloneSnapshot(_ reference: String, name: String, labels: [String: String]) throws(RemapError) -> (VolumeInfo, created: Bool)
+    func revertVolume(_ name: String, to reference: String) throws(RemapError) -> VolumeInfo
+    func snapshotChanges(_ reference: String, base baseReference: String?) throws(RemapError) -> SnapshotChanges
+    /// Pins a snapshot for reading its content; returns its id and size.
+    func beginSnapshotRead(_ reference: String) throws(RemapError) -> (id: String, sizeBytes: UInt64)
+    func endSnapshotRead(_ id: String)
+    /// Reads into caller-owned memory; blocks.
+    func readSnapshot(_ id: String, offset: UInt64, length: Int, into data: UnsafeMutableRawPointer) throws(RemapError)
+
+    /// Starts an import of a raw file into a new volume.
+    func importVolume(_ spec: VolumeSpec, sizeGiven: Bool, from path: String) throws(RemapError) -> (OperationInfo, VolumeInfo)
+    /// Newest first.
+    func operationInfos() -> [OperationInfo]
+    func operationInfo(_ id: String) throws(RemapError) -> OperationInfo
+    func checkPool(named name: String) throws(RemapError) -> PoolCheck
 }
 
 /// remap's version, reported by `GET /v1/version`.

@@ -4,7 +4,7 @@ import Synchronization
 
 /// A Server-Sent Events stream of remap's events for one client. libmicrohttpd
 /// pulls from it on the connection's own thread, which may block here.
-final class EventStream: @unchecked Sendable {  // used by one connection thread at a time; `ended` is atomic
+final class EventStream: ResponseStream, @unchecked Sendable {  // used by one connection thread at a time; `ended` is atomic
     private let control: any ControlPlane
     private var after: UInt64
     private var pending: [UInt8] = Array("retry: 2000\n\n".utf8)
@@ -21,6 +21,16 @@ final class EventStream: @unchecked Sendable {  // used by one connection thread
     func end() { ended.store(true, ordering: .relaxed) }
 
     var isEnded: Bool { ended.load(ordering: .relaxed) }
+
+    var length: UInt64? { nil }
+
+    func read(into buffer: UnsafeMutableRawPointer, maximum: Int) -> Int? {
+        guard let bytes = read(maximum: maximum), !bytes.isEmpty else { return nil }
+        bytes.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { buffer.copyMemory(from: base, byteCount: raw.count) }
+        }
+        return bytes.count
+    }
 
     /// Up to `maximum` bytes of stream, waiting for events; nil ends it.
     func read(maximum: Int) -> [UInt8]? {

@@ -7,6 +7,8 @@ public struct HTTPRequest: Sendable {
     /// The Accept header, and SSE's Last-Event-ID.
     public var accept: String?
     public var lastEventID: String?
+    /// The Range header (content downloads).
+    public var range: String?
     /// Query parameters in order, percent-decoded.
     public var query: [(name: String, value: String)] = []
     public var body: [UInt8]
@@ -18,8 +20,9 @@ public struct HTTPResponse: Sendable {
     public var contentType: String?
     public var headers: [(String, String)] = []
     public var body: [UInt8]
-    /// When set, the body is streamed from it instead (Server-Sent Events).
-    var stream: EventStream?
+    /// When set, the body is streamed from it instead (Server-Sent Events,
+    /// snapshot content).
+    var stream: (any ResponseStream)?
 
     static func noContent() -> HTTPResponse {
         HTTPResponse(status: 204, contentType: nil, body: [])
@@ -31,6 +34,18 @@ public struct HTTPResponse: Sendable {
         response.stream = stream
         return response
     }
+}
+
+/// A response body produced piece by piece on the connection's thread.
+protocol ResponseStream: AnyObject, Sendable {
+    /// The body's length, when known (sent as Content-Length).
+    var length: UInt64? { get }
+    /// Fills up to `maximum` bytes at `buffer`; returns how many, or nil at
+    /// the end (or on failure: the connection is closed).
+    func read(into buffer: UnsafeMutableRawPointer, maximum: Int) -> Int?
+    /// The client left or the server is stopping.
+    func end()
+    var isEnded: Bool { get }
 }
 
 /// Percent-decoding of one path segment; nil when the escapes are malformed

@@ -11,7 +11,7 @@ public final class HTTPServer: Sendable {
 
     private let router: Router
     /// Event streams being served, so stopping can end them.
-    private let streams = Mutex<[EventStream]>([])
+    private let streams = Mutex<[any ResponseStream]>([])
     /// When set, every request needs `Authorization: Bearer <token>` (TCP).
     private let token: String?
     // The daemon handle is set once in start() and cleared in stop(), both
@@ -88,7 +88,8 @@ public final class HTTPServer: Sendable {
                 streams.append(stream)
             }
             reply = MHD_create_response_from_callback(
-                UInt64.max, 4096, streamReader, Unmanaged.passRetained(stream).toOpaque(), streamRelease)
+                stream.length ?? UInt64.max, stream.length == nil ? 4096 : 256 * 1024, streamReader,
+                Unmanaged.passRetained(StreamBox(stream)).toOpaque(), streamRelease)
         } else {
             reply = response.body.withUnsafeBytes { raw in
                 MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), mustCopy)
@@ -118,6 +119,7 @@ public final class HTTPServer: Sendable {
                                   query: Self.query(connection), body: exchange.body)
         request.accept = cmhd_header(connection, "Accept").map { String(cString: $0) }
         request.lastEventID = cmhd_header(connection, "Last-Event-ID").map { String(cString: $0) }
+        request.range = cmhd_header(connection, "Range").map { String(cString: $0) }
         return respond(connection, router.handle(request))
     }
 }
@@ -176,20 +178,22 @@ extension String {
 
 /// Fills libmicrohttpd's buffer from an event stream (blocking until events
 /// or a keep-alive); -1 (MHD_CONTENT_READER_END_OF_STREAM) ends it.
+/// Holds a stream for libmicrohttpd's context pointer.
+private final class StreamBox {
+    let stream: any ResponseStream
+    init(_ stream: any ResponseStream) { self.stream = stream }
+}
+
 private let streamReader: MHD_ContentReaderCallback = { context, _, buffer, maximum in
     guard let context, let buffer else { return -1 }
-    let stream = Unmanaged<EventStream>.fromOpaque(context).takeUnretainedValue()
-    guard let bytes = stream.read(maximum: maximum) else { return -1 }
-    if bytes.isEmpty { return -1 }
-    bytes.withUnsafeBytes { raw in
-        if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: raw.count) }
-    }
-    return bytes.count
+    let stream = Unmanaged<StreamBox>.fromOpaque(context).takeUnretainedValue().stream
+    guard let count = stream.read(into: UnsafeMutableRawPointer(buffer), maximum: maximum), count > 0 else { return -1 }
+    return count
 }
 
 private let streamRelease: MHD_ContentReaderFreeCallback = { context in
     guard let context else { return }
-    let stream = Unmanaged<EventStream>.fromOpaque(context)
-    stream.takeUnretainedValue().end()
-    stream.release()
+    let box = Unmanaged<StreamBox>.fromOpaque(context)
+    box.takeUnretainedValue().stream.end()
+    box.release()
 }

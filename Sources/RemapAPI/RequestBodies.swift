@@ -3,8 +3,45 @@ import RemapCore
 
 /// The JSON bodies of the API, checked field by field.
 enum RequestBodies {
+    /// A volume to create, and the file to import into it, if any.
+    static func volumeCreation(_ request: HTTPRequest) throws(Problem) -> (VolumeSpec, source: String?, sizeGiven: Bool) {
+        let fields = try JSONFields(try body(request), allowed: ["name", "sizeBytes", "pool", "labels", "reservation", "source"])
+        guard case .object(let source)? = fields.object["source"] else {
+            if let other = fields.object["source"] {
+                throw .invalidArgument("field 'source' must be {\"file\": PATH}, got \(other.typeName)")
+            }
+            return (try volumeSpec(fields), nil, true)
+        }
+        let path = try JSONFields(source, allowed: ["file"], prefix: "source.").string("file")
+        guard fields.object["reservation"] == nil else {
+            throw .invalidArgument("an imported volume cannot be created with a reservation; reserve after the import")
+        }
+        let sizeGiven = fields.object["sizeBytes"] != nil
+        return (VolumeSpec(
+            name: try fields.string("name"),
+            sizeBytes: sizeGiven ? try fields.positiveInteger("sizeBytes") : 512,
+            pool: try fields.optionalString("pool") ?? "default",
+            labels: try fields.labels("labels") ?? [:]), path, sizeGiven)
+    }
+
+    static func snapshotName(_ request: HTTPRequest) throws(Problem) -> String {
+        try JSONFields(try body(request), allowed: ["name"]).string("name")
+    }
+
+    static func cloneSpec(_ request: HTTPRequest) throws(Problem) -> (name: String, labels: [String: String]) {
+        let fields = try JSONFields(try body(request), allowed: ["name", "labels"])
+        return (try fields.string("name"), try fields.labels("labels") ?? [:])
+    }
+
+    static func revertSpec(_ request: HTTPRequest) throws(Problem) -> String {
+        try JSONFields(try body(request), allowed: ["snapshot"]).string("snapshot")
+    }
+
     static func volumeSpec(_ request: HTTPRequest) throws(Problem) -> VolumeSpec {
-        let fields = try JSONFields(try body(request), allowed: ["name", "sizeBytes", "pool", "labels", "reservation"])
+        try volumeSpec(try JSONFields(try body(request), allowed: ["name", "sizeBytes", "pool", "labels", "reservation"]))
+    }
+
+    private static func volumeSpec(_ fields: JSONFields) throws(Problem) -> VolumeSpec {
         var reservation = VolumeReservation.none
         switch fields.object["reservation"] {
         case nil, .string("none")?: break

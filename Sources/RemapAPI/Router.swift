@@ -41,6 +41,7 @@ public struct Router: Sendable {
             return metrics()
         }
         let path = parts.first == "v1" ? Array(parts.dropFirst()) : []
+        if !path.isEmpty, let response = try snapshotRoute(request, path, &route) { return response }
         switch path.count {
         case 1 where path[0] == "health":
             route = "/v1/health"
@@ -161,7 +162,8 @@ public struct Router: Sendable {
             try allow(request, ["GET", "POST"])
             if request.method == "GET" { return try listVolumes(request) }
             try noQuery(request)
-            let spec = try RequestBodies.volumeSpec(request)
+            let (spec, source, sizeGiven) = try RequestBodies.volumeCreation(request)
+            if let source { return try importVolume(spec, sizeGiven: sizeGiven, from: source) }
             let (volume, created) = try answer { () throws(RemapError) in try control.createVolume(spec) }
             return Self.json(created ? 201 : 200, volume)
         case 2 where path[0] == "volumes":
@@ -221,11 +223,11 @@ public struct Router: Sendable {
         return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(text.utf8))
     }
 
-    private func answer<T>(_ body: () throws(RemapError) -> T) throws(Problem) -> T {
+    func answer<T>(_ body: () throws(RemapError) -> T) throws(Problem) -> T {
         do { return try body() } catch { throw Problem(error) }
     }
 
-    private func allow(_ request: HTTPRequest, _ methods: [String]) throws(Problem) {
+    func allow(_ request: HTTPRequest, _ methods: [String]) throws(Problem) {
         guard methods.contains(request.method) else {
             var problem = Problem(status: 405, code: "method-not-allowed", title: "Method not allowed",
                                   detail: "\(request.method) is not allowed on \(request.path); allowed: \(methods.joined(separator: ", "))")
@@ -234,7 +236,7 @@ public struct Router: Sendable {
         }
     }
 
-    private func noQuery(_ request: HTTPRequest) throws(Problem) {
+    func noQuery(_ request: HTTPRequest) throws(Problem) {
         if let first = request.query.first {
             throw .invalidArgument("unknown query parameter '\(first.name)'")
         }

@@ -175,6 +175,7 @@ public struct ChunkMap: Sendable {
 
     /// Grows (with holes) or shrinks (dropping the mappings past the end).
     public mutating func resize(virtualChunks newCount: UInt64) {
+        guard newCount != virtualChunks else { return }
         if newCount < virtualChunks {
             var cut: [UInt64] = []
             forEachMapping { virtual, _ in if virtual >= newCount { cut.append(virtual) } }
@@ -217,6 +218,65 @@ public struct ChunkMap: Sendable {
                 for step in 0..<extent.length { body(base + extent.start + step, extent.physical + step) }
             }
         }
+    }
+
+    /// Every run of consecutive virtual chunks mapped to consecutive
+    /// physical chunks (an extent), in virtual order.
+    public func forEachRun(_ body: (_ virtual: UInt64, _ physical: UInt64, _ length: UInt64) -> Void) {
+        for (pageNumber, slot) in directory.enumerated() where slot != Self.noPage {
+            let base = UInt64(pageNumber) << Self.pageShift
+            for packed in pages[Int(slot)] {
+                let extent = Extent(packed)
+                body(base + extent.start, extent.physical, extent.length)
+            }
+        }
+    }
+
+    /// The extents of page `number`, empty for a page with no mapping.
+    private func page(_ number: Int) -> [UInt64] {
+        guard number < directory.count, directory[number] != Self.noPage else { return [] }
+        return pages[Int(directory[number])]
+    }
+
+    /// Every mapping, in virtual order, except those on pages identical to
+    /// the same page of one of `others` (pages a snapshot still shares are
+    /// compared whole, not chunk by chunk).
+    public func forEachMapping(skippingPagesSharedWith others: [ChunkMap], _ body: (_ virtual: UInt64, _ physical: UInt64) -> Void) {
+        for (pageNumber, slot) in directory.enumerated() where slot != Self.noPage {
+            let extents = pages[Int(slot)]
+            if others.contains(where: { $0.page(pageNumber) == extents }) { continue }
+            let base = UInt64(pageNumber) << Self.pageShift
+            for packed in extents {
+                let extent = Extent(packed)
+                for step in 0..<extent.length { body(base + extent.start + step, extent.physical + step) }
+            }
+        }
+    }
+
+    /// The runs of virtual chunks whose mapping differs between this map and
+    /// `other` (a chunk past the end of one counts as a hole there). Equal
+    /// pages — which snapshots share until written — are skipped whole.
+    public func changedRuns(comparedWith other: ChunkMap) -> [Range<UInt64>] {
+        var runs: [Range<UInt64>] = []
+        let limit = max(virtualChunks, other.virtualChunks)
+        let pageCount = Int((limit + Self.pageSize - 1) >> Self.pageShift)
+        for pageNumber in 0..<pageCount {
+            let mine = page(pageNumber)
+            let theirs = other.page(pageNumber)
+            if mine == theirs { continue }
+            let base = UInt64(pageNumber) << Self.pageShift
+            for chunk in base..<min(base + Self.pageSize, limit) {
+                let a = chunk < virtualChunks ? lookup(chunk) : nil
+                let b = chunk < other.virtualChunks ? other.lookup(chunk) : nil
+                guard a != b else { continue }
+                if let last = runs.last, last.upperBound == chunk {
+                    runs[runs.count - 1] = last.lowerBound..<(chunk + 1)
+                } else {
+                    runs.append(chunk..<(chunk + 1))
+                }
+            }
+        }
+        return runs
     }
 
     /// Bytes the map holds in memory (directory and extents), for the

@@ -6,6 +6,10 @@ public struct Event: Codable, Sendable, Equatable {
         case poolGrown = "pool.grown"
         case reservationExpired = "reservation.expired"
         case reservationReleased = "reservation.released"
+        case snapshotCreated = "snapshot.created"
+        case snapshotDeleted = "snapshot.deleted"
+        case volumeReverted = "volume.reverted"
+        case importFinished = "import.finished"
     }
 
     /// Increases by one per event, from 1; `since` and `Last-Event-ID` use it.

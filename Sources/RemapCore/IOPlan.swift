@@ -36,6 +36,29 @@ public struct NewMapping: Equatable, Sendable {
     public var physicalChunk: UInt64
 }
 
+/// A chunk a write found shared with a snapshot or clone: it goes to a new
+/// chunk. `bufferOffset`/`length`/`offsetInChunk` say which part of the
+/// write lands in it; a partial one copies the rest of the old chunk first.
+public struct CopyOnWrite: Equatable, Sendable {
+    public var virtualChunk: UInt64
+    public var oldPhysical: UInt64
+    public var newPhysical: UInt64
+    public var bufferOffset: Int
+    public var length: Int
+    public var offsetInChunk: UInt64
+    /// The write covers the whole chunk: nothing to copy.
+    public var whole: Bool
+}
+
+/// Phase 1 of a write: where its bytes go, the chunks it maps for the first
+/// time, and the chunks it copies on write (whose bytes are not in
+/// `segments`: each is written as one whole chunk).
+public struct WritePlan: Sendable {
+    public var segments: [IOSegment] = []
+    public var newMappings: [NewMapping] = []
+    public var copies: [CopyOnWrite] = []
+}
+
 extension Volume {
     /// Phase 1 of a read: where each byte of `[offset, offset+length)` lives.
     /// The range must lie inside the volume.
@@ -61,34 +84,58 @@ extension Volume {
     public func writePlan(offset: UInt64, length: Int, source: (any ChunkSource)? = nil) throws(RemapError)
         -> (segments: [IOSegment], newMappings: [NewMapping])
     {
+        let plan = try plannedWrite(offset: offset, length: length, source: source)
+        return (plan.segments, plan.newMappings)
+    }
+
+    /// Phase 1 of a write with copy on write: holes get fresh chunks, chunks
+    /// shared with another image get new ones (`copies`). On ENOSPC the map
+    /// is as before, every chunk taken is given back, and `.noSpace` is thrown.
+    public func plannedWrite(offset: UInt64, length: Int, source: (any ChunkSource)? = nil) throws(RemapError) -> WritePlan {
         let source = source ?? UnreservedChunks(pool: pool)
-        var segments: [IOSegment] = []
-        var fresh: [NewMapping] = []
+        var plan = WritePlan()
         var shortOfSpace = false
+        let chunkSize = pool.chunkSize
         walk(offset: offset, length: length) { chunk, bufferOffset, inChunk, count in
             guard !shortOfSpace else { return }
             var physical = map.lookup(chunk)
             if physical == nil {
-                guard let new = source.take() else { shortOfSpace = true; return }
+                guard let new = source.take(for: chunk, copyOnWrite: false) else { shortOfSpace = true; return }
                 map.map(chunk, to: new)
-                fresh.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
+                markOwned(chunk)
+                plan.newMappings.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
                 physical = new
+            } else if let old = physical, isShared(chunk, old) {
+                guard let new = source.take(for: chunk, copyOnWrite: true) else { shortOfSpace = true; return }
+                map.map(chunk, to: new)
+                markOwned(chunk)
+                plan.newMappings.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
+                let chunkEnd = min(chunkSize, sizeBytes - chunk * chunkSize)
+                plan.copies.append(CopyOnWrite(
+                    virtualChunk: chunk, oldPhysical: old, newPhysical: new, bufferOffset: bufferOffset, length: count,
+                    offsetInChunk: inChunk, whole: inChunk == 0 && UInt64(count) >= chunkEnd))
+                return
             }
             let location = pool.location(of: physical!)  // invariant: set just above
             Self.append(
                 IOSegment(bufferOffset: bufferOffset, length: count,
                           target: .supplier(index: location.supplier, offset: location.offset + inChunk)),
-                to: &segments)
+                to: &plan.segments)
         }
         if shortOfSpace {
-            for mapping in fresh.reversed() {
-                map.unmap(mapping.virtualChunk)
+            let copied = Dictionary(uniqueKeysWithValues: plan.copies.map { ($0.virtualChunk, $0.oldPhysical) })
+            for mapping in plan.newMappings.reversed() {
+                if let old = copied[mapping.virtualChunk] {
+                    map.map(mapping.virtualChunk, to: old)
+                } else {
+                    map.unmap(mapping.virtualChunk)
+                }
                 source.giveBack(mapping.physicalChunk)
             }
-            let needed = UInt64(fresh.count + 1) * pool.chunkSize
+            let needed = UInt64(plan.newMappings.count + 1) * pool.chunkSize
             throw .noSpace(requestedBytes: needed, availableBytes: pool.freeBytes)
         }
-        return (segments, fresh)
+        return plan
     }
 
     /// The pieces of `[offset, offset+length)` for TRIM and WRITE_ZEROES:
@@ -161,7 +208,9 @@ extension Volume {
 /// Where a write's new chunks come from: reservations it may draw on, then
 /// free space. `giveBack` undoes `take`s in reverse order.
 public protocol ChunkSource: AnyObject {
-    func take() -> UInt64?
+    /// A chunk for virtual chunk `virtual`; `copyOnWrite` when it replaces
+    /// a chunk shared with a snapshot (sticky reservations cover those).
+    func take(for virtual: UInt64, copyOnWrite: Bool) -> UInt64?
     func giveBack(_ chunk: UInt64)
 }
 
@@ -171,7 +220,7 @@ public final class UnreservedChunks: ChunkSource {
 
     public init(pool: Pool) { self.pool = pool }
 
-    public func take() -> UInt64? {
+    public func take(for virtual: UInt64, copyOnWrite: Bool) -> UInt64? {
         guard pool.unreservedFreeChunks > 0 else { return nil }
         return pool.takeChunk()
     }

@@ -40,6 +40,8 @@ public struct VolumeInfo: Codable, Sendable, Equatable {
     /// The NBD export that serves this volume.
     public var exportName: String
     public var labels: [String: String]
+    /// For a clone: the snapshot it was made from.
+    public var originSnapshot: String?
 }
 
 /// A request to create a volume.

@@ -137,6 +137,9 @@ public final class Pool {
     /// Free chunks ready for writes (prepared) or being prepared.
     public var stashedChunks: UInt64 { UInt64(prepared.count - preparedHead + preparing) }
     public var preparedCount: Int { prepared.count - preparedHead }
+    /// The prepared chunks and those being prepared (for the pool check).
+    public var stashedChunkList: [UInt64] { Array(prepared[preparedHead...]) + preparingList }
+    private var preparingList: [UInt64] = []
 
     /// Takes up to `count` free chunks to prepare (mark durably); call
     /// `didPrepare` with them once the mark is durable.
@@ -144,11 +147,14 @@ public final class Pool {
         var chunks: [UInt64] = []
         while chunks.count < count, let chunk = allocator.allocate() { chunks.append(chunk) }
         preparing += chunks.count
+        preparingList += chunks
         return chunks
     }
 
     public func didPrepare(_ chunks: [UInt64]) {
         preparing -= chunks.count
+        let done = Set(chunks)
+        preparingList.removeAll { done.contains($0) }
         if preparedHead > 4096 && preparedHead * 2 > prepared.count {
             prepared.removeFirst(preparedHead)
             preparedHead = 0
@@ -159,6 +165,8 @@ public final class Pool {
     /// Gives back chunks whose preparation failed.
     public func preparationFailed(_ chunks: [UInt64]) {
         preparing -= chunks.count
+        let failed = Set(chunks)
+        preparingList.removeAll { failed.contains($0) }
         for chunk in chunks { allocator.release(chunk) }
     }
 

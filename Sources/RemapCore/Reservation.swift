@@ -21,6 +21,10 @@ public final class Reservation {
         case volumeDefault = "default"
         /// The range reservation of `"reservation": "thick"`: covers the whole volume, grows with it.
         case thick
+        /// Copy-on-write space a snapshot set aside for a range reservation
+        /// (named by the range reservation's id): CoW writes inside that
+        /// range draw on it, so the range stays writable (sticky).
+        case copyOnWrite = "cow"
     }
 
     public let id: String

@@ -12,6 +12,19 @@ public final class Volume {
     public var map: ChunkMap
     /// Live reservations, oldest first.
     public var reservations: [Reservation] = []
+    /// The metadata layer this image's own mapping changes go to (see
+    /// `Snapshot.swift`): a volume's writable top layer, or a snapshot's
+    /// frozen one. Starts as the volume's key.
+    public var layer: Int64
+    /// The images that share chunks with this one (itself included).
+    public var family: Family
+    /// Set for a snapshot: its own name and that of the volume it was taken of.
+    public let snapshot: SnapshotIdentity?
+    /// For a clone: the id of the snapshot it was made from.
+    public var originSnapshot: String?
+    /// Virtual chunks whose current mapping is known not to be shared, so a
+    /// write there skips the search of the family. Cleared by a snapshot.
+    private var ownedChunks: [UInt64] = []
 
     public init(key: Int64, id: String, name: String, pool: Pool, sizeBytes: UInt64, createdAt: String,
                 labels: [String: String] = [:]) {
@@ -23,6 +36,86 @@ public final class Volume {
         self.createdAt = createdAt
         self.labels = labels
         self.map = ChunkMap(virtualChunks: Self.chunks(sizeBytes, pool.chunkSize))
+        self.layer = key
+        self.family = Family()
+        self.snapshot = nil
+        family.members.append(self)
+    }
+
+    /// A snapshot of `origin`: the same map (pages shared, nothing copied),
+    /// read-only, in the origin's family.
+    public init(snapshotOf origin: Volume, key: Int64, id: String, name: String, createdAt: String, layer: Int64) {
+        self.key = key
+        self.id = id
+        self.name = origin.name
+        self.pool = origin.pool
+        self.sizeBytes = origin.sizeBytes
+        self.createdAt = createdAt
+        self.labels = [:]
+        self.map = origin.map
+        self.layer = layer
+        self.family = origin.family
+        self.snapshot = SnapshotIdentity(name: name, volume: origin.name, volumeKey: origin.key)
+        family.members.append(self)
+    }
+
+    /// A snapshot as loaded from metadata; its map is filled by the caller.
+    public init(key: Int64, id: String, snapshot: SnapshotIdentity, pool: Pool, sizeBytes: UInt64, createdAt: String,
+                layer: Int64, family: Family) {
+        self.key = key
+        self.id = id
+        self.name = snapshot.volume
+        self.pool = pool
+        self.sizeBytes = sizeBytes
+        self.createdAt = createdAt
+        self.labels = [:]
+        self.map = ChunkMap(virtualChunks: Self.chunks(sizeBytes, pool.chunkSize))
+        self.layer = layer
+        self.family = family
+        self.snapshot = snapshot
+        family.members.append(self)
+    }
+
+    public var isSnapshot: Bool { snapshot != nil }
+    /// The NBD export name: the volume's name, or `VOLUME@SNAPSHOT`.
+    public var exportName: String { snapshot.map { "\($0.volume)@\($0.name)" } ?? name }
+
+    /// Whether another image of the family maps `virtual` to `physical`
+    /// (then a write there must copy on write, and unmapping it frees nothing).
+    public func isShared(_ virtual: UInt64, _ physical: UInt64) -> Bool {
+        guard family.members.count > 1 else { return false }
+        let word = Int(virtual / 64)
+        if word < ownedChunks.count, ownedChunks[word] & (1 << (virtual % 64)) != 0 { return false }
+        for other in family.members.reversed() where other !== self {
+            if virtual < other.map.virtualChunks, other.map.lookup(virtual) == physical { return true }
+        }
+        markOwned(virtual)
+        return false
+    }
+
+    /// Records that the mapping of `virtual` is this image's alone.
+    public func markOwned(_ virtual: UInt64) {
+        guard family.members.count > 1 else { return }
+        let word = Int(virtual / 64)
+        if word >= ownedChunks.count {
+            ownedChunks.append(contentsOf: repeatElement(0, count: Int((map.virtualChunks + 63) / 64) - ownedChunks.count))
+        }
+        if word < ownedChunks.count { ownedChunks[word] |= 1 << (virtual % 64) }
+    }
+
+    /// Forgets what was known owned: everything may be shared now.
+    public func forgetOwnership() { ownedChunks = [] }
+
+    /// Leaves the family (the image is being deleted).
+    public func leaveFamily() {
+        family.members.removeAll { $0 === self }
+    }
+
+    /// Joins `other`'s family with `map` as its content (a revert).
+    public func replaceMap(with map: ChunkMap, sizeBytes: UInt64) {
+        self.map = map
+        self.sizeBytes = sizeBytes
+        forgetOwnership()
     }
 
     private static func chunks(_ bytes: UInt64, _ chunkSize: UInt64) -> UInt64 {
@@ -34,16 +127,28 @@ public final class Volume {
     /// physical), for the caller to free once the change is durable; the
     /// chunks stay allocated in the pool until then.
     public func resize(to newSize: UInt64) -> [NewMapping] {
+        resize(to: newSize, keepingShared: false).freed
+    }
+
+    /// Resizes; `freed` are the cut mappings whose chunks only this volume
+    /// mapped (with `keepingShared`; else all of them), `unmapped` every
+    /// virtual chunk the cut unmapped.
+    public func resize(to newSize: UInt64, keepingShared: Bool) -> (freed: [NewMapping], unmapped: [UInt64]) {
         let newChunks = Self.chunks(newSize, pool.chunkSize)
         var cut: [NewMapping] = []
+        var unmapped: [UInt64] = []
         if newChunks < map.virtualChunks {
             map.forEachMapping { virtual, physical in
-                if virtual >= newChunks { cut.append(NewMapping(virtualChunk: virtual, physicalChunk: physical)) }
+                guard virtual >= newChunks else { return }
+                unmapped.append(virtual)
+                if !keepingShared || !isShared(virtual, physical) {
+                    cut.append(NewMapping(virtualChunk: virtual, physicalChunk: physical))
+                }
             }
         }
         map.resize(virtualChunks: newChunks)
         sizeBytes = newSize
-        return cut
+        return (cut, unmapped)
     }
 
     /// Chunks holding data: mapped and not reserved-unwritten.
@@ -52,11 +157,16 @@ public final class Volume {
         reservations.reduce(0) { $0 + ($1.range != nil ? $1.remaining : 0) }
     }
     public var reservedBytes: UInt64 { reservations.reduce(0) { $0 + $1.remaining } * pool.chunkSize }
-    /// Mapped chunks (written or reserved) plus what pooled reservations
-    /// still hold, capped at the size.
+    /// Mapped chunks this volume may overwrite in place (not shared with a
+    /// snapshot or clone) plus what pooled reservations (sticky copy-on-write
+    /// ones included) still hold, capped at the size.
     public var guaranteedWritableBytes: UInt64 {
         let pooled = reservations.reduce(UInt64(0)) { $0 + ($1.kind == .pooled ? $1.remaining : 0) }
-        return min(sizeBytes, (map.mappedCount + pooled) * pool.chunkSize)
+        var writable = map.mappedCount
+        if family.members.count > 1 {
+            writable -= usage(counts: family.referenceCounts(capacity: pool.allocator.capacity)).shared
+        }
+        return min(sizeBytes, (writable + pooled) * pool.chunkSize)
     }
 
     /// The range reservation owning `virtual` as reserved-unwritten, if any.
@@ -73,7 +183,7 @@ public final class Volume {
         VolumeInfo(
             id: id, name: name, pool: pool.name, sizeBytes: sizeBytes,
             allocatedBytes: allocatedBytes, reservedBytes: reservedBytes, guaranteedWritableBytes: guaranteedWritableBytes,
-            createdAt: createdAt, exportName: name, labels: labels)
+            createdAt: createdAt, exportName: name, labels: labels, originSnapshot: originSnapshot)
     }
 
     /// The largest volume: 1 PiB. The chunk map's directory costs 4 bytes

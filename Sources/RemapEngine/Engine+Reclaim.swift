@@ -70,26 +70,40 @@ extension Engine {
     }
 
     /// Unmaps `virtual` of `volume` now (reads see zeros); the chunk is
-    /// freed after the next commit and once older I/O has drained.
+    /// freed after the next commit and once older I/O has drained — unless
+    /// a snapshot or clone still maps it.
     func unmapChunk(_ volume: Volume, _ virtual: UInt64) {
         if let owner = volume.unwrittenOwner(of: virtual) {
             owner.markWritten(virtual)
             volume.pool.unwrittenReservedChunks -= 1
         }
-        guard let physical = volume.map.unmap(virtual) else { return }
+        guard let physical = volume.map.lookup(virtual) else { return }
+        let shared = volume.isShared(virtual, physical)
+        volume.map.unmap(virtual)
         let key = ChunkKey(volume: volume.key, chunk: virtual)
-        if unsettled.removeValue(forKey: key) == nil {
-            pending.append(.unmap(volume: volume.key, virtualChunk: virtual))
+        let settled = unsettled.removeValue(forKey: key) == nil
+        if hasLayersBelow(volume) {
+            pending.append(.tombstone(layer: volume.layer, virtualChunk: virtual))
+        } else if settled {
+            pending.append(.unmap(volume: volume.layer, virtualChunk: virtual))
         }
+        guard !shared else { return }
         pending.append(.markDirty(pool: volume.pool.name, physicalChunk: physical))
         unmapped.append((volume.pool, physical))
+    }
+
+    /// Whether the volume's top layer has layers below it (then an unmapped
+    /// chunk needs a tombstone to hide what they map).
+    func hasLayersBelow(_ volume: Volume) -> Bool {
+        layers[volume.layer]?.parent != nil
     }
 
     /// Maps a hole to a clean (prepared) chunk without writing to it, for
     /// WRITE_ZEROES with NO_HOLE.
     func mapCleanChunk(_ volume: Volume, _ virtual: UInt64, to physical: UInt64) {
         volume.map.map(virtual, to: physical)
-        pending.append(.map(volume: volume.key, virtualChunk: virtual, physicalChunk: physical))
+        volume.markOwned(virtual)
+        pending.append(.map(volume: volume.layer, virtualChunk: virtual, physicalChunk: physical))
         pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
         if volume.pool.preparedCount < Self.stashLowWater { prepareChunks(volume.pool) }
     }
@@ -102,7 +116,7 @@ extension Engine {
         else { return }
         owner.markUnwritten(virtual)
         volume.pool.unwrittenReservedChunks += 1
-        pending.append(.reserveChunk(volume: volume.key, virtualChunk: virtual, physicalChunk: physical))
+        pending.append(.reserveChunk(volume: volume.layer, virtualChunk: virtual, physicalChunk: physical))
     }
 
     /// Zeroes and frees every committed unmapped chunk that no I/O in
@@ -117,7 +131,9 @@ extension Engine {
         }
         for (pool, chunks) in ready {
             guard pools[pool.name] === pool else { continue }
+            reclaimJobs += 1
             submit(zeroJob(pool: pool, chunks: chunks)) { [self] result in
+                reclaimJobs -= 1
                 switch result {
                 case .success:
                     for chunk in chunks { pool.allocator.release(chunk) }

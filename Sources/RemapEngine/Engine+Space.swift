@@ -25,9 +25,12 @@ extension Engine {
             self.metadataShort = metadataShort
         }
 
-        func take() -> UInt64? {
+        func take(for virtual: UInt64, copyOnWrite: Bool) -> UInt64? {
             guard !metadataShort else { return nil }
-            for reservation in reservations where !reservation.released && reservation.remaining > 0 {
+            // Copy on write inside a range reservation draws first on the
+            // copy-on-write space a snapshot set aside for it (sticky).
+            let sticky = copyOnWrite ? copyOnWriteReservations(covering: virtual) : []
+            for reservation in sticky + reservations where !reservation.released && reservation.remaining > 0 {
                 guard let chunk = pool.takeChunk() else {
                     waitingForPreparation = true
                     return nil
@@ -45,6 +48,16 @@ extension Engine {
             taken.append((chunk, nil))
             return chunk
         }
+
+        private func copyOnWriteReservations(covering virtual: UInt64) -> [Reservation] {
+            guard let volume = volumeForSticky else { return [] }
+            let ranges = volume.reservations.filter { $0.range?.contains(virtual) == true && !$0.released }.map(\.id)
+            guard !ranges.isEmpty else { return [] }
+            return volume.reservations.filter { $0.role == .copyOnWrite && ranges.contains($0.name ?? "") }
+        }
+
+        /// The volume written, for sticky reservations.
+        var volumeForSticky: Volume?
 
         func giveBack(_ chunk: UInt64) {
             if let last = taken.popLast(), let reservation = last.reservation {
@@ -73,7 +86,9 @@ extension Engine {
             drawOn.append(reservation)
         }
         drawOn += volume.reservations.filter { $0.role == .volumeDefault && $0.kind == .pooled }
-        return WriteChunks(pool: volume.pool, reservations: drawOn, metadataShort: metadataShort)
+        let source = WriteChunks(pool: volume.pool, reservations: drawOn, metadataShort: metadataShort)
+        source.volumeForSticky = volume
+        return source
     }
 
     /// A write planned with `source` is under way: hold the reservations it
@@ -107,7 +122,7 @@ extension Engine {
             guard let owner = volume.unwrittenOwner(of: chunk) else { continue }
             owner.markWritten(chunk)
             volume.pool.unwrittenReservedChunks -= 1
-            pending.append(.markWritten(volume: volume.key, virtualChunk: chunk))
+            pending.append(.markWritten(volume: volume.layer, virtualChunk: chunk))
         }
     }
 
@@ -298,7 +313,7 @@ extension Engine {
                 volume.map.map(hole, to: physical)
                 reservation.markUnwritten(hole)
                 pool.unwrittenReservedChunks += 1
-                changes.append(.reserveChunk(volume: volume.key, virtualChunk: hole, physicalChunk: physical))
+                changes.append(.reserveChunk(volume: volume.layer, virtualChunk: hole, physicalChunk: physical))
                 changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
             }
             prepareChunks(pool)

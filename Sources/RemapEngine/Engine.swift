@@ -21,25 +21,45 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     private let eventFD: Int32
     private let wakeBuffer = IOBuffer(count: 8)
-    private let store: MetadataStore
+    let store: MetadataStore
     private let committer: Committer
     private let stopped = DispatchSemaphore(value: 0)
 
     let ring: any IOQueue
     private(set) var pools: [String: Pool] = [:]
-    private(set) var volumes: [String: Volume] = [:]
+    var volumes: [String: Volume] = [:]
     /// Open supplier files by pool name, in supplier order.
     var supplierFDs: [String: [Int32]] = [:]
-    private var nextVolumeKey: Int64 = 1
+    var nextVolumeKey: Int64 = 1
     /// Volumes whose creation is not yet durable.
-    private var undurable: Set<Int64> = []
+    var undurable: Set<Int64> = []
 
     /// Metadata changes of completed writes, committed at the next FLUSH or
     /// periodic commit.
     var pending: [MetadataChange] = []
     /// Chunks mapped by a write that has not completed yet; they join
     /// `pending` when a write into them completes.
-    var unsettled: [ChunkKey: UInt64] = [:]
+    var unsettled: [ChunkKey: (physical: UInt64, layer: Int64)] = [:]
+    /// Snapshots by id.
+    var snapshots: [String: Volume] = [:]
+    /// The mapping layers (see RemapCore's Snapshot.swift), by key.
+    var layers: [Int64: LayerNode] = [:]
+    /// Chunks being copied on write: reads and writes of them wait.
+    var copying: [ChunkKey: [() -> Void]] = [:]
+    /// Volumes an import is filling: no export, no delete, no patch.
+    var importing: Set<Int64> = []
+    /// Long-running operations (imports), newest last.
+    public let operations = OperationLog()
+    /// Zeroing jobs of reclaimed chunks in flight.
+    var reclaimJobs = 0
+    /// Writes (and TRIM/WRITE_ZEROES) in flight per volume key.
+    var volumeWrites: [Int64: Int] = [:]
+    /// Volumes a snapshot is waiting on: writes arriving meanwhile, held.
+    var frozenVolumes: [Int64: [() -> Void]] = [:]
+    /// What runs once a volume's writes in flight are done.
+    var quiesceWaiters: [Int64: [() -> Void]] = [:]
+    /// Content streams and other readers of a snapshot outside NBD.
+    var snapshotReaders: [Int64: Int] = [:]
     var lastCommit = monotonicNanoseconds()
     private static let commitInterval: Int64 = 5_000_000_000
 
@@ -61,7 +81,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     private var listeners: [Int32] = []
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
-    private var exportUsers: [Int64: Int] = [:]
+    var exportUsers: [Int64: Int] = [:]
     /// Extra NBD exports: name → the volume and the reservation writes draw on.
     var extraExports: [String: (volume: Volume, reservation: String?)] = [:]
     /// Connections per extra export name, so an export in use is not deleted.
@@ -154,9 +174,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             let volume = Volume(key: stored.key, id: stored.id, name: stored.name, pool: pool,
                                 sizeBytes: stored.sizeBytes, createdAt: stored.createdAt, labels: stored.labels)
+            volume.layer = stored.layer
+            volume.originSnapshot = stored.originSnapshot
             volumes[volume.name] = volume
             byKey[volume.key] = volume
-            nextVolumeKey = max(nextVolumeKey, volume.key + 1)
+            nextVolumeKey = max(nextVolumeKey, volume.key + 1, stored.layer + 1)
         }
         for stored in try store.reservations() {
             guard let volume = byKey[stored.volume] else { continue }
@@ -171,24 +193,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.reservations.append(reservation)
         }
-        var orphans: [MetadataChange] = []
-        try store.forEachMapping { (key, virtual, physical, unwritten) throws(RemapError) in
-            guard let volume = byKey[key], virtual < volume.map.virtualChunks,
-                  physical < volume.pool.allocator.capacity, !volume.pool.allocator.isUsed(physical)
-            else {
-                throw .internal("metadata: invalid mapping volume \(key) chunk \(virtual) -> \(physical)")
-            }
-            volume.map.map(virtual, to: physical)
-            volume.pool.allocator.markUsed(physical)
-            if unwritten {
-                if let owner = volume.rangeReservation(covering: virtual) {
-                    owner.markUnwritten(virtual)
-                    volume.pool.unwrittenReservedChunks += 1
-                } else {
-                    orphans.append(.markWritten(volume: key, virtualChunk: virtual))
-                }
-            }
-        }
+        let orphans = try loadMappings(volumes: byKey)
         try store.apply(orphans)
         for stored in try store.exports() {
             guard let volume = byKey[stored.volume] else { continue }
@@ -357,12 +362,18 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     }
 
     /// A volume's own export or an extra one, with the reservation it is bound to.
+    /// Snapshots are exported read-only as `VOLUME@SNAPSHOT`; a volume being
+    /// imported is not exported until the import is done.
     func export(named name: String) -> (volume: Volume, reservation: String?)? {
-        if let volume = volumes[name] { return (volume, nil) }
-        return extraExports[name]
+        if let volume = volumes[name] { return importing.contains(volume.key) ? nil : (volume, nil) }
+        if let export = extraExports[name] { return importing.contains(export.volume.key) ? nil : export }
+        if name.contains("@"), let snapshot = snapshots.values.first(where: { $0.exportName == name }) { return (snapshot, nil) }
+        return nil
     }
 
-    var exportNames: [String] { (Array(volumes.keys) + Array(extraExports.keys)).sorted() }
+    var exportNames: [String] {
+        (Array(volumes.keys) + Array(extraExports.keys) + snapshots.values.map(\.exportName)).sorted()
+    }
 
     func attach(_ volume: Volume, exportName: String) {
         exportUsers[volume.key, default: 0] += 1
@@ -392,7 +403,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Records chunks a write is about to map for the first time.
     func willWrite(_ volume: Volume, newMappings: [NewMapping]) {
         for mapping in newMappings {
-            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] = mapping.physicalChunk
+            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] = (mapping.physicalChunk, volume.layer)
         }
     }
 
@@ -403,8 +414,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         let chunkSize = volume.pool.chunkSize
         for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
             let key = ChunkKey(volume: volume.key, chunk: chunk)
-            if let physical = unsettled.removeValue(forKey: key) {
-                pending.append(.map(volume: volume.key, virtualChunk: chunk, physicalChunk: physical))
+            if let (physical, layer) = unsettled.removeValue(forKey: key) {
+                // The layer the write was planned in: a snapshot taken meanwhile holds it.
+                pending.append(.map(volume: layer, virtualChunk: chunk, physicalChunk: physical))
                 pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
             }
         }
@@ -523,6 +535,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Creates a volume, durably; returns it and whether it is new (false:
     /// one with the same name and spec existed already).
     public func createVolume(_ spec: VolumeSpec) throws(RemapError) -> (VolumeInfo, created: Bool) {
+        try createVolume(spec, forImport: false)
+    }
+
+    /// `forImport`: the volume is not exported, patched or deleted until the
+    /// import filling it is done.
+    func createVolume(_ spec: VolumeSpec, forImport: Bool) throws(RemapError) -> (VolumeInfo, created: Bool) {
         try Name.validate(spec.name, kind: "volume")
         try Volume.validate(sizeBytes: spec.sizeBytes)
         try Labels.validate(spec.labels)
@@ -567,12 +585,16 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             nextVolumeKey += 1
             volumes[volume.name] = volume
             undurable.insert(volume.key)
+            if forImport { importing.insert(volume.key) }
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
                                       sizeBytes: volume.sizeBytes, createdAt: volume.createdAt, labels: volume.labels)
             pending.append(.createVolume(stored))
             let finished: (Result<Void, RemapError>) -> Void = { [self] result in
                 undurable.remove(volume.key)
-                if case .failure = result { volumes[volume.name] = nil }
+                if case .failure = result {
+                    volumes[volume.name] = nil
+                    importing.remove(volume.key)
+                }
                 reply(result.map { (volume.info, true) })
             }
             let amount: ReservationSpec.Amount
@@ -589,7 +611,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     // Space went to others while chunks were being prepared: undo the volume.
                     volumes[volume.name] = nil
                     undurable.remove(volume.key)
+                    importing.remove(volume.key)
                     pending.append(.deleteVolume(key: volume.key))
+                    pending.append(.deleteLayer(key: volume.layer))
                     reply(.failure(error))
                 }
             }
@@ -604,6 +628,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             if let users = exportUsers[volume.key], users > 0 {
                 return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
             }
+            if importing.contains(volume.key) {
+                return reply(.failure(.inUse("volume '\(name)' is being imported")))
+            }
             volumes[name] = nil
             for reservation in volume.reservations {
                 if reservation.kind == .pooled {
@@ -614,11 +641,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.reservations = []
             for (exportName, export) in extraExports where export.volume === volume { extraExports[exportName] = nil }
-            var chunks: [UInt64] = []
-            volume.map.forEachMapping { _, physical in chunks.append(physical) }
+            // Chunks a snapshot or clone still maps stay theirs.
+            let chunks = volume.chunksOnlyHere()
+            volume.leaveFamily()
+            layers[volume.layer]?.images -= 1
             var job = zeroJob(pool: volume.pool, chunks: chunks)
             job.syncFDs = allSupplierFDs
-            job.changes = pending + [.deleteVolume(key: volume.key)]
+            job.changes = pending + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer)
                 + chunks.map { .markDirty(pool: volume.pool.name, physicalChunk: $0) }
             pending = []
             lastCommit = monotonicNanoseconds()
@@ -650,6 +679,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     private func applyPatch(_ volume: Volume, _ patch: VolumePatch, reply: @escaping (Result<VolumeInfo, RemapError>) -> Void) {
             let name = volume.name
+            if importing.contains(volume.key) { return reply(.failure(.inUse("volume '\(name)' is being imported"))) }
             var changes: [MetadataChange] = []
             var job = CommitJob(syncFDs: allSupplierFDs, changes: []) { _ in }
             var cut: [NewMapping] = []
@@ -696,7 +726,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     }
                 }
                 volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
-                cut = volume.resize(to: size)
+                // A snapshot or clone keeps the chunks it shares.
+                let shared = volume.resize(to: size, keepingShared: true)
+                cut = shared.freed
+                let hidden = shared.unmapped
                 if let thick, newChunks > oldChunks {
                     thick.resizeRange(chunkCount: newChunks)
                     changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
@@ -706,7 +739,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                         volume.map.map(chunk, to: physical)
                         thick.markUnwritten(chunk)
                         pool.unwrittenReservedChunks += 1
-                        changes.append(.reserveChunk(volume: volume.key, virtualChunk: chunk, physicalChunk: physical))
+                        changes.append(.reserveChunk(volume: volume.layer, virtualChunk: chunk, physicalChunk: physical))
                         changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
                     }
                     prepareChunks(pool)
@@ -720,7 +753,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                         offset: location.offset + size % chunkSize, length: chunkSize - size % chunkSize, punch: false))
                 }
                 changes.append(.resizeVolume(key: volume.key, sizeBytes: size))
-                changes += cut.map { .unmap(volume: volume.key, virtualChunk: $0.virtualChunk) }
+                if hasLayersBelow(volume) {
+                    // Tombstones hide what the layers below map past the end.
+                    changes += hidden.map { .tombstone(layer: volume.layer, virtualChunk: $0) }
+                } else {
+                    changes += hidden.map { .unmap(volume: volume.layer, virtualChunk: $0) }
+                }
                 changes += cut.map { .markDirty(pool: volume.pool.name, physicalChunk: $0.physicalChunk) }
             }
             if let labels = patch.labels, labels != volume.labels {

@@ -13,7 +13,8 @@ extension NBDConnection {
             }
             var reply = WireWriter()
             reply.u64(volume.sizeBytes)
-            reply.u16(transmissionFlags)
+            if volume.isSnapshot { readOnly = true }
+            reply.u16(transmissionFlags(readOnly: readOnly))
             if !noZeroes { reply.append(repeatElement(0, count: 124)) }
             send(reply.bytes)
             enterTransmission(volume, name: name)
@@ -62,18 +63,19 @@ extension NBDConnection {
         var export = WireWriter()
         export.u16(NBD.Info.export.rawValue)
         export.u64(volume.sizeBytes)
-        export.u16(transmissionFlags)
+        if volume.isSnapshot && go { readOnly = true }
+        export.u16(transmissionFlags(readOnly: readOnly || volume.isSnapshot))
         send(encodeOptionReply(option: code, reply: .info, data: export.bytes))
         if asked.contains(NBD.Info.name.rawValue) {
             var info = WireWriter()
             info.u16(NBD.Info.name.rawValue)
-            info.append(volume.name.utf8)
+            info.append(volume.exportName.utf8)
             send(encodeOptionReply(option: code, reply: .info, data: info.bytes))
         }
         if asked.contains(NBD.Info.description.rawValue) {
             var info = WireWriter()
             info.u16(NBD.Info.description.rawValue)
-            info.append("remap volume '\(volume.name)' in pool '\(volume.pool.name)'".utf8)
+            info.append("remap \(volume.isSnapshot ? "snapshot" : "volume") '\(volume.exportName)' in pool '\(volume.pool.name)'".utf8)
             send(encodeOptionReply(option: code, reply: .info, data: info.bytes))
         }
         if asked.contains(NBD.Info.blockSize.rawValue) {
@@ -128,7 +130,7 @@ extension NBDConnection {
         send(encodeOptionReply(option: code, reply: reply, data: Array(message.utf8)))
     }
 
-    var transmissionFlags: UInt16 {
+    func transmissionFlags(readOnly: Bool) -> UInt16 {
         var flags = NBD.transmitHasFlags | NBD.transmitSendFlush | NBD.transmitSendFUA | NBD.transmitCanMultiConn
             | NBD.transmitSendCache
         if readOnly {

@@ -34,7 +34,7 @@ extension NBDConnection {
             return engine.flush { [self] result in reply(request, started, error: result.nbdError) }
         }
         if readOnly && (command == .write || command == .trim || command == .writeZeroes) {
-            return refuse(.permission, "export '\(volume.name)' is read-only")
+            return refuse(.permission, "export '\(volume.exportName)' is read-only")
         }
         guard length > 0 else { return refuse(.invalid, "length must not be 0") }
         guard inRange else {
@@ -55,10 +55,12 @@ extension NBDConnection {
                 pending.filled = ready
                 payload = pending
             }
-        case .trim:
-            zero(request, volume, started, keepAllocated: false)
-        case .writeZeroes:
-            zero(request, volume, started, keepAllocated: flags & NBD.commandNoHole != 0)
+        case .trim, .writeZeroes:
+            let keep = command == .writeZeroes && flags & NBD.commandNoHole != 0
+            engine.whenWritable(volume) { [self] in
+                engine.beginVolumeWrite(volume)
+                zero(request, volume, started, keepAllocated: keep)
+            }
         case .cache:
             reply(request, started, error: nil)  // data is read from the suppliers on demand
         case .blockStatus:
@@ -76,13 +78,9 @@ extension NBDConnection {
     private func read(_ request: NBDRequest, _ volume: Volume, _ started: Int64) {
         let length = Int(request.length)
         let buffer = IOBuffer(count: Self.headroom + length)
-        let data = buffer.pointer + Self.headroom
-        let segments = volume.readPlan(offset: request.offset, length: length)
-        let progress = Progress(remaining: segments.count)
-        let epoch = engine.beginIO()
-        let finish = { [self] in
-            engine.endIO(epoch)
-            if progress.failure != 0 { return reply(request, started, error: .io, message: "reading the supplier failed") }
+        engine.readData(volume, offset: request.offset, length: length, data: buffer.pointer + Self.headroom,
+                        owner: buffer) { [self] failure, segments in
+            if failure != 0 { return reply(request, started, error: .io, message: "reading the supplier failed") }
             if structuredReplies {
                 sendStructuredRead(request, buffer, segments, dontFragment: request.flags & NBD.commandDF != 0)
             } else {
@@ -92,21 +90,6 @@ extension NBDConnection {
             engine.record(command: "read", bytes: length, error: nil, started: started)
             answered()
         }
-        for segment in segments {
-            switch segment.target {
-            case .zeros:
-                memset(data + segment.bufferOffset, 0, segment.length)
-                progress.remaining -= 1
-            case .supplier(let index, let offset):
-                let fd = engine.supplierFD(pool: volume.pool, index: index)
-                ring.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: offset) { result in
-                    _ = buffer  // the buffer lives until the read completes
-                    progress.complete(result)
-                    if progress.remaining == 0 { finish() }
-                }
-            }
-        }
-        if progress.remaining == 0 { finish() }
     }
 
     /// A READ's structured reply: holes as OFFSET_HOLE and data as
@@ -157,42 +140,19 @@ extension NBDConnection {
 
     // MARK: - WRITE
 
-    func write(_ request: NBDRequest, _ buffer: IOBuffer, _ started: Int64, deadline: Int64? = nil) {
+    func write(_ request: NBDRequest, _ buffer: IOBuffer, _ started: Int64) {
         guard let volume = export else { return }
-        let length = Int(request.length)
-        let source = engine.chunkSource(for: volume, bound: boundReservation)
-        let plan: (segments: [IOSegment], newMappings: [NewMapping])
-        do {
-            plan = try volume.writePlan(offset: request.offset, length: length, source: source)
-        } catch {
-            guard case .noSpace = error else { return reply(request, started, error: error.nbdError, message: error.description) }
-            return engine.noChunk(
-                for: volume, offset: request.offset, source: source, deadline: deadline,
-                retry: { [self] in write(request, buffer, started, deadline: $0) },
-                fail: { [self] in reply(request, started, error: .noSpace, message: "no space left in pool '\(volume.pool.name)'") })
-        }
-        engine.willWrite(volume, newMappings: plan.newMappings)
-        engine.beginDrawing(source)
-        let progress = Progress(remaining: plan.segments.count)
-        let epoch = engine.beginIO()
-        let finish = { [self] in
-            engine.endIO(epoch)
-            engine.didWrite(volume, offset: request.offset, length: length)
-            if progress.failure == 0 { engine.markWritten(volume, offset: request.offset, length: length) }
-            engine.endDrawing(source)
-            if progress.failure != 0 { return reply(request, started, error: .io, message: "writing the supplier failed") }
-            completeWithFUA(request, started)
-        }
-        for segment in plan.segments {
-            guard case .supplier(let index, let offset) = segment.target else { continue }
-            let fd = engine.supplierFD(pool: volume.pool, index: index)
-            ring.writeFully(fd: fd, from: buffer.pointer + segment.bufferOffset, count: segment.length, offset: offset) { result in
-                _ = buffer  // the payload lives until the write completes
-                progress.complete(result)
-                if progress.remaining == 0 { finish() }
+        engine.writeData(volume, offset: request.offset, length: Int(request.length), data: buffer.pointer, owner: buffer,
+                         bound: boundReservation) { [self] result in
+            switch result {
+            case .success:
+                completeWithFUA(request, started)
+            case .failure(.noSpace):
+                reply(request, started, error: .noSpace, message: "no space left in pool '\(volume.pool.name)'")
+            case .failure(let error):
+                reply(request, started, error: error.nbdError, message: error.description)
             }
         }
-        if plan.segments.isEmpty { finish() }
     }
 
     /// Replies success, after a flush when the request carried FUA.
@@ -211,19 +171,44 @@ extension NBDConnection {
     /// maps holes to clean chunks; parts of mapped chunks are zeroed on the
     /// supplier.
     private func zero(_ request: NBDRequest, _ volume: Volume, _ started: Int64, keepAllocated: Bool, deadline: Int64? = nil) {
-        let pieces = volume.zeroPlan(offset: request.offset, length: Int(request.length))
+        if let busy = engine.chunkBeingCopied(volume, offset: request.offset, length: Int(request.length)) {
+            engine.copying[busy]!.append { [self] in  // invariant: found just above
+                zero(request, volume, started, keepAllocated: keepAllocated, deadline: deadline)
+            }
+            return
+        }
+        var pieces = volume.zeroPlan(offset: request.offset, length: Int(request.length))
+        // A chunk shared with a snapshot or clone is never zeroed in place:
+        // unmapped whole (the others keep it), else written with zeros,
+        // which copies it on write.
+        var zeroWrites: [ZeroPiece] = []
+        if volume.family.members.count > 1 {
+            pieces.removeAll { piece in
+                guard let physical = piece.physicalChunk, volume.isShared(piece.virtualChunk, physical) else { return false }
+                let reserved = volume.rangeReservation(covering: piece.virtualChunk) != nil
+                if piece.whole && !keepAllocated && !reserved { return false }
+                zeroWrites.append(piece)
+                return true
+            }
+        }
         var source: Engine.WriteChunks?
         if keepAllocated {
             // Holes get clean (prepared) chunks: mapping them is all it takes.
             let holes = pieces.filter { $0.physicalChunk == nil }
             let chunks = engine.chunkSource(for: volume, bound: boundReservation)
             var taken: [UInt64] = []
-            for _ in holes {
-                guard let chunk = chunks.take() else {
+            for hole in holes {
+                guard let chunk = chunks.take(for: hole.virtualChunk, copyOnWrite: false) else {
                     for chunk in taken.reversed() { chunks.giveBack(chunk) }
+                    engine.endVolumeWrite(volume)
                     return engine.noChunk(
                         for: volume, offset: request.offset, source: chunks, deadline: deadline,
-                        retry: { [self] in zero(request, volume, started, keepAllocated: true, deadline: $0) },
+                        retry: { [self] deadline in
+                            engine.whenWritable(volume) { [self] in
+                                engine.beginVolumeWrite(volume)
+                                zero(request, volume, started, keepAllocated: true, deadline: deadline)
+                            }
+                        },
                         fail: { [self] in reply(request, started, error: .noSpace, message: "no space left in pool '\(volume.pool.name)'") })
                 }
                 taken.append(chunk)
@@ -249,12 +234,16 @@ extension NBDConnection {
                            !keepAllocated && !reserved && supplier.kind == .file && !supplier.preallocated,
                            piece.whole && reserved && !keepAllocated ? (piece.virtualChunk, physical) : nil))
         }
-        let progress = Progress(remaining: ranges.count)
+        let progress = Progress(remaining: ranges.count + zeroWrites.count)
         let epoch = engine.beginIO()
         let fast = request.flags & NBD.commandFastZero != 0
         let finish = { [self] in
             engine.endIO(epoch)
+            engine.endVolumeWrite(volume)
             if let source { engine.endDrawing(source) }
+            if progress.failure == -ENOSPC {
+                return reply(request, started, error: .noSpace, message: "no space left in pool '\(volume.pool.name)'")
+            }
             if progress.failure == -EOPNOTSUPP {
                 return reply(request, started, error: .notSupported, message: "the supplier cannot zero quickly")
             }
@@ -270,13 +259,27 @@ extension NBDConnection {
                 if progress.remaining == 0 { finish() }
             }
         }
-        if ranges.isEmpty { finish() }
+        for piece in zeroWrites {
+            let zeros = IOBuffer(count: Int(piece.length))
+            memset(zeros.pointer, 0, zeros.count)
+            let offset = piece.virtualChunk * volume.pool.chunkSize + piece.offsetInChunk
+            engine.planWrite(volume, offset: offset, length: zeros.count, data: zeros.pointer, owner: zeros,
+                             bound: boundReservation, deadline: deadline) { result in
+                switch result {
+                case .success: progress.complete(0)
+                case .failure(.noSpace): progress.complete(-ENOSPC)
+                case .failure: progress.complete(-EIO)
+                }
+                if progress.remaining == 0 { finish() }
+            }
+        }
+        if progress.remaining == 0 { finish() }
     }
 
     // MARK: - BLOCK_STATUS
 
     private func blockStatus(_ request: NBDRequest, _ volume: Volume, _ started: Int64) {
-        guard structuredReplies, allocationContextFor == volume.name else {
+        guard structuredReplies, allocationContextFor == exportName else {
             return reply(request, started, error: .invalid, message: "negotiate the base:allocation metadata context first")
         }
         let one = request.flags & NBD.commandReqOne != 0

@@ -35,6 +35,50 @@ public enum MetadataChange: Sendable, Equatable {
     /// after a crash.
     case markDirty(pool: String, physicalChunk: UInt64)
     case clearDirty(pool: String, physicalChunk: UInt64)
+    /// A new mapping layer on top of `parent` (see RemapCore's Snapshot.swift).
+    case createLayer(key: Int64, parent: Int64?)
+    /// The layer a volume's writes go to from now on.
+    case setVolumeLayer(volume: Int64, layer: Int64)
+    /// Reads of `virtualChunk` through `layer` see a hole, whatever the
+    /// layers below map there.
+    case tombstone(layer: Int64, virtualChunk: UInt64)
+    /// Reserved-unwritten chunks stay with the volume when a snapshot
+    /// freezes its layer: they move to its new top layer (leaving tombstones
+    /// in the old one when it has layers below).
+    case moveUnwritten(from: Int64, to: Int64, tombstone: Bool)
+    /// Removes a layer and all its rows.
+    case deleteLayer(key: Int64)
+    /// Folds a layer that no image uses into its only child: rows the child
+    /// does not override move down, the rest go.
+    case mergeLayer(key: Int64, into: Int64)
+    case createSnapshot(StoredSnapshot)
+    case deleteSnapshot(key: Int64)
+}
+
+/// A snapshot as stored.
+public struct StoredSnapshot: Sendable, Equatable {
+    public var key: Int64
+    public var id: String
+    public var name: String
+    public var volumeKey: Int64
+    public var volumeName: String
+    public var pool: String
+    public var layer: Int64
+    public var sizeBytes: UInt64
+    public var createdAt: String
+
+    public init(key: Int64, id: String, name: String, volumeKey: Int64, volumeName: String, pool: String, layer: Int64,
+                sizeBytes: UInt64, createdAt: String) {
+        self.key = key
+        self.id = id
+        self.name = name
+        self.volumeKey = volumeKey
+        self.volumeName = volumeName
+        self.pool = pool
+        self.layer = layer
+        self.sizeBytes = sizeBytes
+        self.createdAt = createdAt
+    }
 }
 
 /// A volume as stored.
@@ -46,9 +90,15 @@ public struct StoredVolume: Sendable, Equatable {
     public var sizeBytes: UInt64
     public var createdAt: String
     public var labels: [String: String]
+    /// The volume's top mapping layer (its key until its first snapshot).
+    public var layer: Int64
+    /// For a clone: the snapshot it was made from.
+    public var originSnapshot: String?
 
     public init(key: Int64, id: String, name: String, pool: String, sizeBytes: UInt64, createdAt: String,
-                labels: [String: String] = [:]) {
+                labels: [String: String] = [:], layer: Int64? = nil, originSnapshot: String? = nil) {
+        self.layer = layer ?? key
+        self.originSnapshot = originSnapshot
         self.key = key
         self.id = id
         self.name = name

@@ -73,6 +73,19 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             name TEXT PRIMARY KEY,
             volume INTEGER NOT NULL,
             reservation TEXT);
+        CREATE TABLE IF NOT EXISTS layers(
+            key INTEGER PRIMARY KEY,
+            parent INTEGER);
+        CREATE TABLE IF NOT EXISTS snapshots(
+            key INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            volume_key INTEGER NOT NULL,
+            volume_name TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            layer INTEGER NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            created_at TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS dirty_chunks(
             pool TEXT NOT NULL,
             physical_chunk INTEGER NOT NULL,
@@ -93,6 +106,13 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         }
         if !(try columns("mappings")).contains("unwritten") {
             try database.execute("ALTER TABLE mappings ADD COLUMN unwritten INTEGER NOT NULL DEFAULT 0")
+        }
+        let volumeColumns = try columns("volumes")
+        if !volumeColumns.contains("layer") {
+            try database.execute("ALTER TABLE volumes ADD COLUMN layer INTEGER")
+        }
+        if !volumeColumns.contains("origin_snapshot") {
+            try database.execute("ALTER TABLE volumes ADD COLUMN origin_snapshot TEXT")
         }
         let pools = try columns("pools")
         if !pools.contains("queue_seconds") {
@@ -172,12 +192,13 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             try database.run("DELETE FROM exports WHERE name = ?", [.text(name)])
         case .createVolume(let volume):
             try database.run(
-                "INSERT INTO volumes(key, id, name, pool, size_bytes, created_at) VALUES(?, ?, ?, ?, ?, ?)",
+                "INSERT INTO volumes(key, id, name, pool, size_bytes, created_at, layer, origin_snapshot) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                 [.integer(volume.key), .text(volume.id), .text(volume.name), .text(volume.pool),
-                 .integer(Int64(volume.sizeBytes)), .text(volume.createdAt)])
+                 .integer(Int64(volume.sizeBytes)), .text(volume.createdAt), .integer(volume.layer),
+                 volume.originSnapshot.map { .text($0) } ?? .null])
             try apply(.setLabels(volume: volume.key, labels: volume.labels), to: database)
         case .deleteVolume(let key):
-            try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
+            // Its mapping layers go with .deleteLayer/.mergeLayer changes of their own.
             try database.run("DELETE FROM volume_labels WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM reservations WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM exports WHERE volume = ?", [.integer(key)])
@@ -198,6 +219,48 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         case .unmap(let volume, let virtual):
             try database.run(
                 "DELETE FROM mappings WHERE volume = ? AND virtual_chunk = ?", [.integer(volume), .integer(Int64(virtual))])
+        case .createLayer(let key, let parent):
+            try database.run("INSERT INTO layers(key, parent) VALUES(?, ?)", [.integer(key), parent.map { .integer($0) } ?? .null])
+        case .setVolumeLayer(let volume, let layer):
+            try database.run("UPDATE volumes SET layer = ? WHERE key = ?", [.integer(layer), .integer(volume)])
+        case .tombstone(let layer, let virtual):
+            try database.run(
+                "INSERT OR REPLACE INTO mappings(volume, virtual_chunk, physical_chunk, unwritten) VALUES(?, ?, -1, 0)",
+                [.integer(layer), .integer(Int64(virtual))])
+        case .moveUnwritten(let from, let to, let tombstone):
+            try database.run(
+                "INSERT OR REPLACE INTO mappings(volume, virtual_chunk, physical_chunk, unwritten) SELECT ?, virtual_chunk, physical_chunk, 1 FROM mappings WHERE volume = ? AND unwritten = 1",
+                [.integer(to), .integer(from)])
+            if tombstone {
+                try database.run("UPDATE mappings SET physical_chunk = -1, unwritten = 0 WHERE volume = ? AND unwritten = 1", [.integer(from)])
+            } else {
+                try database.run("DELETE FROM mappings WHERE volume = ? AND unwritten = 1", [.integer(from)])
+            }
+        case .deleteLayer(let key):
+            try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
+            try database.run("DELETE FROM layers WHERE key = ?", [.integer(key)])
+        case .mergeLayer(let key, let child):
+            try database.run(
+                "INSERT OR IGNORE INTO mappings(volume, virtual_chunk, physical_chunk, unwritten) SELECT ?, virtual_chunk, physical_chunk, unwritten FROM mappings WHERE volume = ?",
+                [.integer(child), .integer(key)])
+            try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
+            var parent: Int64?
+            try database.run("SELECT parent FROM layers WHERE key = ?", [.integer(key)]) { row in parent = row.optionalInteger(0) }
+            try database.run("INSERT OR REPLACE INTO layers(key, parent) VALUES(?, ?)", [.integer(child), parent.map { .integer($0) } ?? .null])
+            if parent == nil {
+                // Nothing below any more: tombstones hide nothing.
+                try database.run("DELETE FROM mappings WHERE volume = ? AND physical_chunk = -1", [.integer(child)])
+            }
+            try database.run("DELETE FROM layers WHERE key = ?", [.integer(key)])
+        case .createSnapshot(let snapshot):
+            try database.run(
+                "INSERT INTO snapshots(key, id, name, volume_key, volume_name, pool, layer, size_bytes, created_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [.integer(snapshot.key), .text(snapshot.id), .text(snapshot.name), .integer(snapshot.volumeKey),
+                 .text(snapshot.volumeName), .text(snapshot.pool), .integer(snapshot.layer),
+                 .integer(Int64(snapshot.sizeBytes)), .text(snapshot.createdAt)])
+        case .deleteSnapshot(let key):
+            try database.run("DELETE FROM exports WHERE volume = ?", [.integer(key)])
+            try database.run("DELETE FROM snapshots WHERE key = ?", [.integer(key)])
         case .markDirty(let pool, let physical):
             try database.run(
                 "INSERT OR IGNORE INTO dirty_chunks(pool, physical_chunk) VALUES(?, ?)", [.text(pool), .integer(Int64(physical))])
@@ -272,10 +335,13 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
     public func volumes() throws(RemapError) -> [StoredVolume] {
         try locked { (database) throws(RemapError) in
             var volumes: [StoredVolume] = []
-            try database.run("SELECT key, id, name, pool, size_bytes, created_at FROM volumes ORDER BY key") { row in
+            try database.run(
+                "SELECT key, id, name, pool, size_bytes, created_at, layer, origin_snapshot FROM volumes ORDER BY key"
+            ) { row in
                 volumes.append(StoredVolume(
                     key: row.integer(0), id: row.text(1), name: row.text(2), pool: row.text(3),
-                    sizeBytes: UInt64(row.integer(4)), createdAt: row.text(5)))
+                    sizeBytes: UInt64(row.integer(4)), createdAt: row.text(5), layer: row.optionalInteger(6),
+                    originSnapshot: row.optionalText(7)))
             }
             var index: [Int64: Int] = [:]
             for (position, volume) in volumes.enumerated() { index[volume.key] = position }
@@ -286,17 +352,54 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         }
     }
 
-    /// Streams every mapping of every volume, ordered by volume then chunk;
-    /// `unwritten` marks chunks a range reservation backs but nobody wrote.
+    /// Streams the rows of one mapping layer in chunk order: `physical` nil
+    /// is a tombstone (a hole hiding the layers below); `unwritten` marks
+    /// chunks a range reservation backs but nobody wrote.
     public func forEachMapping(
-        _ body: (_ volume: Int64, _ virtual: UInt64, _ physical: UInt64, _ unwritten: Bool) throws(RemapError) -> Void
+        layer: Int64,
+        _ body: (_ virtual: UInt64, _ physical: UInt64?, _ unwritten: Bool) throws(RemapError) -> Void
     ) throws(RemapError) {
         try locked { (database) throws(RemapError) in
             try database.run(
-                "SELECT volume, virtual_chunk, physical_chunk, unwritten FROM mappings ORDER BY volume, virtual_chunk"
+                "SELECT virtual_chunk, physical_chunk, unwritten FROM mappings WHERE volume = ? ORDER BY virtual_chunk",
+                [.integer(layer)]
             ) { (row) throws(RemapError) in
-                try body(row.integer(0), UInt64(row.integer(1)), UInt64(row.integer(2)), row.integer(3) != 0)
+                let physical = row.integer(1)
+                try body(UInt64(row.integer(0)), physical < 0 ? nil : UInt64(physical), row.integer(2) != 0)
             }
+        }
+    }
+
+    /// Every layer key that has mapping rows.
+    public func layersWithMappings() throws(RemapError) -> [Int64] {
+        try locked { (database) throws(RemapError) in
+            var keys: [Int64] = []
+            try database.run("SELECT DISTINCT volume FROM mappings") { row in keys.append(row.integer(0)) }
+            return keys
+        }
+    }
+
+    /// Layer key → parent layer key (absent: a root layer).
+    public func layerParents() throws(RemapError) -> [Int64: Int64?] {
+        try locked { (database) throws(RemapError) in
+            var parents: [Int64: Int64?] = [:]
+            try database.run("SELECT key, parent FROM layers") { row in parents[row.integer(0)] = row.optionalInteger(1) }
+            return parents
+        }
+    }
+
+    public func snapshots() throws(RemapError) -> [StoredSnapshot] {
+        try locked { (database) throws(RemapError) in
+            var list: [StoredSnapshot] = []
+            try database.run(
+                "SELECT key, id, name, volume_key, volume_name, pool, layer, size_bytes, created_at FROM snapshots ORDER BY key"
+            ) { row in
+                list.append(StoredSnapshot(
+                    key: row.integer(0), id: row.text(1), name: row.text(2), volumeKey: row.integer(3),
+                    volumeName: row.text(4), pool: row.text(5), layer: row.integer(6),
+                    sizeBytes: UInt64(row.integer(7)), createdAt: row.text(8)))
+            }
+            return list
         }
     }
 

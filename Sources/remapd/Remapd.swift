@@ -205,4 +205,11 @@ extension Engine: ControlPlane {
     public func events(after seq: UInt64) -> (events: [Event], last: UInt64) {
         events.events(after: seq)
     }
+
+    public func operationInfos() -> [OperationInfo] { operations.all() }
+
+    public func operationInfo(_ id: String) throws(RemapError) -> OperationInfo {
+        guard let operation = operations.find(id) else { throw .notFound(kind: "operation", name: id) }
+        return operation
+    }
 }

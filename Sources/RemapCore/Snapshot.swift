@@ -1,0 +1,220 @@
+/// Snapshots and clones share chunks by reference.
+///
+/// In memory every image (volume, snapshot, clone) has its own complete
+/// `ChunkMap`; a snapshot starts as a copy of its volume's map, and since the
+/// map's pages are copy-on-write arrays, taking one copies nothing: pages are
+/// copied only when the volume later changes them. A chunk is shared when
+/// another image of the same family maps the same virtual chunk to it; a
+/// write there gets a new chunk (copy on write), and a chunk is freed when
+/// the last image mapping it lets go.
+///
+/// In metadata, mappings live in *layers*: a volume writes into its top
+/// layer; a snapshot freezes that layer and gives the volume a new, empty
+/// one on top of it; a clone starts an empty layer on top of its snapshot's.
+/// An image's map is its layer's rows over its parent's, and so on down. So
+/// a snapshot is a couple of rows, whatever the volume's size.
+
+/// The images that share chunks (a volume, its snapshots, their clones...).
+public final class Family {
+    /// Oldest first.
+    public var members: [Volume] = []
+    public init() {}
+}
+
+/// What makes an image a snapshot.
+public struct SnapshotIdentity: Sendable, Equatable {
+    public var name: String
+    /// The name of the volume it was taken of (kept after that volume is deleted).
+    public var volume: String
+    /// That volume's key.
+    public var volumeKey: Int64
+
+    public init(name: String, volume: String, volumeKey: Int64) {
+        self.name = name
+        self.volume = volume
+        self.volumeKey = volumeKey
+    }
+}
+
+/// What the control plane shows of a snapshot.
+public struct SnapshotInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var volume: String
+    public var pool: String
+    public var sizeBytes: UInt64
+    public var createdAt: String
+    public var exportName: String
+    /// Bytes only this snapshot maps: what deleting it would free.
+    public var uniqueBytes: UInt64
+    /// Bytes it maps that another image maps too.
+    public var sharedBytes: UInt64
+    /// Copy-on-write space the volume's range reservations hold because of
+    /// its snapshots (the same figure on each snapshot of the volume).
+    public var reservedBytes: UInt64
+
+    public init(id: String, name: String, volume: String, pool: String, sizeBytes: UInt64, createdAt: String,
+                exportName: String, uniqueBytes: UInt64, sharedBytes: UInt64, reservedBytes: UInt64) {
+        self.id = id
+        self.name = name
+        self.volume = volume
+        self.pool = pool
+        self.sizeBytes = sizeBytes
+        self.createdAt = createdAt
+        self.exportName = exportName
+        self.uniqueBytes = uniqueBytes
+        self.sharedBytes = sharedBytes
+        self.reservedBytes = reservedBytes
+    }
+}
+
+/// A byte range, for the changed-blocks list.
+public struct ByteRange: Codable, Sendable, Equatable {
+    public var offsetBytes: UInt64
+    public var lengthBytes: UInt64
+
+    public init(offsetBytes: UInt64, lengthBytes: UInt64) {
+        self.offsetBytes = offsetBytes
+        self.lengthBytes = lengthBytes
+    }
+}
+
+extension Family {
+    /// How many images of the family map each physical chunk, saturating at
+    /// 255; for the usage figures. One pass over every member's extents.
+    public func referenceCounts(capacity: UInt64) -> [UInt8] {
+        var counts = [UInt8](repeating: 0, count: Int(capacity))
+        for member in members {
+            member.map.forEachRun { _, physical, length in
+                for chunk in physical..<(physical + length) where counts[Int(chunk)] < 255 { counts[Int(chunk)] += 1 }
+            }
+        }
+        return counts
+    }
+}
+
+extension Volume {
+    /// Unique and shared mapped chunks, given the family's reference counts.
+    public func usage(counts: [UInt8]) -> (unique: UInt64, shared: UInt64) {
+        var unique: UInt64 = 0
+        var shared: UInt64 = 0
+        map.forEachRun { _, physical, length in
+            for chunk in physical..<(physical + length) {
+                if counts[Int(chunk)] <= 1 { unique += 1 } else { shared += 1 }
+            }
+        }
+        return (unique, shared)
+    }
+
+    /// Chunks this image maps that no other image of its family maps: what
+    /// deleting it frees. Pages shared with another member are skipped whole.
+    public func chunksOnlyHere() -> [UInt64] {
+        var only: [UInt64] = []
+        let others = family.members.filter { $0 !== self }
+        map.forEachMapping(skippingPagesSharedWith: others.map(\.map)) { virtual, physical in
+            for other in others.reversed() where virtual < other.map.virtualChunks && other.map.lookup(virtual) == physical {
+                return
+            }
+            only.append(physical)
+        }
+        return only
+    }
+}
+
+/// The answer of `GET /v1/snapshots/{id}/changes`.
+public struct SnapshotChanges: Codable, Sendable, Equatable {
+    public init(snapshot: String, base: String?, sizeBytes: UInt64, granularityBytes: UInt64, changedBytes: UInt64, ranges: [ByteRange]) {
+        self.snapshot = snapshot
+        self.base = base
+        self.sizeBytes = sizeBytes
+        self.granularityBytes = granularityBytes
+        self.changedBytes = changedBytes
+        self.ranges = ranges
+    }
+
+    public var snapshot: String
+    public var base: String?
+    public var sizeBytes: UInt64
+    public var granularityBytes: UInt64
+    public var changedBytes: UInt64
+    public var ranges: [ByteRange]
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(snapshot, forKey: .snapshot)
+        try container.encode(base, forKey: .base)  // null without a base, not absent
+        try container.encode(sizeBytes, forKey: .sizeBytes)
+        try container.encode(granularityBytes, forKey: .granularityBytes)
+        try container.encode(changedBytes, forKey: .changedBytes)
+        try container.encode(ranges, forKey: .ranges)
+    }
+}
+
+/// What `GET /v1/pools/{name}/check` answers.
+public struct PoolCheck: Codable, Sendable, Equatable {
+    public init(pool: String, ok: Bool, usedChunks: UInt64, referencedChunks: UInt64, leakedChunks: [UInt64], leakedCount: UInt64,
+                unbackedChunks: [UInt64], unbackedCount: UInt64, conflicts: [UInt64], conflictCount: UInt64) {
+        self.pool = pool
+        self.ok = ok
+        self.usedChunks = usedChunks
+        self.referencedChunks = referencedChunks
+        self.leakedChunks = leakedChunks
+        self.leakedCount = leakedCount
+        self.unbackedChunks = unbackedChunks
+        self.unbackedCount = unbackedCount
+        self.conflicts = conflicts
+        self.conflictCount = conflictCount
+    }
+
+    public var pool: String
+    public var ok: Bool
+    /// Chunks holding data (used on the allocator, not counting the prepared stash).
+    public var usedChunks: UInt64
+    /// Distinct chunks some image maps.
+    public var referencedChunks: UInt64
+    public var leakedChunks: [UInt64]
+    public var leakedCount: UInt64
+    public var unbackedChunks: [UInt64]
+    public var unbackedCount: UInt64
+    public var conflicts: [UInt64]
+    public var conflictCount: UInt64
+}
+
+
+/// A long-running operation (an import), as the control plane shows it.
+public struct OperationInfo: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable { case running, succeeded, failed }
+
+    public var id: String
+    public var kind: String
+    public var state: State
+    public var volume: String
+    public var source: String
+    public var totalBytes: UInt64
+    public var doneBytes: UInt64
+    public var progress: Double
+    public var createdAt: String
+    public var finishedAt: String?
+    /// Why it failed (the RemapAPI layer renders it as a problem object).
+    public var failure: RemapError?
+
+    public init(id: String, kind: String, state: State, volume: String, source: String, totalBytes: UInt64, doneBytes: UInt64,
+                progress: Double, createdAt: String, finishedAt: String? = nil, failure: RemapError? = nil) {
+        self.id = id
+        self.kind = kind
+        self.state = state
+        self.volume = volume
+        self.source = source
+        self.totalBytes = totalBytes
+        self.doneBytes = doneBytes
+        self.progress = progress
+        self.createdAt = createdAt
+        self.finishedAt = finishedAt
+        self.failure = failure
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case id, kind, state, volume, source, totalBytes, doneBytes, progress, createdAt, finishedAt
+    }
+}
+

@@ -1,0 +1,286 @@
+import Glibc
+import RemapCore
+import RemapStore
+import Synchronization
+
+/// Operations by id, newest last; shared by the import threads and the
+/// control plane. Keeps the last 100 finished ones.
+public final class OperationLog: Sendable {
+    private let entries = Mutex<[OperationInfo]>([])
+
+    func add(_ operation: OperationInfo) {
+        entries.withLock { list in
+            list.append(operation)
+            let finished = list.filter { $0.state != .running }
+            if finished.count > 100, let oldest = finished.first {
+                list.removeAll { $0.id == oldest.id }
+            }
+        }
+    }
+
+    func update(_ id: String, _ change: (inout OperationInfo) -> Void) {
+        entries.withLock { list in
+            if let index = list.firstIndex(where: { $0.id == id }) { change(&list[index]) }
+        }
+    }
+
+    public func all() -> [OperationInfo] { entries.withLock { Array($0.reversed()) } }
+
+    public func find(_ id: String) -> OperationInfo? { entries.withLock { list in list.first { $0.id == id } } }
+}
+
+extension Engine {
+    // MARK: - Import
+
+    /// Creates volume `spec.name` and fills it from the raw image at `path`
+    /// in the background; holes and all-zero blocks stay unallocated. The
+    /// volume is not exported until the import is done; on failure it is
+    /// deleted. Returns the running operation and the new volume.
+    public func importVolume(_ spec: VolumeSpec, sizeGiven: Bool, from path: String) throws(RemapError) -> (OperationInfo, VolumeInfo) {
+        let fd = try openImportSource(path)
+        var status = stat()
+        fstat(fd, &status)
+        let fileSize = UInt64(status.st_size)
+        var spec = spec
+        if !sizeGiven { spec.sizeBytes = max(512, (fileSize + 511) / 512 * 512) }
+        guard spec.sizeBytes >= fileSize else {
+            close(fd)
+            throw .invalidArgument("sizeBytes \(spec.sizeBytes) is smaller than the file's \(fileSize) bytes")
+        }
+        let info: VolumeInfo
+        do throws(RemapError) {
+            let (created, isNew) = try createVolume(spec, forImport: true)
+            guard isNew else {
+                throw .alreadyExists(kind: "volume", name: spec.name, detail: "volume '\(spec.name)' exists already")
+            }
+            info = created
+        } catch {
+            close(fd)
+            throw error
+        }
+        let operation = OperationInfo(
+            id: randomUUID(), kind: "import", state: .running, volume: spec.name, source: path, totalBytes: fileSize,
+            doneBytes: 0, progress: fileSize == 0 ? 1 : 0, createdAt: utcTimestamp())
+        operations.add(operation)
+        let volumeName = spec.name
+        startThread(name: "remap-import") { [self] in
+            runImport(operation.id, volume: volumeName, fd: fd, size: fileSize)
+            close(fd)
+        }
+        return (operation, info)
+    }
+
+    /// Opens an import source: an absolute path to a regular file under the
+    /// supplier directory (the daemon runs as root: callers may only make it
+    /// read what they could put there).
+    private func openImportSource(_ path: String) throws(RemapError) -> Int32 {
+        guard path.hasPrefix("/") else { throw .invalidArgument("source file '\(path)' must be an absolute path") }
+        guard let real = SupplierFile.realPath(path) else {
+            throw .invalidArgument("source file '\(path)' does not exist or cannot be resolved")
+        }
+        let root = SupplierFile.realPath(supplierDirectory) ?? supplierDirectory
+        guard real.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
+            throw .invalidArgument("source file '\(path)' must lie under the supplier directory \(supplierDirectory)")
+        }
+        let fd = Glibc.open(real, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw .invalidArgument("source file '\(path)' cannot be opened: \(String(cString: strerror(errno)))")
+        }
+        var status = stat()
+        guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw .invalidArgument("source file '\(path)' is not a regular file")
+        }
+        return fd
+    }
+
+    /// The import thread: copies the file's data regions, a megabyte at a
+    /// time, through the engine's own write path; then flushes.
+    private func runImport(_ id: String, volume name: String, fd: Int32, size: UInt64) {
+        let block = 1 << 20
+        let buffer = IOBuffer(count: block)
+        var failure: RemapError?
+        var position: UInt64 = 0
+        copying: while position < size {
+            let dataStart = lseek(fd, off_t(position), SEEK_DATA)
+            if dataStart < 0 { break }  // ENXIO: only a hole is left
+            let holeStart = lseek(fd, off_t(dataStart), SEEK_HOLE)
+            let end = holeStart < 0 ? size : min(UInt64(holeStart), size)
+            position = UInt64(dataStart)
+            while position < end {
+                let count = Int(min(UInt64(block), end - position))
+                let got = pread(fd, buffer.pointer, count, off_t(position))
+                guard got == count else {
+                    failure = .io(errno: got < 0 ? errno : EIO, context: "reading the import source")
+                    break copying
+                }
+                if !isAllZero(buffer.pointer, count) {
+                    let box = UncheckedBox(buffer)
+                    let at = position
+                    do throws(RemapError) {
+                        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+                            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+                            writeData(volume, offset: at, length: count, data: box.value.pointer, owner: box.value, bound: nil) {
+                                reply($0)
+                            }
+                        }
+                    } catch {
+                        failure = error
+                        break copying
+                    }
+                }
+                position += UInt64(count)
+                let done = position
+                operations.update(id) { $0.doneBytes = done; $0.progress = Double(done) / Double(max(size, 1)) }
+            }
+        }
+        if failure == nil {
+            do throws(RemapError) {
+                try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in flush { reply($0) } }
+            } catch {
+                failure = error
+            }
+        }
+        let volumeKey: Int64? = try? call { [self] reply in
+            let volume = volumes[name]
+            if let volume { importing.remove(volume.key) }
+            reply(.success(volume?.key))
+        }
+        if let failure {
+            log("import of '\(name)' failed: \(failure); deleting the volume")
+            if volumeKey != nil { try? deleteVolume(named: name) }
+        }
+        let finished = utcTimestamp()
+        let outcome = failure
+        operations.update(id) { operation in
+            operation.state = failure == nil ? .succeeded : .failed
+            operation.failure = failure
+            operation.finishedAt = finished
+            if failure == nil { operation.doneBytes = size; operation.progress = 1 }
+        }
+        post { [self] in
+            events.record(.importFinished, pool: "", volume: name,
+                          detail: outcome.map { "import of volume '\(name)' failed: \($0)" } ?? "import of volume '\(name)' finished")
+        }
+    }
+
+    // MARK: - Reading a snapshot outside NBD
+
+    /// Pins a snapshot for a content stream: it cannot be deleted until
+    /// `endSnapshotRead`. Returns its size.
+    public func beginSnapshotRead(_ reference: String) throws(RemapError) -> (id: String, sizeBytes: UInt64) {
+        try call { [self] reply in
+            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+            snapshotReaders[snapshot.key, default: 0] += 1
+            reply(.success((snapshot.id, snapshot.sizeBytes)))
+        }
+    }
+
+    public func endSnapshotRead(_ id: String) {
+        post { [self] in
+            guard let snapshot = snapshots[id] else { return }
+            let left = (snapshotReaders[snapshot.key] ?? 1) - 1
+            snapshotReaders[snapshot.key] = left > 0 ? left : nil
+        }
+    }
+
+    /// Reads `length` bytes of a pinned snapshot at `offset` into `data`,
+    /// which the caller owns and keeps until this returns. Blocks.
+    public func readSnapshot(_ id: String, offset: UInt64, length: Int, into data: UnsafeMutableRawPointer) throws(RemapError) {
+        let target = UncheckedPointer(data)
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            guard let snapshot = snapshots[id], offset <= snapshot.sizeBytes, UInt64(length) <= snapshot.sizeBytes - offset else {
+                return reply(.failure(.notFound(kind: "snapshot", name: id)))
+            }
+            readData(snapshot, offset: offset, length: length, data: target.pointer, owner: snapshot) { result, _ in
+                reply(result == 0 ? .success(()) : .failure(.io(errno: -result, context: "reading the supplier")))
+            }
+        }
+    }
+
+    // MARK: - Pool check
+
+    /// Checks that every chunk the pool counts as used is mapped by some
+    /// image (or is prepared, or being reclaimed), that every mapped chunk
+    /// is counted as used, and that no chunk is mapped twice except by
+    /// images of one family at the same place. Waits (a few seconds at
+    /// most) for reclaim in flight to settle first.
+    public func checkPool(named name: String) throws(RemapError) -> PoolCheck {
+        for attempt in 0..<50 {
+            let result: PoolCheck? = try call { [self] reply in
+                guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
+                let settling = !unmapped.isEmpty || !draining.isEmpty || reclaimJobs > 0 || preparingPools.contains(name)
+                if settling && attempt < 49 {
+                    if !unmapped.isEmpty { commit { _ in } }
+                    return reply(.success(nil))
+                }
+                reply(.success(check(pool)))
+            }
+            if let result { return result }
+            usleep(100_000)
+        }
+        throw .internal("the pool did not settle")
+    }
+
+    private func check(_ pool: Pool) -> PoolCheck {
+        let capacity = Int(pool.allocator.capacity)
+        var tags = [UInt64](repeating: 0, count: capacity)
+        var conflicts: [UInt64] = []
+        var unbacked: [UInt64] = []
+        let images = (volumes.values.filter { $0.pool === pool } + snapshots.values.filter { $0.pool === pool })
+        var familyIndex: [ObjectIdentifier: UInt64] = [:]
+        for image in images {
+            let family = familyIndex[ObjectIdentifier(image.family), default: UInt64(familyIndex.count + 1)]
+            familyIndex[ObjectIdentifier(image.family)] = family
+            image.map.forEachRun { virtual, physical, length in
+                for step in 0..<length {
+                    let chunk = Int(physical + step)
+                    guard chunk < capacity else { unbacked.append(UInt64(chunk)); continue }
+                    let tag = family << 40 | (virtual + step + 1)
+                    if tags[chunk] == 0 {
+                        tags[chunk] = tag
+                        if !pool.allocator.isUsed(UInt64(chunk)) { unbacked.append(UInt64(chunk)) }
+                    } else if tags[chunk] != tag {
+                        conflicts.append(UInt64(chunk))
+                    }
+                }
+            }
+        }
+        let stashed = Set(pool.stashedChunkList)
+        var leaked: [UInt64] = []
+        var referenced = 0
+        var used = 0
+        for chunk in 0..<capacity {
+            if tags[chunk] != 0 { referenced += 1 }
+            guard pool.allocator.isUsed(UInt64(chunk)) else { continue }
+            used += 1
+            if tags[chunk] == 0 && !stashed.contains(UInt64(chunk)) { leaked.append(UInt64(chunk)) }
+        }
+        return PoolCheck(
+            pool: pool.name, ok: leaked.isEmpty && unbacked.isEmpty && conflicts.isEmpty,
+            usedChunks: UInt64(used - stashed.count), referencedChunks: UInt64(referenced),
+            leakedChunks: Array(leaked.prefix(100)), leakedCount: UInt64(leaked.count),
+            unbackedChunks: Array(unbacked.prefix(100)), unbackedCount: UInt64(unbacked.count),
+            conflicts: Array(conflicts.prefix(100)), conflictCount: UInt64(conflicts.count))
+    }
+}
+
+/// A caller-owned buffer handed to the engine thread for a blocking call.
+struct UncheckedPointer: @unchecked Sendable {  // the caller blocks until the engine is done with it
+    let pointer: UnsafeMutableRawPointer
+    init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+}
+
+/// Whether `count` bytes at `pointer` are all zero.
+func isAllZero(_ pointer: UnsafeRawPointer, _ count: Int) -> Bool {
+    var index = 0
+    while index + 8 <= count {
+        if pointer.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+        index += 8
+    }
+    while index < count {
+        if pointer.load(fromByteOffset: index, as: UInt8.self) != 0 { return false }
+        index += 1
+    }
+    return true
+}

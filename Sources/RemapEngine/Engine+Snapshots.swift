@@ -1,0 +1,502 @@
+import RemapCore
+import RemapStore
+
+/// A mapping layer in metadata (see RemapCore's Snapshot.swift).
+struct LayerNode {
+    var parent: Int64?
+    var children: Set<Int64> = []
+    /// Images whose own layer this is (a volume's top, a snapshot's frozen one).
+    var images = 0
+}
+
+/// Snapshots, clones and revert on the engine thread.
+extension Engine {
+    // MARK: - Load
+
+    /// Rebuilds every image's chunk map from the layers: each layer's rows
+    /// over its parent's, from the roots up; marks what they map as used.
+    /// Returns fixes for unwritten marks no reservation owns.
+    func loadMappings(volumes byKey: [Int64: Volume]) throws(RemapError) -> [MetadataChange] {
+        var nodes: [Int64: LayerNode] = [:]
+        for (key, parent) in try store.layerParents() { nodes[key] = LayerNode(parent: parent) }
+        for volume in byKey.values where nodes[volume.layer] == nil { nodes[volume.layer] = LayerNode() }
+        var images: [Int64: [Volume]] = [:]
+        for volume in byKey.values { images[volume.layer, default: []].append(volume) }
+        for stored in try store.snapshots() {
+            guard let pool = pools[stored.pool] else {
+                throw .internal("metadata: snapshot '\(stored.name)' names missing pool '\(stored.pool)'")
+            }
+            let snapshot = Volume(
+                key: stored.key, id: stored.id,
+                snapshot: SnapshotIdentity(name: stored.name, volume: stored.volumeName, volumeKey: stored.volumeKey),
+                pool: pool, sizeBytes: stored.sizeBytes, createdAt: stored.createdAt, layer: stored.layer, family: Family())
+            snapshots[snapshot.id] = snapshot
+            images[stored.layer, default: []].append(snapshot)
+            if nodes[stored.layer] == nil { nodes[stored.layer] = LayerNode() }
+            nextVolumeKey = max(nextVolumeKey, stored.key + 1, stored.layer + 1)
+        }
+        // A volume's first layer is its key and has no row of its own: a
+        // parent with no row is such a root.
+        for parent in nodes.values.compactMap(\.parent) where nodes[parent] == nil { nodes[parent] = LayerNode() }
+        for (key, node) in nodes {
+            nextVolumeKey = max(nextVolumeKey, key + 1)
+            guard let parent = node.parent else { continue }
+            nodes[parent]!.children.insert(key)  // invariant: every parent has a node (just above)
+        }
+        for (key, list) in images { nodes[key]?.images = list.count }
+        layers = nodes
+
+        var orphans: [MetadataChange] = []
+        for (root, node) in nodes where node.parent == nil {
+            // Every image of the tree fits in the largest one's size.
+            var largest: UInt64 = 0
+            var tree: [Volume] = []
+            var stack = [root]
+            while let key = stack.popLast() {
+                for image in images[key] ?? [] {
+                    largest = max(largest, image.map.virtualChunks)
+                    tree.append(image)
+                }
+                stack += nodes[key]?.children ?? []
+            }
+            guard !tree.isEmpty else { continue }
+            let family = Family()
+            for image in tree.sorted(by: { $0.key < $1.key }) {
+                image.leaveFamily()
+                image.family = family
+                family.members.append(image)
+            }
+            var work: [(key: Int64, map: ChunkMap)] = [(root, ChunkMap(virtualChunks: largest))]
+            while let (key, inherited) = work.popLast() {
+                var map = inherited
+                let owner = images[key]?.first { !$0.isSnapshot }
+                try store.forEachMapping(layer: key) { (virtual, physical, unwritten) throws(RemapError) in
+                    guard virtual < map.virtualChunks else { return }
+                    guard let physical else {
+                        map.unmap(virtual)
+                        return
+                    }
+                    map.map(virtual, to: physical)
+                    if unwritten {
+                        if let owner, let reservation = owner.rangeReservation(covering: virtual) {
+                            reservation.markUnwritten(virtual)
+                            owner.pool.unwrittenReservedChunks += 1
+                        } else {
+                            orphans.append(.markWritten(volume: key, virtualChunk: virtual))
+                        }
+                    }
+                }
+                for image in images[key] ?? [] {
+                    var own = map
+                    own.resize(virtualChunks: image.map.virtualChunks)
+                    image.map = own
+                }
+                for child in nodes[key]?.children ?? [] { work.append((child, map)) }
+            }
+            for image in tree {
+                let pool = image.pool
+                var invalid: UInt64?
+                image.map.forEachRun { _, physical, length in
+                    guard physical + length <= pool.allocator.capacity else { invalid = physical; return }
+                    for chunk in physical..<(physical + length) where !pool.allocator.isUsed(chunk) {
+                        pool.allocator.markUsed(chunk)
+                    }
+                }
+                if let invalid {
+                    throw .internal("metadata: image '\(image.exportName)' maps chunk \(invalid) beyond pool '\(pool.name)'")
+                }
+            }
+        }
+        return orphans
+    }
+
+    // MARK: - Layers
+
+    /// Drops what no image needs any more, starting at layer `key`: a layer
+    /// with no image and no child goes (then its parent is looked at); one
+    /// with no image and a single child is folded into that child.
+    func collectLayers(from key: Int64) -> [MetadataChange] {
+        var changes: [MetadataChange] = []
+        var current: Int64? = key
+        while let layerKey = current, let node = layers[layerKey], node.images == 0 {
+            current = nil
+            if node.children.isEmpty {
+                changes.append(.deleteLayer(key: layerKey))
+                layers[layerKey] = nil
+                if let parent = node.parent {
+                    layers[parent]?.children.remove(layerKey)
+                    current = parent
+                }
+            } else if node.children.count == 1, let child = node.children.first {
+                changes.append(.mergeLayer(key: layerKey, into: child))
+                layers[child]?.parent = node.parent
+                if let parent = node.parent {
+                    layers[parent]?.children.remove(layerKey)
+                    layers[parent]?.children.insert(child)
+                }
+                layers[layerKey] = nil
+            }
+        }
+        return changes
+    }
+
+    /// Chunks only `image` maps go back to the pool after the next commit
+    /// (marked dirty now, zeroed once older I/O has drained).
+    func freeChunks(_ chunks: [UInt64], of pool: Pool) {
+        for chunk in chunks {
+            pending.append(.markDirty(pool: pool.name, physicalChunk: chunk))
+            unmapped.append((pool, chunk))
+        }
+    }
+
+    // MARK: - Lookup
+
+    /// A snapshot by id or `VOLUME@NAME`; with `volume`, also by bare name
+    /// among that volume's snapshots.
+    func findSnapshot(_ reference: String, of volume: Volume? = nil) -> Volume? {
+        if let snapshot = snapshots[reference] { return snapshot }
+        if let volume {
+            if let found = snapshots.values.first(where: { $0.snapshot?.volumeKey == volume.key && $0.snapshot?.name == reference }) {
+                return found
+            }
+        }
+        return snapshots.values.first { $0.exportName == reference }
+    }
+
+    func snapshotInfo(_ snapshot: Volume, counts: [UInt8]? = nil) -> SnapshotInfo {
+        // invariant: only called with snapshots
+        let identity = snapshot.snapshot!
+        let usage = snapshot.usage(counts: counts ?? snapshot.family.referenceCounts(capacity: snapshot.pool.allocator.capacity))
+        var reserved: UInt64 = 0
+        if let origin = volumes[identity.volume], origin.key == identity.volumeKey {
+            reserved = origin.reservations.filter { $0.role == .copyOnWrite }.reduce(0) { $0 + $1.remaining } * snapshot.pool.chunkSize
+        }
+        return SnapshotInfo(
+            id: snapshot.id, name: identity.name, volume: identity.volume, pool: snapshot.pool.name,
+            sizeBytes: snapshot.sizeBytes, createdAt: snapshot.createdAt, exportName: snapshot.exportName,
+            uniqueBytes: usage.unique * snapshot.pool.chunkSize, sharedBytes: usage.shared * snapshot.pool.chunkSize,
+            reservedBytes: reserved)
+    }
+
+    /// Infos of `list`, counting each family's references once.
+    func snapshotInfos(_ list: [Volume]) -> [SnapshotInfo] {
+        var counts: [ObjectIdentifier: [UInt8]] = [:]
+        return list.sorted { $0.key < $1.key }.map { snapshot in
+            let family = ObjectIdentifier(snapshot.family)
+            if counts[family] == nil {
+                counts[family] = snapshot.family.referenceCounts(capacity: snapshot.pool.allocator.capacity)
+            }
+            return snapshotInfo(snapshot, counts: counts[family])
+        }
+    }
+
+    // MARK: - Sticky reservations
+
+    /// Copy-on-write chunks each live range reservation of `volume` must
+    /// hold so that all of its range stays writable: one per chunk of the
+    /// range that holds data shared with another image.
+    func copyOnWriteNeeds(_ volume: Volume, assumingAllShared: Bool) -> [(range: Reservation, chunks: UInt64)] {
+        var needs: [(Reservation, UInt64)] = []
+        for reservation in volume.reservations where !reservation.released {
+            guard let range = reservation.range else { continue }
+            var count: UInt64 = 0
+            if assumingAllShared {
+                count = volume.map.mappedCount(in: range) - reservation.remaining
+            } else {
+                for chunk in range where !reservation.isUnwritten(chunk) {
+                    if let physical = volume.map.lookup(chunk), volume.isShared(chunk, physical) { count += 1 }
+                }
+            }
+            needs.append((reservation, count))
+        }
+        return needs
+    }
+
+    /// Sets the copy-on-write reservations of `volume` to `needs`: grows
+    /// them (the caller checked the space) or gives back what is no longer
+    /// needed; drops those whose range reservation is gone.
+    func applyCopyOnWriteNeeds(_ volume: Volume, _ needs: [(range: Reservation, chunks: UInt64)], growOnly: Bool) {
+        let pool = volume.pool
+        for (range, chunks) in needs {
+            if let sticky = volume.reservations.first(where: { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }) {
+                let target = growOnly ? max(sticky.remaining, chunks) : min(sticky.remaining, chunks)
+                guard target != sticky.remaining else { continue }
+                pool.pooledReservedChunks = pool.pooledReservedChunks + target - sticky.remaining
+                sticky.setRemaining(target)
+                pending.append(.setReservationRemaining(id: sticky.id, remaining: target + sticky.drawnInFlight))
+            } else if chunks > 0 && growOnly {
+                let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
+                                         role: .copyOnWrite, chunkCount: chunks)
+                sticky.setRemaining(chunks)
+                pool.pooledReservedChunks += chunks
+                volume.reservations.append(sticky)
+                pending.append(.createReservation(StoredReservation(
+                    id: sticky.id, volume: volume.key, name: range.id, firstChunk: nil, chunkCount: chunks, remaining: chunks,
+                    role: Reservation.Role.copyOnWrite.rawValue, ttlSeconds: nil, expiresAt: nil)))
+            }
+        }
+        let live = Set(needs.map(\.range.id))
+        for sticky in volume.reservations where sticky.role == .copyOnWrite && !sticky.released && !live.contains(sticky.name ?? "") {
+            release(sticky)
+        }
+    }
+
+    // MARK: - Control plane (blocking, from other threads)
+
+    /// Takes a snapshot of volume `name`, durably. O(1) in the volume's size:
+    /// the map is shared, not copied; metadata gains a layer and a row.
+    public func createSnapshot(volume name: String, snapshot snapshotName: String) throws(RemapError) -> (SnapshotInfo, created: Bool) {
+        try Name.validate(snapshotName, kind: "snapshot")
+        return try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            if let existing = findSnapshot(snapshotName, of: volume), existing.snapshot?.volumeKey == volume.key {
+                return reply(.success((snapshotInfo(existing), false)))
+            }
+            if importing.contains(volume.key) {
+                return reply(.failure(.inUse("volume '\(name)' is being imported")))
+            }
+            let exportName = "\(volume.name)@\(snapshotName)"
+            if snapshots.values.contains(where: { $0.exportName == exportName }) {
+                return reply(.failure(.alreadyExists(kind: "snapshot", name: exportName,
+                                                     detail: "a snapshot exported as '\(exportName)' exists (of an earlier volume of that name)")))
+            }
+            quiesced(volume) { [self] resume in
+                defer { resume() }
+                guard volumes[name] === volume else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+                // Sticky: every written chunk of a range reservation becomes shared.
+                let needs = copyOnWriteNeeds(volume, assumingAllShared: true)
+                var extra: UInt64 = 0
+                for (range, chunks) in needs {
+                    let held = volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.remaining ?? 0
+                    if chunks > held { extra += chunks - held }
+                }
+                let pool = volume.pool
+                guard pool.unreservedFreeChunks >= extra else {
+                    // The range reservations would need this much copy-on-write space to stay writable.
+                    return reply(.failure(.noSpace(requestedBytes: extra * pool.chunkSize, availableBytes: pool.freeBytes)))
+                }
+                applyCopyOnWriteNeeds(volume, needs, growOnly: true)
+                let oldLayer = volume.layer
+                let newLayer = nextVolumeKey
+                let key = nextVolumeKey + 1
+                nextVolumeKey += 2
+                let snapshot = Volume(snapshotOf: volume, key: key, id: randomUUID(), name: snapshotName,
+                                      createdAt: utcTimestamp(), layer: oldLayer)
+                // Reserved-unwritten chunks read zeros and stay the volume's.
+                var unwritten = 0
+                for reservation in volume.reservations where reservation.range != nil {
+                    for chunk in reservation.unwrittenChunks {
+                        snapshot.map.unmap(chunk)
+                        unwritten += 1
+                    }
+                }
+                layers[newLayer] = LayerNode(parent: oldLayer, children: [], images: 1)
+                layers[oldLayer, default: LayerNode()].children.insert(newLayer)
+                volume.layer = newLayer
+                volume.forgetOwnership()
+                snapshots[snapshot.id] = snapshot
+                var changes: [MetadataChange] = [
+                    .createLayer(key: newLayer, parent: oldLayer),
+                    .setVolumeLayer(volume: volume.key, layer: newLayer),
+                    .createSnapshot(StoredSnapshot(
+                        key: key, id: snapshot.id, name: snapshotName, volumeKey: volume.key, volumeName: volume.name,
+                        pool: pool.name, layer: oldLayer, sizeBytes: snapshot.sizeBytes, createdAt: snapshot.createdAt)),
+                ]
+                if unwritten > 0 {
+                    changes.append(.moveUnwritten(from: oldLayer, to: newLayer, tombstone: layers[oldLayer]?.parent != nil))
+                }
+                checkThresholds(pool)
+                commit(extra: changes) { [self] result in
+                    if case .success = result {
+                        events.record(.snapshotCreated, pool: pool.name, volume: volume.name,
+                                      detail: "snapshot '\(snapshot.exportName)' taken")
+                    }
+                    reply(result.map { (snapshotInfo(snapshot), true) })
+                }
+            }
+        }
+    }
+
+    public func snapshotInfos(volume name: String?) throws(RemapError) -> [SnapshotInfo] {
+        try call { [self] reply in
+            var list = Array(snapshots.values)
+            if let name {
+                guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+                list = list.filter { $0.snapshot?.volumeKey == volume.key }
+            }
+            reply(.success(snapshotInfos(list)))
+        }
+    }
+
+    public func snapshotInfo(_ reference: String) throws(RemapError) -> SnapshotInfo {
+        try call { [self] reply in
+            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+            reply(.success(snapshotInfo(snapshot)))
+        }
+    }
+
+    /// Deletes a snapshot; the chunks only it mapped are freed, and the
+    /// copy-on-write space its volume no longer needs goes back.
+    public func deleteSnapshot(_ reference: String) throws(RemapError) {
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+            if let users = exportUsers[snapshot.key], users > 0 {
+                return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' has \(users) NBD client(s) connected")))
+            }
+            if let readers = snapshotReaders[snapshot.key], readers > 0 {
+                return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' is being read (\(readers) content stream(s))")))
+            }
+            let freed = snapshot.chunksOnlyHere()
+            snapshot.leaveFamily()
+            snapshots[snapshot.id] = nil
+            layers[snapshot.layer]?.images -= 1
+            var changes: [MetadataChange] = [.deleteSnapshot(key: snapshot.key)]
+            changes += collectLayers(from: snapshot.layer)
+            freeChunks(freed, of: snapshot.pool)
+            for member in snapshot.family.members where !member.isSnapshot {
+                applyCopyOnWriteNeeds(member, copyOnWriteNeeds(member, assumingAllShared: false), growOnly: false)
+            }
+            commit(extra: changes) { [self] result in
+                if case .success = result {
+                    events.record(.snapshotDeleted, pool: snapshot.pool.name, volume: snapshot.name,
+                                  detail: "snapshot '\(snapshot.exportName)' deleted; \(UInt64(freed.count) * snapshot.pool.chunkSize) bytes freed")
+                    checkThresholds(snapshot.pool)
+                }
+                reply(result)
+            }
+        }
+    }
+
+    /// Makes a writable volume that starts as the snapshot and shares its chunks.
+    public func cloneSnapshot(_ reference: String, name: String, labels: [String: String]) throws(RemapError) -> (VolumeInfo, created: Bool) {
+        try Name.validate(name, kind: "volume")
+        try Labels.validate(labels)
+        return try call { [self] reply in
+            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+            if let existing = volumes[name] {
+                guard existing.originSnapshot == snapshot.id, existing.labels == labels else {
+                    return reply(.failure(.alreadyExists(kind: "volume", name: name,
+                                                         detail: "volume '\(name)' exists and is not a clone of '\(snapshot.exportName)' with these labels")))
+                }
+                return reply(.success((existing.info, false)))
+            }
+            if extraExports[name] != nil {
+                return reply(.failure(.alreadyExists(kind: "export", name: name,
+                                                     detail: "an export named '\(name)' exists; volume names share the export namespace")))
+            }
+            let key = nextVolumeKey
+            let layer = nextVolumeKey + 1
+            nextVolumeKey += 2
+            let clone = Volume(key: key, id: randomUUID(), name: name, pool: snapshot.pool, sizeBytes: snapshot.sizeBytes,
+                               createdAt: utcTimestamp(), labels: labels)
+            clone.leaveFamily()
+            clone.family = snapshot.family
+            clone.family.members.append(clone)
+            clone.map = snapshot.map
+            clone.layer = layer
+            clone.originSnapshot = snapshot.id
+            layers[layer] = LayerNode(parent: snapshot.layer, children: [], images: 1)
+            layers[snapshot.layer]?.children.insert(layer)
+            volumes[name] = clone
+            undurable.insert(key)
+            let stored = StoredVolume(key: key, id: clone.id, name: name, pool: clone.pool.name, sizeBytes: clone.sizeBytes,
+                                      createdAt: clone.createdAt, labels: labels, layer: layer, originSnapshot: snapshot.id)
+            commit(extra: [.createLayer(key: layer, parent: snapshot.layer), .createVolume(stored)]) { [self] result in
+                undurable.remove(key)
+                if case .failure = result {
+                    volumes[name] = nil
+                    clone.leaveFamily()
+                }
+                reply(result.map { (clone.info, true) })
+            }
+        }
+    }
+
+    /// Makes volume `name` read exactly what one of its snapshots reads
+    /// (size included). Refused while clients are connected.
+    public func revertVolume(_ name: String, to reference: String) throws(RemapError) -> VolumeInfo {
+        try call { [self] reply in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            guard let snapshot = findSnapshot(reference, of: volume), snapshot.snapshot?.volumeKey == volume.key else {
+                return reply(.failure(.notFound(kind: "snapshot", name: reference)))
+            }
+            if let users = exportUsers[volume.key], users > 0 {
+                return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected; disconnect them before a revert")))
+            }
+            if importing.contains(volume.key) || volumeWrites[volume.key] != nil {
+                return reply(.failure(.inUse("volume '\(name)' is being written")))
+            }
+            if volume.reservations.contains(where: { $0.range != nil && !$0.released }) {
+                return reply(.failure(.inUse("volume '\(name)' has range reservations; release them before a revert")))
+            }
+            let freed = volume.chunksOnlyHere()
+            let oldLayer = volume.layer
+            let newLayer = nextVolumeKey
+            nextVolumeKey += 1
+            layers[newLayer] = LayerNode(parent: snapshot.layer, children: [], images: 1)
+            layers[snapshot.layer]?.children.insert(newLayer)
+            layers[oldLayer]?.images -= 1
+            volume.layer = newLayer
+            var changes: [MetadataChange] = [
+                .createLayer(key: newLayer, parent: snapshot.layer),
+                .setVolumeLayer(volume: volume.key, layer: newLayer),
+            ]
+            if volume.sizeBytes != snapshot.sizeBytes {
+                changes.append(.resizeVolume(key: volume.key, sizeBytes: snapshot.sizeBytes))
+            }
+            volume.replaceMap(with: snapshot.map, sizeBytes: snapshot.sizeBytes)
+            changes += collectLayers(from: oldLayer)
+            freeChunks(freed, of: volume.pool)
+            applyCopyOnWriteNeeds(volume, copyOnWriteNeeds(volume, assumingAllShared: false), growOnly: false)
+            commit(extra: changes) { [self] result in
+                if case .success = result {
+                    events.record(.volumeReverted, pool: volume.pool.name, volume: name,
+                                  detail: "volume '\(name)' reverted to snapshot '\(snapshot.exportName)'")
+                }
+                reply(result.map { volume.info })
+            }
+        }
+    }
+
+    /// The byte ranges that differ between a snapshot and `base` (another
+    /// snapshot or volume of the pool), or without base the ranges that hold
+    /// data; from the chunk maps, at chunk granularity.
+    public func snapshotChanges(_ reference: String, base baseReference: String?) throws(RemapError) -> SnapshotChanges {
+        try call { [self] reply in
+            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+            let chunkSize = snapshot.pool.chunkSize
+            var runs: [Range<UInt64>] = []
+            var baseID: String?
+            if let baseReference {
+                let volume = snapshot.snapshot.flatMap { volumes[$0.volume] }
+                guard let base = findSnapshot(baseReference, of: volume) else {
+                    return reply(.failure(.notFound(kind: "snapshot", name: baseReference)))
+                }
+                guard base.pool === snapshot.pool else {
+                    return reply(.failure(.invalidArgument("base '\(base.exportName)' is in pool '\(base.pool.name)', not '\(snapshot.pool.name)'")))
+                }
+                baseID = base.id
+                runs = snapshot.map.changedRuns(comparedWith: base.map)
+            } else {
+                snapshot.map.forEachRun { virtual, _, length in
+                    if let last = runs.last, last.upperBound == virtual {
+                        runs[runs.count - 1] = last.lowerBound..<(virtual + length)
+                    } else {
+                        runs.append(virtual..<(virtual + length))
+                    }
+                }
+            }
+            var ranges: [ByteRange] = []
+            var total: UInt64 = 0
+            for run in runs {
+                let start = run.lowerBound * chunkSize
+                guard start < snapshot.sizeBytes else { break }
+                let end = min(run.upperBound * chunkSize, snapshot.sizeBytes)
+                ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
+                total += end - start
+            }
+            reply(.success(SnapshotChanges(snapshot: snapshot.id, base: baseID, sizeBytes: snapshot.sizeBytes,
+                                           granularityBytes: chunkSize, changedBytes: total, ranges: ranges)))
+        }
+    }
+}
