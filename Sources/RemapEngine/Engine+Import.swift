@@ -63,8 +63,9 @@ extension Engine {
             doneBytes: 0, progress: fileSize == 0 ? 1 : 0, createdAt: utcTimestamp())
         operations.add(operation)
         let volumeName = spec.name
+        let chunkSize = (try? poolInfo(named: spec.pool).chunkSizeBytes) ?? Pool.defaultChunkSize
         startThread(name: "remap-import") { [self] in
-            runImport(operation.id, volume: volumeName, fd: fd, size: fileSize)
+            runImport(operation.id, volume: volumeName, fd: fd, size: fileSize, chunkSize: chunkSize)
             close(fd)
         }
         return (operation, info)
@@ -96,7 +97,7 @@ extension Engine {
 
     /// The import thread: copies the file's data regions, a megabyte at a
     /// time, through the engine's own write path; then flushes.
-    private func runImport(_ id: String, volume name: String, fd: Int32, size: UInt64) {
+    private func runImport(_ id: String, volume name: String, fd: Int32, size: UInt64, chunkSize: UInt64) {
         let block = 1 << 20
         let buffer = IOBuffer(count: block)
         var failure: RemapError?
@@ -114,20 +115,37 @@ extension Engine {
                     failure = .io(errno: got < 0 ? errno : EIO, context: "reading the import source")
                     break copying
                 }
-                if !isAllZero(buffer.pointer, count) {
-                    let box = UncheckedBox(buffer)
-                    let at = position
-                    do throws(RemapError) {
-                        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-                            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-                            writeData(volume, offset: at, length: count, data: box.value.pointer, owner: box.value, bound: nil) {
-                                reply($0)
-                            }
-                        }
-                    } catch {
-                        failure = error
-                        break copying
+                // Chunks of zeros are left unallocated: write only the runs
+                // of chunk-aligned pieces that hold data.
+                var run: (start: Int, end: Int)?
+                var piece = 0
+                while piece < count || run != nil {
+                    var pieceEnd = piece
+                    var zero = true
+                    if piece < count {
+                        let absolute = position + UInt64(piece)
+                        pieceEnd = min(count, piece + Int(chunkSize - absolute % chunkSize))
+                        zero = isAllZero(buffer.pointer + piece, pieceEnd - piece)
                     }
+                    if !zero {
+                        run = (run?.start ?? piece, pieceEnd)
+                    } else if let (start, end) = run {
+                        let box = UncheckedBox(buffer)
+                        let at = position + UInt64(start)
+                        do throws(RemapError) {
+                            try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+                                guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+                                writeData(volume, offset: at, length: end - start, data: box.value.pointer + start,
+                                          owner: box.value, bound: nil) { reply($0) }
+                            }
+                        } catch {
+                            failure = error
+                            break copying
+                        }
+                        run = nil
+                    }
+                    if piece >= count { break }
+                    piece = pieceEnd
                 }
                 position += UInt64(count)
                 let done = position
@@ -141,14 +159,15 @@ extension Engine {
                 failure = error
             }
         }
-        let volumeKey: Int64? = try? call { [self] reply in
+        let volumeKey: (Int64, String)?? = try? call { [self] reply in
             let volume = volumes[name]
             if let volume { importing.remove(volume.key) }
-            reply(.success(volume?.key))
+            reply(.success(volume.map { ($0.key, $0.pool.name) }))
         }
+        let poolName = volumeKey??.1 ?? ""
         if let failure {
             log("import of '\(name)' failed: \(failure); deleting the volume")
-            if volumeKey != nil { try? deleteVolume(named: name) }
+            if volumeKey??.0 != nil { try? deleteVolume(named: name) }
         }
         let finished = utcTimestamp()
         let outcome = failure
@@ -159,7 +178,7 @@ extension Engine {
             if failure == nil { operation.doneBytes = size; operation.progress = 1 }
         }
         post { [self] in
-            events.record(.importFinished, pool: "", volume: name,
+            events.record(.importFinished, pool: poolName, volume: name,
                           detail: outcome.map { "import of volume '\(name)' failed: \($0)" } ?? "import of volume '\(name)' finished")
         }
     }

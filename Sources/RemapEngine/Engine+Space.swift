@@ -242,6 +242,10 @@ extension Engine {
         if reservation.kind == .pooled {
             pool.pooledReservedChunks -= reservation.remaining
         } else {
+            // Its copy-on-write space goes with it.
+            for sticky in volume.reservations where sticky.role == .copyOnWrite && sticky.name == reservation.id {
+                release(sticky)
+            }
             for chunk in reservation.unwrittenChunks {
                 reservation.markWritten(chunk)
                 if let heir = volume.rangeReservation(covering: chunk) {
@@ -360,14 +364,15 @@ extension Engine {
     public func reservationInfos(volume name: String) throws(RemapError) -> [ReservationInfo] {
         try call { [self] reply in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            reply(.success(volume.reservations.filter { !$0.released }.map(\.info)))
+            // Copy-on-write space of sticky reservations shows in reservedBytes, not as reservations of its own.
+            reply(.success(volume.reservations.filter { !$0.released && $0.role != .copyOnWrite }.map(\.info)))
         }
     }
 
     public func reservationInfo(volume name: String, id: String) throws(RemapError) -> ReservationInfo {
         try call { [self] reply in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released }) else {
+            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released && $0.role != .copyOnWrite }) else {
                 return reply(.failure(.notFound(kind: "reservation", name: id)))
             }
             reply(.success(reservation.info))
@@ -377,7 +382,7 @@ extension Engine {
     public func deleteReservation(volume name: String, id: String) throws(RemapError) {
         try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released }) else {
+            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released && $0.role != .copyOnWrite }) else {
                 return reply(.failure(.notFound(kind: "reservation", name: id)))
             }
             release(reservation)
@@ -391,7 +396,7 @@ extension Engine {
         }
         return try call { [self] reply in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released }) else {
+            guard let reservation = volume.reservations.first(where: { $0.id == id && !$0.released && $0.role != .copyOnWrite }) else {
                 return reply(.failure(.notFound(kind: "reservation", name: id)))
             }
             guard let ttl = ttlSeconds ?? reservation.ttlSeconds else {
@@ -410,6 +415,7 @@ extension Engine {
         (try? call { [self] reply in
             var list = volumes.values.map { ExportInfo(name: $0.name, volume: $0.name, reservation: nil) }
             list += extraExports.map { ExportInfo(name: $0.key, volume: $0.value.volume.name, reservation: $0.value.reservation) }
+            list += snapshots.values.map { ExportInfo(name: $0.exportName, volume: $0.name, reservation: nil) }
             reply(.success(list.sorted { $0.name < $1.name }))
         }) ?? []
     }
