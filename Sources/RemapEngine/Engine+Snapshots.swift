@@ -166,7 +166,8 @@ extension Engine {
     func snapshotInfo(_ snapshot: Volume, counts: [UInt8]? = nil) -> SnapshotInfo {
         // invariant: only called with snapshots
         let identity = snapshot.snapshot!
-        let usage = snapshot.usage(counts: counts ?? snapshot.family.referenceCounts(capacity: snapshot.pool.allocator.capacity))
+        let usage = counts?.isEmpty == true
+            ? (unique: 0, shared: 0) : snapshot.usage(counts: counts ?? snapshot.family.referenceCounts(capacity: snapshot.pool.allocator.capacity))
         var reserved: UInt64 = 0
         if let origin = volumes[identity.volume], origin.key == identity.volumeKey {
             reserved = origin.reservations.filter { $0.role == .copyOnWrite }.reduce(0) { $0 + $1.remaining } * snapshot.pool.chunkSize
@@ -311,7 +312,11 @@ extension Engine {
                         events.record(.snapshotCreated, pool: pool.name, volume: volume.name,
                                       detail: "snapshot '\(snapshot.exportName)' taken")
                     }
-                    reply(result.map { (snapshotInfo(snapshot), true) })
+                    // Just taken, it shares every chunk with the volume: no need to count.
+                    var info = snapshotInfo(snapshot, counts: [])
+                    info.uniqueBytes = 0
+                    info.sharedBytes = snapshot.map.mappedCount * pool.chunkSize
+                    reply(result.map { (info, true) })
                 }
             }
         }
