@@ -109,7 +109,7 @@ extension Engine {
                 },
                 fail: { completion(.failure(error)) })
         }
-        willWrite(volume, newMappings: plan.newMappings)
+        willWrite(volume, newMappings: plan.newMappings, copies: plan.copies)
         beginDrawing(source)
         for copy in plan.copies { copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = [] }
         let progress = Progress(remaining: plan.segments.count + plan.copies.count)

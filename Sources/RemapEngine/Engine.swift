@@ -39,7 +39,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     var pending: [MetadataChange] = []
     /// Chunks mapped by a write that has not completed yet; they join
     /// `pending` when a write into them completes.
-    var unsettled: [ChunkKey: (physical: UInt64, layer: Int64)] = [:]
+    var unsettled: [ChunkKey: (physical: UInt64, layer: Int64, copy: Bool)] = [:]
+    /// `pending` holds a copy-on-write mapping: it replaces a mapping to
+    /// durable data, so it may only commit after the suppliers are synced.
+    var pendingCopies = false
     /// Snapshots by id.
     var snapshots: [String: Volume] = [:]
     /// The mapping layers (see RemapCore's Snapshot.swift), by key.
@@ -328,7 +331,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             return
         }
         if (!pending.isEmpty || !unmapped.isEmpty) && monotonicNanoseconds() - lastCommit > Self.commitInterval {
-            commit(syncData: false) { result in
+            // Copy-on-write mappings replace durable data: they need the sync.
+            commit(syncData: pendingCopies) { result in
                 if case .failure(let error) = result { log("periodic metadata commit failed: \(error)") }
             }
         }
@@ -401,9 +405,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     }
 
     /// Records chunks a write is about to map for the first time.
-    func willWrite(_ volume: Volume, newMappings: [NewMapping]) {
+    func willWrite(_ volume: Volume, newMappings: [NewMapping], copies: [CopyOnWrite] = []) {
+        let copied = Set(copies.map(\.virtualChunk))
         for mapping in newMappings {
-            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] = (mapping.physicalChunk, volume.layer)
+            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] =
+                (mapping.physicalChunk, volume.layer, copied.contains(mapping.virtualChunk))
         }
     }
 
@@ -414,7 +420,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         let chunkSize = volume.pool.chunkSize
         for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
             let key = ChunkKey(volume: volume.key, chunk: chunk)
-            if let (physical, layer) = unsettled.removeValue(forKey: key) {
+            if let (physical, layer, copy) = unsettled.removeValue(forKey: key) {
+                if copy { pendingCopies = true }
                 // The layer the write was planned in: a snapshot taken meanwhile holds it.
                 pending.append(.map(volume: layer, virtualChunk: chunk, physicalChunk: physical))
                 pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
@@ -439,6 +446,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     func commit(extra: [MetadataChange] = [], syncData: Bool = true, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
         let changes = pending + extra
         pending = []
+        pendingCopies = false
         lastCommit = monotonicNanoseconds()
         let freed = unmapped
         unmapped = []
@@ -650,6 +658,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             job.changes = pending + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer)
                 + chunks.map { .markDirty(pool: volume.pool.name, physicalChunk: $0) }
             pending = []
+            pendingCopies = false
             lastCommit = monotonicNanoseconds()
             submit(job) { [self] result in
                 switch result {
@@ -768,6 +777,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             guard !changes.isEmpty else { return reply(.success(volume.info)) }
             job.changes = pending + changes
             pending = []
+            pendingCopies = false
             lastCommit = monotonicNanoseconds()
             submit(job) { [self] result in
                 if case .success = result {
