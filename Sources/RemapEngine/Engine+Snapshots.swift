@@ -420,7 +420,10 @@ extension Engine {
     /// Makes volume `name` read exactly what one of its snapshots reads
     /// (size included). Refused while clients are connected.
     public func revertVolume(_ name: String, to reference: String) throws(RemapError) -> VolumeInfo {
-        try call { [self] reply in
+        try call { [self] reply in revert(name, to: reference, reply) }
+    }
+
+    private func revert(_ name: String, to reference: String, _ reply: @escaping @Sendable (Result<VolumeInfo, RemapError>) -> Void) {
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
             guard let snapshot = findSnapshot(reference, of: volume), snapshot.snapshot?.volumeKey == volume.key else {
                 return reply(.failure(.notFound(kind: "snapshot", name: reference)))
@@ -431,10 +434,52 @@ extension Engine {
             if importing.contains(volume.key) || volumeWrites[volume.key] != nil {
                 return reply(.failure(.inUse("volume '\(name)' is being written")))
             }
-            if volume.reservations.contains(where: { $0.range != nil && !$0.released }) {
-                return reply(.failure(.inUse("volume '\(name)' has range reservations; release them before a revert")))
+            // Range reservations stay whole: where the snapshot has a hole the
+            // chunk is reserved-unwritten (the one it had, or a fresh one);
+            // where it has data, the chunk is shared and needs copy-on-write space.
+            let pool = volume.pool
+            let ranges = volume.reservations.filter { $0.range != nil && !$0.released }
+            if !ranges.isEmpty && snapshot.sizeBytes != volume.sizeBytes {
+                return reply(.failure(.inUse(
+                    "volume '\(name)' has range reservations and snapshot '\(snapshot.exportName)' has another size; release them before a revert")))
             }
-            let freed = volume.chunksOnlyHere()
+            var keep: [(virtual: UInt64, physical: UInt64)] = []
+            var fresh: [(owner: Reservation, virtual: UInt64)] = []
+            var dropUnwritten: [(owner: Reservation, virtual: UInt64)] = []
+            var sharedInRanges: UInt64 = 0
+            var seen = Set<UInt64>()
+            for reservation in ranges {
+                for chunk in reservation.range! where seen.insert(chunk).inserted {  // invariant: filtered to ranges
+                    let inSnapshot = snapshot.map.lookup(chunk) != nil
+                    if let owner = volume.unwrittenOwner(of: chunk) {
+                        if inSnapshot {
+                            dropUnwritten.append((owner, chunk))
+                        } else if let physical = volume.map.lookup(chunk) {
+                            keep.append((chunk, physical))
+                        }
+                    } else if !inSnapshot {
+                        fresh.append((reservation, chunk))
+                    }
+                    if inSnapshot { sharedInRanges += 1 }
+                }
+            }
+            let held = volume.reservations.filter { $0.role == .copyOnWrite && !$0.released }.reduce(UInt64(0)) { $0 + $1.remaining }
+            let needed = UInt64(fresh.count) + (sharedInRanges > held ? sharedInRanges - held : 0)
+            guard pool.unreservedFreeChunks >= needed else {
+                return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
+            }
+            guard pool.preparedCount >= fresh.count else {
+                if chunksComing(pool) {
+                    return waitForChunks { [self] in revert(name, to: reference, reply) }
+                }
+                return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
+            }
+            let kept = Set(keep.map(\.physical))
+            let freed = volume.chunksOnlyHere().filter { !kept.contains($0) }
+            for (owner, chunk) in dropUnwritten {
+                owner.markWritten(chunk)
+                pool.unwrittenReservedChunks -= 1
+            }
             let oldLayer = volume.layer
             let newLayer = nextVolumeKey
             nextVolumeKey += 1
@@ -450,9 +495,26 @@ extension Engine {
                 changes.append(.resizeVolume(key: volume.key, sizeBytes: snapshot.sizeBytes))
             }
             volume.replaceMap(with: snapshot.map, sizeBytes: snapshot.sizeBytes)
+            for (chunk, physical) in keep {
+                volume.map.map(chunk, to: physical)
+                volume.markOwned(chunk)
+                changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
+            }
+            for (owner, chunk) in fresh {
+                let physical = pool.takeChunk()!  // invariant: checked above that enough prepared chunks are there
+                volume.map.map(chunk, to: physical)
+                volume.markOwned(chunk)
+                owner.markUnwritten(chunk)
+                pool.unwrittenReservedChunks += 1
+                changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
+                changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
+            }
+            if !fresh.isEmpty { prepareChunks(pool) }
+            let needs = copyOnWriteNeeds(volume, assumingAllShared: false)
+            applyCopyOnWriteNeeds(volume, needs, growOnly: true)
             changes += collectLayers(from: oldLayer)
-            freeChunks(freed, of: volume.pool)
-            applyCopyOnWriteNeeds(volume, copyOnWriteNeeds(volume, assumingAllShared: false), growOnly: false)
+            freeChunks(freed, of: pool)
+            applyCopyOnWriteNeeds(volume, needs, growOnly: false)
             commit(extra: changes) { [self] result in
                 if case .success = result {
                     events.record(.volumeReverted, pool: volume.pool.name, volume: name,
@@ -460,7 +522,6 @@ extension Engine {
                 }
                 reply(result.map { volume.info })
             }
-        }
     }
 
     /// The byte ranges that differ between a snapshot and `base` (another
