@@ -158,6 +158,84 @@ struct APIClient: Sendable {
         try get(QueryString.target("/v1/events", since.map { [(name: "since", value: String($0))] } ?? []))
     }
 
+    // MARK: Snapshots
+
+    /// Every snapshot, or those of the volume named `volume` (404 when there
+    /// is no such volume); a volume's are oldest first.
+    func snapshots(ofVolume volume: String? = nil) throws(ClientError) -> Reply<SnapshotList> {
+        guard let volume else { return try get("/v1/snapshots") }
+        return try get(Self.volumePath(volume) + "/snapshots")
+    }
+
+    /// A snapshot by ID or as `VOLUME@NAME`.
+    func snapshot(_ snapshot: String) throws(ClientError) -> Reply<Snapshot> {
+        try get(Self.snapshotPath(snapshot))
+    }
+
+    /// Takes a snapshot of a volume. The reply's status tells the outcome:
+    /// 201 for a new snapshot, 200 when the volume has one of that name.
+    func createSnapshot(named name: String, ofVolume volume: String) throws(ClientError) -> Reply<Snapshot> {
+        try send("POST", Self.volumePath(volume) + "/snapshots", SnapshotSpec(name: name))
+    }
+
+    /// Deletes a snapshot; remapd answers 204 with no body.
+    func deleteSnapshot(_ snapshot: String) throws(ClientError) {
+        _ = try perform(HTTPRequest(method: "DELETE", path: Self.snapshotPath(snapshot)))
+    }
+
+    /// Makes a writable volume from a snapshot. The reply's status tells the
+    /// outcome: 201 for a new volume, 200 when the volume already is a clone
+    /// of that snapshot.
+    func cloneSnapshot(_ snapshot: String, _ spec: CloneSpec) throws(ClientError) -> Reply<Volume> {
+        try send("POST", Self.snapshotPath(snapshot) + "/clone", spec)
+    }
+
+    /// Makes a volume read what one of its snapshots reads.
+    func revertVolume(named name: String, to snapshot: String) throws(ClientError) -> Reply<Volume> {
+        try send("POST", Self.volumePath(name) + "/revert", RevertSpec(snapshot: snapshot))
+    }
+
+    /// The ranges where `snapshot` may differ from `base`, or without a base
+    /// the ranges that hold data.
+    func snapshotChanges(_ snapshot: String, base: String? = nil) throws(ClientError) -> Reply<SnapshotChanges> {
+        let query = base.map { [(name: "base", value: $0)] } ?? []
+        return try get(QueryString.target(Self.snapshotPath(snapshot) + "/changes", query))
+    }
+
+    /// Starts reading `range` of a snapshot's content (a `Range: bytes=`
+    /// request); the caller reads the body from the stream and checks the
+    /// head (206 and its `Content-Range`).
+    ///
+    /// - Parameter bodyTimeoutSeconds: How long each wait for body bytes may take.
+    func snapshotContent(
+        _ snapshot: String, range: Range<Int>, bodyTimeoutSeconds: Int
+    ) throws(ClientError) -> HTTPStream {
+        var request = HTTPRequest(
+            method: "GET", path: Self.snapshotPath(snapshot) + "/content", bearerToken: bearerToken,
+            accept: "application/octet-stream")
+        request.extraHeaders.append((name: "Range", value: "bytes=\(range.lowerBound)-\(range.upperBound - 1)"))
+        return try HTTPStream(
+            request, address: connection.address, timeoutSeconds: connection.timeoutSeconds,
+            bodyTimeoutSeconds: bodyTimeoutSeconds)
+    }
+
+    // MARK: Imports and operations
+
+    /// Creates a volume from a file on the daemon's host. remapd answers
+    /// 202 at once; the import runs as the returned operation.
+    func importVolume(_ spec: VolumeImportSpec) throws(ClientError) -> Reply<VolumeImport> {
+        try send("POST", "/v1/volumes", spec)
+    }
+
+    /// Every operation remapd remembers, newest first.
+    func operations() throws(ClientError) -> Reply<OperationList> {
+        try get("/v1/operations")
+    }
+
+    func operation(_ id: String) throws(ClientError) -> Reply<Operation> {
+        try get("/v1/operations/" + PathComponent.encode(id))
+    }
+
     private static func reservationPath(_ id: String, _ volume: String) -> String {
         volumePath(volume) + "/reservations/" + PathComponent.encode(id)
     }
@@ -168,6 +246,11 @@ struct APIClient: Sendable {
 
     private static func volumePath(_ name: String) -> String {
         "/v1/volumes/\(PathComponent.encode(name))"
+    }
+
+    /// `/v1/snapshots/{id}` for an ID or `VOLUME@NAME` (its `@` encoded).
+    private static func snapshotPath(_ snapshot: String) -> String {
+        "/v1/snapshots/\(PathComponent.encode(snapshot))"
     }
 
     // MARK: - Plumbing

@@ -24,6 +24,9 @@ enum ClientError: Error, Equatable {
     /// (looked up by remapctl itself, e.g. a supplier given by path), or
     /// more than one thing.
     case lookupFailed(String)
+    /// A file remapctl itself reads or writes (the output of `snapshot
+    /// export`) could not be used.
+    case localFile(path: String, reason: String)
 
     /// The one-line explanation printed after `remapctl: `.
     var message: String {
@@ -49,6 +52,8 @@ enum ClientError: Error, Equatable {
             "cannot read token file \(path): \(reason)"
         case .lookupFailed(let explanation):
             explanation
+        case .localFile(let path, let reason):
+            "\(path): \(reason)"
         }
     }
 }

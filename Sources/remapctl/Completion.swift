@@ -1,7 +1,7 @@
 import ArgumentParser
 
 /// Shell completion of the names only remapd knows: pools, volumes,
-/// suppliers, reservations and exports.
+/// suppliers, reservations, exports, snapshots and operations.
 ///
 /// The completion script runs remapctl when TAB is pressed; remapctl then
 /// asks the daemon named by the `--socket`, `--url` and token options already
@@ -44,6 +44,47 @@ enum Completion {
         }
     }
 
+    /// Every snapshot as `VOLUME@NAME`.
+    ///
+    /// bash splits words at `@` (it is in `COMP_WORDBREAKS`), so there a
+    /// name completes only while the word has no `@` yet; zsh and fish
+    /// complete it whole.
+    static let snapshots = CompletionKind.custom { words, _, _ in
+        names(words: words) { (client) throws(ClientError) in
+            try client.snapshots().value.snapshots.map(\.address)
+        }
+    }
+
+    /// The names of the snapshots of the volume named earlier on the line
+    /// (`remapctl volume revert VOLUME <TAB>`).
+    static let snapshotsOfVolume = CompletionKind.custom { words, index, _ in
+        guard let volume = leafArguments(in: words, before: index).first else { return [] }
+        return names(words: words) { (client) throws(ClientError) in
+            try client.snapshots(ofVolume: volume).value.snapshots.map(\.name)
+        }
+    }
+
+    /// For `snapshot changes VOLUME@NAME --base <TAB>`: the names of that
+    /// volume's other snapshots; every snapshot as `VOLUME@NAME` when the
+    /// snapshot is given by ID.
+    static let baseSnapshots = CompletionKind.custom { words, index, _ in
+        let snapshot = leafArguments(in: words, before: index).first
+        return names(words: words) { (client) throws(ClientError) in
+            if let snapshot, let at = snapshot.firstIndex(of: "@") {
+                let volume = String(snapshot[..<at])
+                return try client.snapshots(ofVolume: volume).value.snapshots.map(\.name)
+                    .filter { "\(volume)@\($0)" != snapshot }
+            }
+            return try client.snapshots().value.snapshots.map(\.address).filter { $0 != snapshot }
+        }
+    }
+
+    static let operations = CompletionKind.custom { words, _, _ in
+        names(words: words) { (client) throws(ClientError) in
+            try client.operations().value.operations.map(\.id)
+        }
+    }
+
     /// The IDs and paths of the suppliers of the pool named earlier on the
     /// line (`remapctl pool grow POOL --supplier <TAB>`).
     static let suppliers = CompletionKind.custom { words, index, _ in
@@ -58,7 +99,7 @@ enum Completion {
     private static let optionsWithValue: Set<String> = RemapCtl.globalOptionsWithValue.union([
         "--size", "--pool", "--label", "--limit", "--page-token", "--remove", "--file", "--block",
         "--chunk-size", "--reservation", "--bytes", "--offset", "--length", "--ttl", "--name",
-        "--supplier", "--add-file", "--on-no-space", "--thresholds", "--nbd-socket", "--since",
+        "--supplier", "--add-file", "--on-no-space", "--thresholds", "--nbd-socket", "--since", "--base",
     ])
 
     /// The positional arguments of the leaf command among `words[..<index]`,

@@ -23,6 +23,7 @@ struct Errno: Error, Equatable, CustomStringConvertible {
     static let timedOut = Errno(rawValue: ETIMEDOUT)
     static let fileTooLarge = Errno(rawValue: EFBIG)
     static let connectionReset = Errno(rawValue: ECONNRESET)
+    static let fileExists = Errno(rawValue: EEXIST)
 
     /// The C library's message for this error, e.g. "Connection refused".
     var description: String {

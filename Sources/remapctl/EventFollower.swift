@@ -81,7 +81,7 @@ struct EventFollower {
                     Output.print(toStandardError: "remapctl: \(error.message); reconnecting\n")
                 }
             }
-            Self.pause(milliseconds: delay(afterFailures: failures, polling: polling))
+            Pause.milliseconds(delay(afterFailures: failures, polling: polling))
         }
     }
 
@@ -194,16 +194,8 @@ struct EventFollower {
         switch error {
         case .noSocketFound, .cannotConnect, .cannotResolve, .connectionLost, .timedOut:
             true
-        case .malformedResponse, .unexpectedBody, .problem, .unreadableTokenFile, .lookupFailed:
+        case .malformedResponse, .unexpectedBody, .problem, .unreadableTokenFile, .lookupFailed, .localFile:
             false
-        }
-    }
-
-    private static func pause(milliseconds: Int) {
-        var request = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
-        var remaining = timespec()
-        while nanosleep(&request, &remaining) == -1 && errno == EINTR {
-            request = remaining
         }
     }
 

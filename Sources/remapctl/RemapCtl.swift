@@ -28,6 +28,8 @@ struct RemapCtl: ParsableCommand {
         subcommands: [
             PoolCommand.self,
             VolumeCommand.self,
+            SnapshotCommand.self,
+            OperationCommand.self,
             ReservationCommand.self,
             ExportCommand.self,
             EventCommand.self,

@@ -20,10 +20,12 @@ struct Volume: Decodable, Equatable, Sendable {
     /// How much of the volume can be written now without drawing on the
     /// pool's free space.
     var guaranteedWritableBytes: Int?
+    /// For a clone, the ID of the snapshot it was made from.
+    var originSnapshot: String?
 
     private enum CodingKeys: String, CodingKey {
         case id, name, pool, sizeBytes, allocatedBytes, createdAt, exportName, labels
-        case reservedBytes, guaranteedWritableBytes
+        case reservedBytes, guaranteedWritableBytes, originSnapshot
     }
 
     init(from decoder: any Decoder) throws {
@@ -39,6 +41,7 @@ struct Volume: Decodable, Equatable, Sendable {
         labels = try container.decodeIfPresent(Labels.self, forKey: .labels) ?? Labels()
         reservedBytes = try container.decodeIfPresent(Int.self, forKey: .reservedBytes)
         guaranteedWritableBytes = try container.decodeIfPresent(Int.self, forKey: .guaranteedWritableBytes)
+        originSnapshot = try container.decodeIfPresent(String.self, forKey: .originSnapshot)
     }
 }
 

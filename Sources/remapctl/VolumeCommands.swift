@@ -4,8 +4,10 @@ import ArgumentParser
 struct VolumeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "volume",
-        abstract: "Create, inspect, resize, label and delete volumes.",
-        subcommands: [Create.self, List.self, Show.self, Resize.self, Label.self, Delete.self])
+        abstract: "Create, import, inspect, resize, label, revert and delete volumes.",
+        subcommands: [
+            Create.self, Import.self, List.self, Show.self, Resize.self, Label.self, Revert.self, Delete.self,
+        ])
 }
 
 extension VolumeCommand {
@@ -154,6 +156,9 @@ extension Volume {
         fields.append("created", createdAt)
         fields.append("export", exportName)
         fields.append("labels", labels.isEmpty ? "none" : labels.summary)
+        if let originSnapshot {
+            fields.append("origin snapshot", originSnapshot)
+        }
         return fields.rendered()
     }
 }

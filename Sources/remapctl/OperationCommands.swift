@@ -1,0 +1,85 @@
+import ArgumentParser
+
+/// `remapctl operation …`: work remapd does in the background.
+struct OperationCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "operation",
+        abstract: "List and show remapd's background operations, such as volume imports.",
+        subcommands: [List.self, Show.self])
+}
+
+extension OperationCommand {
+    /// `remapctl operation list`
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the operations remapd remembers, newest first.")
+
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let reply = try global.makeClient().operations()
+            if global.json {
+                Output.printJSON(reply.body)
+                return
+            }
+            Output.print(Operation.table(reply.value.operations))
+        }
+    }
+
+    /// `remapctl operation show ID`
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show one operation: its state, progress, and why it failed.")
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The operation's ID.", completion: Completion.operations)
+        var id: String
+
+        func validate() throws {
+            if id.isEmpty { throw ValidationError("The operation ID must not be empty.") }
+        }
+
+        func run() throws {
+            let reply = try global.makeClient().operation(id)
+            if global.json {
+                Output.printJSON(reply.body)
+                return
+            }
+            Output.print(reply.value.details)
+        }
+    }
+}
+
+extension APIClient {
+    /// Polls `operation` every `pollMilliseconds` until it has ended
+    /// (succeeded, failed, or any state with a finish time), calling
+    /// `observe` with each answer.
+    ///
+    /// - Returns: The operation as it ended; whether it failed is the
+    ///   caller's to judge.
+    func waitForOperation(
+        _ operation: Operation, pollMilliseconds: Int, observe: (Operation) -> Void
+    ) throws(ClientError) -> Operation {
+        var current = operation
+        observe(current)
+        while !current.hasEnded {
+            Pause.milliseconds(pollMilliseconds)
+            current = try self.operation(current.id).value
+            observe(current)
+        }
+        return current
+    }
+}
+
+extension ClientError {
+    /// A failed operation as remapctl reports it: remapd's problem, its
+    /// detail prefixed with what failed, e.g. `import of /x.raw into volume
+    /// v failed: no space left (no-space, HTTP 507)`.
+    static func failedOperation(_ operation: Operation, what: String) -> ClientError {
+        var problem = operation.error ?? Problem(code: "internal")
+        let reason = problem.detail ?? problem.title ?? "remapd gave no reason"
+        problem.detail = "\(what) failed: \(reason)"
+        return .problem(problem, httpStatus: problem.status ?? 500, reason: "")
+    }
+}
