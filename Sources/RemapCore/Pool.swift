@@ -178,6 +178,18 @@ public final class Pool {
         return prepared[preparedHead]
     }
 
+    /// A free chunk to map without writing to it (a reservation's
+    /// reserved-unwritten chunks): free chunks are always clean, so one from
+    /// the allocator will do when none is prepared. Nil when the pool has no
+    /// free chunk at all; the caller checks `unreservedFreeChunks` first.
+    /// How many `takeCleanChunk` calls can succeed now (chunks being
+    /// prepared are neither prepared nor on the allocator yet).
+    public var cleanChunksAvailable: UInt64 { UInt64(preparedCount) + allocator.freeCount }
+
+    public func takeCleanChunk() -> UInt64? {
+        takeChunk() ?? allocator.allocate()
+    }
+
     /// Returns a chunk taken by `takeChunk` that was not used.
     public func returnChunk(_ chunk: UInt64) {
         if preparedHead > 0 && prepared[preparedHead - 1] == chunk {

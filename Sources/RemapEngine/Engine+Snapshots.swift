@@ -44,6 +44,8 @@ extension Engine {
             nodes[parent]!.children.insert(key)  // invariant: every parent has a node (just above)
         }
         for (key, list) in images { nodes[key]?.images = list.count }
+        // Never hand out a key that rows still use.
+        for key in try store.layersWithMappings() { nextVolumeKey = max(nextVolumeKey, key + 1) }
         layers = nodes
 
         var orphans: [MetadataChange] = []
@@ -292,7 +294,7 @@ extension Engine {
                     }
                 }
                 layers[newLayer] = LayerNode(parent: oldLayer, children: [], images: 1)
-                layers[oldLayer, default: LayerNode()].children.insert(newLayer)
+                layers[oldLayer, default: LayerNode(images: 1)].children.insert(newLayer)
                 volume.layer = newLayer
                 volume.forgetOwnership()
                 snapshots[snapshot.id] = snapshot
@@ -468,10 +470,8 @@ extension Engine {
             guard pool.unreservedFreeChunks >= needed else {
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
-            guard pool.preparedCount >= fresh.count else {
-                if chunksComing(pool) {
-                    return waitForChunks { [self] in revert(name, to: reference, reply) }
-                }
+            guard pool.cleanChunksAvailable >= fresh.count else {
+                if chunksComing(pool) { return waitForChunks { [self] in revert(name, to: reference, reply) } }
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
             let kept = Set(keep.map(\.physical))
@@ -501,7 +501,7 @@ extension Engine {
                 changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
             }
             for (owner, chunk) in fresh {
-                let physical = pool.takeChunk()!  // invariant: checked above that enough prepared chunks are there
+                let physical = pool.takeCleanChunk()!  // invariant: checked above that the pool has that many free chunks
                 volume.map.map(chunk, to: physical)
                 volume.markOwned(chunk)
                 owner.markUnwritten(chunk)

@@ -302,18 +302,17 @@ extension Engine {
             guard pool.unreservedFreeChunks >= holeCount else {
                 return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
             }
-            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
-            guard pool.preparedCount >= holes.count else {
-                if chunksComing(pool) {
-                    return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) }
-                }
-                return reply(.failure(.noSpace(requestedBytes: UInt64(holes.count) * chunkSize, availableBytes: pool.freeBytes)))
+            guard pool.cleanChunksAvailable >= holeCount else {
+                // Some are being prepared: try again once they are.
+                if chunksComing(pool) { return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) } }
+                return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
             }
+            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
             reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
                                       role: role, chunkCount: count, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
             for hole in holes {
-                // invariant: counted above that enough prepared chunks are there
-                let physical = pool.takeChunk()!
+                // invariant: counted above that the pool has that many free chunks
+                let physical = pool.takeCleanChunk()!
                 volume.map.map(hole, to: physical)
                 reservation.markUnwritten(hole)
                 pool.unwrittenReservedChunks += 1

@@ -592,6 +592,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                                 sizeBytes: spec.sizeBytes, createdAt: utcTimestamp(), labels: spec.labels)
             nextVolumeKey += 1
             volumes[volume.name] = volume
+            layers[volume.layer] = LayerNode(images: 1)
             undurable.insert(volume.key)
             if forImport { importing.insert(volume.key) }
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
@@ -601,6 +602,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 undurable.remove(volume.key)
                 if case .failure = result {
                     volumes[volume.name] = nil
+                    layers[volume.layer] = nil
                     importing.remove(volume.key)
                 }
                 reply(result.map { (volume.info, true) })
@@ -618,6 +620,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 case .failure(let error):
                     // Space went to others while chunks were being prepared: undo the volume.
                     volumes[volume.name] = nil
+                    layers[volume.layer] = nil
                     undurable.remove(volume.key)
                     importing.remove(volume.key)
                     pending.append(.deleteVolume(key: volume.key))
@@ -714,7 +717,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     guard pool.unreservedFreeChunks >= needed else {
                         return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
                     }
-                    guard pool.preparedCount >= Int(needed) else {
+                    guard pool.cleanChunksAvailable >= needed else {
                         if chunksComing(pool) { return waitForChunks { [self] in applyPatch(volume, patch, reply: reply) } }
                         return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
                     }
@@ -743,8 +746,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     thick.resizeRange(chunkCount: newChunks)
                     changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
                     for chunk in oldChunks..<newChunks {
-                        // invariant: checked above that enough prepared chunks are there
-                        let physical = pool.takeChunk()!
+                        // invariant: checked above that the pool has that many free chunks
+                        let physical = pool.takeCleanChunk()!
                         volume.map.map(chunk, to: physical)
                         thick.markUnwritten(chunk)
                         pool.unwrittenReservedChunks += 1
