@@ -57,6 +57,8 @@ public protocol ControlPlane: Sendable {
     /// Newest first.
     func operationInfos() -> [OperationInfo]
     func operationInfo(_ id: String) throws(RemapError) -> OperationInfo
+    /// Cancels a running operation (answers it as it ended) or forgets a finished one (nil).
+    func cancelOperation(_ id: String) throws(RemapError) -> OperationInfo?
     func checkPool(named name: String) throws(RemapError) -> PoolCheck
 }
 

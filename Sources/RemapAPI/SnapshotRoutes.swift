@@ -62,8 +62,12 @@ extension Router {
             return Self.json(200, OperationList(operations: control.operationInfos().map(OperationBody.init)))
         case (2, "operations"):
             route = "/v1/operations/{id}"
-            try allow(request, ["GET"])
+            try allow(request, ["GET", "DELETE"])
             try noQuery(request)
+            if request.method == "DELETE" {
+                let ended = try answer { () throws(RemapError) in try control.cancelOperation(path[1]) }
+                return ended.map { Self.json(200, OperationBody($0)) } ?? .noContent()
+            }
             return Self.json(200, OperationBody(try answer { () throws(RemapError) in try control.operationInfo(path[1]) }))
         case (3, "pools") where path[2] == "check":
             route = "/v1/pools/{name}/check"

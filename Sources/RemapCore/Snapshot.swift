@@ -183,7 +183,7 @@ public struct PoolCheck: Codable, Sendable, Equatable {
 
 /// A long-running operation (an import), as the control plane shows it.
 public struct OperationInfo: Codable, Sendable, Equatable {
-    public enum State: String, Codable, Sendable { case running, succeeded, failed }
+    public enum State: String, Codable, Sendable { case running, succeeded, failed, cancelled }
 
     public var id: String
     public var kind: String

@@ -7,6 +7,8 @@ import Synchronization
 /// control plane. Keeps the last 100 finished ones.
 public final class OperationLog: Sendable {
     private let entries = Mutex<[OperationInfo]>([])
+    /// Running operations asked to stop.
+    private let cancelled = Mutex<Set<String>>([])
 
     func add(_ operation: OperationInfo) {
         entries.withLock { list in
@@ -25,6 +27,15 @@ public final class OperationLog: Sendable {
     }
 
     public func all() -> [OperationInfo] { entries.withLock { Array($0.reversed()) } }
+
+    func requestCancel(_ id: String) { _ = cancelled.withLock { $0.insert(id) } }
+
+    func isCancelled(_ id: String) -> Bool { cancelled.withLock { $0.contains(id) } }
+
+    func forget(_ id: String) {
+        entries.withLock { list in list.removeAll { $0.id == id } }
+        _ = cancelled.withLock { $0.remove(id) }
+    }
 
     public func find(_ id: String) -> OperationInfo? { entries.withLock { list in list.first { $0.id == id } } }
 }
@@ -109,6 +120,10 @@ extension Engine {
             let end = holeStart < 0 ? size : min(UInt64(holeStart), size)
             position = UInt64(dataStart)
             while position < end {
+                if operations.isCancelled(id) {
+                    failure = .inUse("the import was cancelled")
+                    break copying
+                }
                 let count = Int(min(UInt64(block), end - position))
                 let got = pread(fd, buffer.pointer, count, off_t(position))
                 guard got == count else {
@@ -172,7 +187,7 @@ extension Engine {
         let finished = utcTimestamp()
         let outcome = failure
         operations.update(id) { operation in
-            operation.state = failure == nil ? .succeeded : .failed
+            operation.state = failure == nil ? .succeeded : (operations.isCancelled(id) ? .cancelled : .failed)
             operation.failure = failure
             operation.finishedAt = finished
             if failure == nil { operation.doneBytes = size; operation.progress = 1 }
@@ -181,6 +196,22 @@ extension Engine {
             events.record(.importFinished, pool: poolName, volume: name,
                           detail: outcome.map { "import of volume '\(name)' failed: \($0)" } ?? "import of volume '\(name)' finished")
         }
+    }
+
+    /// Cancels a running import (its volume is deleted) and answers the
+    /// operation as it ended; forgets a finished one (nil).
+    public func cancelOperation(_ id: String) throws(RemapError) -> OperationInfo? {
+        guard let operation = operations.find(id) else { throw .notFound(kind: "operation", name: id) }
+        guard operation.state == .running else {
+            operations.forget(id)
+            return nil
+        }
+        operations.requestCancel(id)
+        for _ in 0..<600 {
+            if let now = operations.find(id), now.state != .running { return now }
+            usleep(50_000)
+        }
+        throw .internal("the import did not stop within 30 s")
     }
 
     // MARK: - Reading a snapshot outside NBD

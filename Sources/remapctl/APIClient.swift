@@ -236,6 +236,15 @@ struct APIClient: Sendable {
         try get("/v1/operations/" + PathComponent.encode(id))
     }
 
+    /// Cancels a running operation (the answer is how it ended) or forgets
+    /// a finished one (204: nil).
+    func cancelOperation(_ id: String) throws(ClientError) -> Reply<Operation>? {
+        let path = "/v1/operations/" + PathComponent.encode(id)
+        let response = try perform(HTTPRequest(method: "DELETE", path: path))
+        if response.status == 204 { return nil }
+        return try decode(response, path: path)
+    }
+
     private static func reservationPath(_ id: String, _ volume: String) -> String {
         volumePath(volume) + "/reservations/" + PathComponent.encode(id)
     }

@@ -4,8 +4,8 @@ import ArgumentParser
 struct OperationCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "operation",
-        abstract: "List and show remapd's background operations, such as volume imports.",
-        subcommands: [List.self, Show.self])
+        abstract: "List, show and cancel remapd's background operations, such as volume imports.",
+        subcommands: [List.self, Show.self, Cancel.self])
 }
 
 extension OperationCommand {
@@ -42,6 +42,35 @@ extension OperationCommand {
 
         func run() throws {
             let reply = try global.makeClient().operation(id)
+            if global.json {
+                Output.printJSON(reply.body)
+                return
+            }
+            Output.print(reply.value.details)
+        }
+    }
+}
+
+extension OperationCommand {
+    /// `remapctl operation cancel ID`
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Cancel a running import (its volume is deleted), or forget a finished operation.")
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The operation's ID.", completion: Completion.operations)
+        var id: String
+
+        func validate() throws {
+            if id.isEmpty { throw ValidationError("The operation ID must not be empty.") }
+        }
+
+        func run() throws {
+            guard let reply = try global.makeClient().cancelOperation(id) else {
+                if !global.json { Output.print("operation \(id) forgotten") }
+                return
+            }
             if global.json {
                 Output.printJSON(reply.body)
                 return

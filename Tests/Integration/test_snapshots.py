@@ -1300,3 +1300,32 @@ def test_import_that_runs_out_of_space_fails_and_deletes_the_volume(make_remapd)
     assert wait_operation(d, body["operation"]["id"])[0]["state"] == "succeeded"
     assert d.volume("small")["allocatedBytes"] == 8 * MiB
     pool_check(d, chunks=8 * MiB // CHUNK)
+
+
+def test_a_running_import_can_be_cancelled_and_its_volume_goes(make_remapd):
+    """DELETE /v1/operations/{id} on a running import: 200 with the operation
+    as it ended (cancelled), the volume is deleted, its chunks go back to
+    the pool; DELETE again forgets it (204, then 404)."""
+    d = make_remapd(pool_size="1G")
+    path = d.state_dir / "pools" / "cancel.raw"
+    block = rand(11, 4 * MiB)
+    with open(path, "wb") as f:
+        for _ in range(0, 768 * MiB, 4 * MiB):
+            f.write(block)
+    status, _, body = import_file(d, "doomed", path)
+    assert status == 202, body
+    op_id = body["operation"]["id"]
+    status, _, op = d.api("DELETE", f"/v1/operations/{op_id}")
+    if status == 204:
+        pytest.skip("the import finished before it could be cancelled")
+    assert status == 200, op
+    assert op["state"] == "cancelled" and "finishedAt" in op, op
+    assert op["doneBytes"] < op["totalBytes"], op
+    status, _, _ = d.api("GET", "/v1/volumes/doomed")
+    assert status == 404
+    wait_until(lambda: d.pool()["allocatedBytes"] == 0, timeout=10)
+    pool_check(d, chunks=0)
+    status, _, _ = d.api("DELETE", f"/v1/operations/{op_id}")
+    assert status == 204
+    status, _, _ = d.api("GET", f"/v1/operations/{op_id}")
+    assert status == 404
