@@ -56,7 +56,7 @@ struct VolumeImport: Decodable, Sendable {
     var volume: Volume
 }
 
-extension Operation {
+extension Operation: Detailed {
     /// `42%`, or `-` when remapd gives no progress.
     var percent: String {
         guard let fraction = progress ?? doneFraction, fraction.isFinite else { return "-" }

@@ -42,11 +42,7 @@ extension OperationCommand {
 
         func run() throws {
             let reply = try global.makeClient().operation(id)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.details)
+            Output.show(reply, json: global.json)
         }
     }
 }
@@ -71,11 +67,7 @@ extension OperationCommand {
                 if !global.json { Output.print("operation \(id) forgotten") }
                 return
             }
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.details)
+            Output.show(reply, json: global.json)
         }
     }
 }

@@ -16,6 +16,15 @@ enum Output {
         fflush(nil)
     }
 
+    /// Prints one object: the response body for `--json`, else its details.
+    static func show<Value: Detailed>(_ reply: APIClient.Reply<Value>, json: Bool) {
+        if json {
+            printJSON(reply.body)
+        } else {
+            print(reply.value.details)
+        }
+    }
+
     /// Prints a response body for `--json`: pretty, keys sorted. A body that
     /// is not JSON is printed as received.
     static func printJSON(_ body: [UInt8]) {
@@ -60,4 +69,9 @@ enum Output {
     static func size(_ bytes: Int) -> String {
         "\(ByteSize.format(bytes)) (\(bytes) bytes)"
     }
+}
+
+/// What `remapctl … show` prints of an object, one field per line.
+protocol Detailed: Sendable {
+    var details: String { get }
 }

@@ -84,11 +84,7 @@ extension PoolCommand {
 
         func run() throws {
             let reply = try global.makeClient().pool(named: name)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.details)
+            Output.show(reply, json: global.json)
         }
     }
 
@@ -123,7 +119,7 @@ extension PoolCommand {
     }
 }
 
-extension Pool {
+extension Pool: Detailed {
     /// Space promised or taken: what the low-space thresholds measure.
     var committedBytes: Int { allocatedBytes + (reservedBytes ?? 0) }
 

@@ -43,7 +43,7 @@ struct ReservationRenewal: Encodable, Sendable {
     var ttlSeconds: Int?
 }
 
-extension Reservation {
+extension Reservation: Detailed {
     /// When the lease ends, or `never` for a reservation without one.
     var expiry: String { expiresAt ?? "never" }
 

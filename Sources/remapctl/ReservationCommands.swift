@@ -143,11 +143,7 @@ extension ReservationCommand {
 
         func run() throws {
             let reply = try global.makeClient().reservation(identity.id, ofVolume: identity.volume)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.details)
+            Output.show(reply, json: global.json)
         }
     }
 

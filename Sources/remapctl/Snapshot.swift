@@ -76,7 +76,7 @@ struct ByteRange: Codable, Equatable, Sendable {
     var endBytes: Int { offsetBytes + lengthBytes }
 }
 
-extension Snapshot {
+extension Snapshot: Detailed {
     /// The snapshot as `remapctl snapshot show` prints it.
     var details: String {
         var fields = FieldList()

@@ -112,11 +112,7 @@ extension SnapshotCommand {
 
         func run() throws {
             let reply = try global.makeClient().snapshot(target.snapshot)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.details)
+            Output.show(reply, json: global.json)
         }
     }
 

@@ -107,11 +107,7 @@ extension VolumeCommand {
 
         func run() throws {
             let reply = try global.makeClient().volume(named: name)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.details)
+            Output.show(reply, json: global.json)
         }
     }
 
@@ -142,7 +138,7 @@ extension VolumeCommand {
     }
 }
 
-extension Volume {
+extension Volume: Detailed {
     /// The volume as `remapctl volume show` prints it.
     var details: String {
         var fields = FieldList()
