@@ -79,31 +79,55 @@ public struct ByteRange: Codable, Sendable, Equatable {
     }
 }
 
-extension Family {
-    /// How many images of the family map each physical chunk, saturating at
-    /// 255; for the usage figures. One pass over every member's extents.
-    public func referenceCounts(capacity: UInt64) -> [UInt8] {
+/// The chunk maps of a family, handed off the engine thread so the usage
+/// figures (which visit every mapping) are counted elsewhere: the maps are
+/// copy-on-write values, so the engine's later writes never touch these.
+public struct FamilyView: Sendable {
+    public let maps: [ChunkMap]
+    public let capacity: UInt64
+
+    public init(_ family: Family, capacity: UInt64) {
+        self.maps = family.members.map(\.map)
+        self.capacity = capacity
+    }
+
+    /// How many maps reference each physical chunk, saturating at 255.
+    public func referenceCounts() -> [UInt8] {
         var counts = [UInt8](repeating: 0, count: Int(capacity))
-        for member in members {
-            member.map.forEachRun { _, physical, length in
-                for chunk in physical..<(physical + length) where counts[Int(chunk)] < 255 { counts[Int(chunk)] += 1 }
+        for map in maps {
+            map.forEachRun { _, physical, length in
+                for chunk in physical..<(physical + length) where chunk < capacity && counts[Int(chunk)] < 255 {
+                    counts[Int(chunk)] += 1
+                }
             }
         }
         return counts
     }
-}
 
-extension Volume {
-    /// Unique and shared mapped chunks, given the family's reference counts.
-    public func usage(counts: [UInt8]) -> (unique: UInt64, shared: UInt64) {
+    /// Unique and shared mapped chunks of `map`, given the family's counts.
+    public static func usage(of map: ChunkMap, counts: [UInt8]) -> (unique: UInt64, shared: UInt64) {
         var unique: UInt64 = 0
         var shared: UInt64 = 0
         map.forEachRun { _, physical, length in
             for chunk in physical..<(physical + length) {
-                if counts[Int(chunk)] <= 1 { unique += 1 } else { shared += 1 }
+                if Int(chunk) >= counts.count || counts[Int(chunk)] <= 1 { unique += 1 } else { shared += 1 }
             }
         }
         return (unique, shared)
+    }
+}
+
+extension Volume {
+    /// This image's family as a `FamilyView`, or nil when it shares with nobody.
+    public var familyView: FamilyView? {
+        family.members.count > 1 ? FamilyView(family, capacity: pool.allocator.capacity) : nil
+    }
+
+    /// Unique and shared mapped chunks (counted here: for small families or
+    /// rare calls; the engine counts big ones off its thread).
+    public func usage() -> (unique: UInt64, shared: UInt64) {
+        guard let view = familyView else { return (map.mappedCount, 0) }
+        return FamilyView.usage(of: map, counts: view.referenceCounts())
     }
 
     /// Chunks this image maps that no other image of its family maps: what

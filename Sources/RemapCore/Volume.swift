@@ -160,13 +160,11 @@ public final class Volume {
     /// Mapped chunks this volume may overwrite in place (not shared with a
     /// snapshot or clone) plus what pooled reservations (sticky copy-on-write
     /// ones included) still hold, capped at the size.
-    public var guaranteedWritableBytes: UInt64 {
+    public var guaranteedWritableBytes: UInt64 { guaranteedWritableBytes(sharedChunks: usage().shared) }
+
+    public func guaranteedWritableBytes(sharedChunks: UInt64) -> UInt64 {
         let pooled = reservations.reduce(UInt64(0)) { $0 + ($1.kind == .pooled ? $1.remaining : 0) }
-        var writable = map.mappedCount
-        if family.members.count > 1 {
-            writable -= usage(counts: family.referenceCounts(capacity: pool.allocator.capacity)).shared
-        }
-        return min(sizeBytes, (writable + pooled) * pool.chunkSize)
+        return min(sizeBytes, (map.mappedCount - min(sharedChunks, map.mappedCount) + pooled) * pool.chunkSize)
     }
 
     /// The range reservation owning `virtual` as reserved-unwritten, if any.
@@ -179,10 +177,14 @@ public final class Volume {
         reservations.first { $0.range?.contains(virtual) == true && !$0.released }
     }
 
-    public var info: VolumeInfo {
+    public var info: VolumeInfo { info(sharedChunks: usage().shared) }
+
+    /// What the control plane shows, given how many mapped chunks are shared.
+    public func info(sharedChunks: UInt64) -> VolumeInfo {
         VolumeInfo(
             id: id, name: name, pool: pool.name, sizeBytes: sizeBytes,
-            allocatedBytes: allocatedBytes, reservedBytes: reservedBytes, guaranteedWritableBytes: guaranteedWritableBytes,
+            allocatedBytes: allocatedBytes, reservedBytes: reservedBytes,
+            guaranteedWritableBytes: guaranteedWritableBytes(sharedChunks: sharedChunks),
             createdAt: createdAt, exportName: name, labels: labels, originSnapshot: originSnapshot)
     }
 

@@ -165,11 +165,12 @@ extension Engine {
         return snapshots.values.first { $0.exportName == reference }
     }
 
-    func snapshotInfo(_ snapshot: Volume, counts: [UInt8]? = nil) -> SnapshotInfo {
+    /// A snapshot's info; `usage` nil counts it here (rare calls only: the
+    /// listing counts off the engine thread, see `snapshotInfos(_:)`).
+    func snapshotInfo(_ snapshot: Volume, usage: (unique: UInt64, shared: UInt64)? = nil) -> SnapshotInfo {
         // invariant: only called with snapshots
         let identity = snapshot.snapshot!
-        let usage = counts?.isEmpty == true
-            ? (unique: 0, shared: 0) : snapshot.usage(counts: counts ?? snapshot.family.referenceCounts(capacity: snapshot.pool.allocator.capacity))
+        let usage = usage ?? snapshot.usage()
         var reserved: UInt64 = 0
         if let origin = volumes[identity.volume], origin.key == identity.volumeKey {
             reserved = origin.reservations.filter { $0.role == .copyOnWrite }.reduce(0) { $0 + $1.remaining } * snapshot.pool.chunkSize
@@ -181,15 +182,36 @@ extension Engine {
             reservedBytes: reserved)
     }
 
-    /// Infos of `list`, counting each family's references once.
-    func snapshotInfos(_ list: [Volume]) -> [SnapshotInfo] {
-        var counts: [ObjectIdentifier: [UInt8]] = [:]
-        return list.sorted { $0.key < $1.key }.map { snapshot in
-            let family = ObjectIdentifier(snapshot.family)
-            if counts[family] == nil {
-                counts[family] = snapshot.family.referenceCounts(capacity: snapshot.pool.allocator.capacity)
+    /// Infos of `list`, oldest first. Runs on the caller's thread: the
+    /// engine hands out the maps (copy-on-write values) and the usage is
+    /// counted here, once per family, so a big family never stalls I/O.
+    func snapshotInfos(_ gather: @escaping @Sendable (Engine) -> Result<[Volume], RemapError>) throws(RemapError) -> [SnapshotInfo] {
+        let gathered: [(info: SnapshotInfo, map: ChunkMap, chunkSize: UInt64, family: Int)]
+        let views: [FamilyView?]
+        (gathered, views) = try call { [self] reply in
+            switch gather(self) {
+            case .failure(let error): reply(.failure(error))
+            case .success(let list):
+                var families: [ObjectIdentifier: Int] = [:]
+                var views: [FamilyView?] = []
+                let items = list.sorted { $0.key < $1.key }.map { snapshot in
+                    let family = families[ObjectIdentifier(snapshot.family)] ?? {
+                        views.append(snapshot.familyView)
+                        families[ObjectIdentifier(snapshot.family)] = views.count - 1
+                        return views.count - 1
+                    }()
+                    return (snapshotInfo(snapshot, usage: (0, 0)), snapshot.map, snapshot.pool.chunkSize, family)
+                }
+                reply(.success((items, views)))
             }
-            return snapshotInfo(snapshot, counts: counts[family])
+        }
+        let counts = views.map { $0?.referenceCounts() }
+        return gathered.map { item in
+            var info = item.info
+            let usage = counts[item.family].map { FamilyView.usage(of: item.map, counts: $0) } ?? (unique: item.map.mappedCount, shared: 0)
+            info.uniqueBytes = usage.unique * item.chunkSize
+            info.sharedBytes = usage.shared * item.chunkSize
+            return info
         }
     }
 
@@ -315,9 +337,7 @@ extension Engine {
                                       detail: "snapshot '\(snapshot.exportName)' taken")
                     }
                     // Just taken, it shares every chunk with the volume: no need to count.
-                    var info = snapshotInfo(snapshot, counts: [])
-                    info.uniqueBytes = 0
-                    info.sharedBytes = snapshot.map.mappedCount * pool.chunkSize
+                    let info = snapshotInfo(snapshot, usage: (0, snapshot.map.mappedCount))
                     reply(result.map { (info, true) })
                 }
             }
@@ -325,21 +345,18 @@ extension Engine {
     }
 
     public func snapshotInfos(volume name: String?) throws(RemapError) -> [SnapshotInfo] {
-        try call { [self] reply in
-            var list = Array(snapshots.values)
-            if let name {
-                guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-                list = list.filter { $0.snapshot?.volumeKey == volume.key }
-            }
-            reply(.success(snapshotInfos(list)))
+        try snapshotInfos { engine in
+            guard let name else { return .success(Array(engine.snapshots.values)) }
+            guard let volume = engine.volumes[name] else { return .failure(.notFound(kind: "volume", name: name)) }
+            return .success(engine.snapshots.values.filter { $0.snapshot?.volumeKey == volume.key })
         }
     }
 
     public func snapshotInfo(_ reference: String) throws(RemapError) -> SnapshotInfo {
-        try call { [self] reply in
-            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
-            reply(.success(snapshotInfo(snapshot)))
-        }
+        // invariant: the gather yields exactly one snapshot or fails
+        try snapshotInfos { engine in
+            engine.findSnapshot(reference).map { .success([$0]) } ?? .failure(.notFound(kind: "snapshot", name: reference))
+        }[0]
     }
 
     /// Deletes a snapshot; the chunks only it mapped are freed, and the

@@ -523,12 +523,34 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     }
 
     public func volumeInfos() -> [VolumeInfo] {
-        (try? call { [self] reply in reply(.success(volumes.values.map(\.info).sorted { $0.name < $1.name })) }) ?? []
+        (try? volumeInfos { engine in .success(Array(engine.volumes.values)) }) ?? []
     }
 
     public func volumeInfo(named name: String) throws(RemapError) -> VolumeInfo {
-        try call { [self] reply in
-            reply(volumes[name].map { .success($0.info) } ?? .failure(.notFound(kind: "volume", name: name)))
+        // invariant: the gather yields exactly one volume or fails
+        try volumeInfos { engine in
+            engine.volumes[name].map { .success([$0]) } ?? .failure(.notFound(kind: "volume", name: name))
+        }[0]
+    }
+
+    /// Infos sorted by name. A volume that shares chunks needs them counted
+    /// for `guaranteedWritableBytes`: that is done on the caller's thread
+    /// from the family's maps (copy-on-write values), never on the engine's.
+    private func volumeInfos(_ gather: @escaping @Sendable (Engine) -> Result<[Volume], RemapError>) throws(RemapError) -> [VolumeInfo] {
+        let gathered: [(info: VolumeInfo, map: ChunkMap, pooled: UInt64, chunkSize: UInt64, view: FamilyView?)] = try call { [self] reply in
+            reply(gather(self).map { list in
+                list.sorted { $0.name < $1.name }.map { volume in
+                    let pooled = volume.reservations.reduce(UInt64(0)) { $0 + ($1.kind == .pooled ? $1.remaining : 0) }
+                    return (volume.info(sharedChunks: 0), volume.map, pooled, volume.pool.chunkSize, volume.familyView)
+                }
+            })
+        }
+        return gathered.map { item in
+            guard let view = item.view else { return item.info }
+            var info = item.info
+            let shared = FamilyView.usage(of: item.map, counts: view.referenceCounts()).shared
+            info.guaranteedWritableBytes = min(info.sizeBytes, (item.map.mappedCount - min(shared, item.map.mappedCount) + item.pooled) * item.chunkSize)
+            return info
         }
     }
 
