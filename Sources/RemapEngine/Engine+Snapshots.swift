@@ -45,7 +45,7 @@ extension Engine {
         }
         for (key, list) in images { nodes[key]?.images = list.count }
         // Never hand out a key that rows still use.
-        for key in try store.layersWithMappings() { nextVolumeKey = max(nextVolumeKey, key + 1) }
+        if let key = try store.largestMappedLayer() { nextVolumeKey = max(nextVolumeKey, key + 1) }
         layers = nodes
 
         var orphans: [MetadataChange] = []

@@ -370,12 +370,13 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         }
     }
 
-    /// Every layer key that has mapping rows.
-    public func layersWithMappings() throws(RemapError) -> [Int64] {
+    /// The largest layer key that has mapping rows (from the primary key's
+    /// b-tree: no scan), or nil when there are none.
+    public func largestMappedLayer() throws(RemapError) -> Int64? {
         try locked { (database) throws(RemapError) in
-            var keys: [Int64] = []
-            try database.run("SELECT DISTINCT volume FROM mappings") { row in keys.append(row.integer(0)) }
-            return keys
+            var key: Int64?
+            try database.run("SELECT MAX(volume) FROM mappings") { row in key = row.optionalInteger(0) }
+            return key
         }
     }
 
