@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A volume's mapping from virtual chunk to physical chunk (pool-wide index).
 ///
 /// The virtual range is cut into pages of 4096 chunks. A page holds a
@@ -9,6 +11,12 @@
 /// directory costs 4 bytes per page of the volume's size (16 KiB for 1 TiB
 /// of 64 KiB chunks), mapped or not.
 public struct ChunkMap: Sendable {
+    /// Changes with every mutation, unique across all maps: equal
+    /// generations mean equal contents (the usage figures are cached on it).
+    public private(set) var generation = ChunkMap.nextGeneration()
+    private static let generations = Atomic<UInt64>(0)
+    private static func nextGeneration() -> UInt64 { generations.add(1, ordering: .relaxed).newValue }
+
     static let pageShift: UInt64 = 12
     static let pageSize: UInt64 = 1 << pageShift
     static let noPage = UInt32.max
@@ -77,6 +85,7 @@ public struct ChunkMap: Sendable {
     @discardableResult
     public mutating func map(_ chunk: UInt64, to physical: UInt64) -> UInt64? {
         precondition(chunk < virtualChunks, "chunk \(chunk) beyond volume end")
+        generation = Self.nextGeneration()
         precondition(physical <= Self.maximumPhysicalChunk, "physical chunk \(physical) too large")
         let old = unmap(chunk)
         let pageNumber = Int(chunk >> Self.pageShift)
@@ -147,6 +156,7 @@ public struct ChunkMap: Sendable {
     /// Unmaps `chunk`; returns the physical chunk it held, if any.
     @discardableResult
     public mutating func unmap(_ chunk: UInt64) -> UInt64? {
+        generation = Self.nextGeneration()
         let pageNumber = Int(chunk >> Self.pageShift)
         let slot = directory[pageNumber]
         guard slot != Self.noPage else { return nil }
@@ -176,6 +186,7 @@ public struct ChunkMap: Sendable {
     /// Grows (with holes) or shrinks (dropping the mappings past the end).
     public mutating func resize(virtualChunks newCount: UInt64) {
         guard newCount != virtualChunks else { return }
+        generation = Self.nextGeneration()
         if newCount < virtualChunks {
             var cut: [UInt64] = []
             forEachMapping { virtual, _ in if virtual >= newCount { cut.append(virtual) } }

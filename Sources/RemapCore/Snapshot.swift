@@ -19,6 +19,12 @@ public final class Family {
     /// Oldest first.
     public var members: [Volume] = []
     public init() {}
+
+    /// Who the members are and which version of their maps they hold: equal
+    /// fingerprints mean equal reference counts.
+    public var fingerprint: [UInt64] {
+        members.flatMap { [UInt64(bitPattern: $0.key), $0.map.generation] }
+    }
 }
 
 /// What makes an image a snapshot.

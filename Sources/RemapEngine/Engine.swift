@@ -53,6 +53,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     var importing: Set<Int64> = []
     /// Long-running operations (imports), newest last.
     public let operations = OperationLog()
+    /// Reference counts of families, by the fingerprint they were counted at.
+    var usageCache: [ObjectIdentifier: (fingerprint: [UInt64], counts: [UInt8])] = [:]
     /// Zeroing jobs of reclaimed chunks in flight.
     var reclaimJobs = 0
     /// Writes (and TRIM/WRITE_ZEROES) in flight per volume key.
@@ -537,18 +539,21 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// for `guaranteedWritableBytes`: that is done on the caller's thread
     /// from the family's maps (copy-on-write values), never on the engine's.
     private func volumeInfos(_ gather: @escaping @Sendable (Engine) -> Result<[Volume], RemapError>) throws(RemapError) -> [VolumeInfo] {
-        let gathered: [(info: VolumeInfo, map: ChunkMap, pooled: UInt64, chunkSize: UInt64, view: FamilyView?)] = try call { [self] reply in
+        let gathered: [(info: VolumeInfo, map: ChunkMap, pooled: UInt64, chunkSize: UInt64, counts: FamilyCounts?)] = try call { [self] reply in
             reply(gather(self).map { list in
                 list.sorted { $0.name < $1.name }.map { volume in
                     let pooled = volume.reservations.reduce(UInt64(0)) { $0 + ($1.kind == .pooled ? $1.remaining : 0) }
-                    return (volume.info(sharedChunks: 0), volume.map, pooled, volume.pool.chunkSize, volume.familyView)
+                    return (volume.info(sharedChunks: 0), volume.map, pooled, volume.pool.chunkSize, familyCounts(volume))
                 }
             })
         }
+        var counted: [ObjectIdentifier: [UInt8]] = [:]
         return gathered.map { item in
-            guard let view = item.view else { return item.info }
+            guard let counts = item.counts else { return item.info }
             var info = item.info
-            let shared = FamilyView.usage(of: item.map, counts: view.referenceCounts()).shared
+            let family = counted[counts.family] ?? resolve(counts)
+            counted[counts.family] = family
+            let shared = FamilyView.usage(of: item.map, counts: family).shared
             info.guaranteedWritableBytes = min(info.sizeBytes, (item.map.mappedCount - min(shared, item.map.mappedCount) + item.pooled) * item.chunkSize)
             return info
         }

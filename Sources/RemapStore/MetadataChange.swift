@@ -48,9 +48,11 @@ public enum MetadataChange: Sendable, Equatable {
     case moveUnwritten(from: Int64, to: Int64, tombstone: Bool)
     /// Removes a layer and all its rows.
     case deleteLayer(key: Int64)
-    /// Folds a layer that no image uses into its only child: rows the child
-    /// does not override move down, the rest go.
-    case mergeLayer(key: Int64, into: Int64)
+    /// Folds `child` into `parent`, a layer no image uses any more whose only
+    /// child it is: the child's rows replace the parent's (the parent's rows
+    /// they hide go), and the child's image and children move to the parent.
+    /// Costs the child's rows — usually the few written since a snapshot.
+    case foldLayer(child: Int64, into: Int64)
     case createSnapshot(StoredSnapshot)
     case deleteSnapshot(key: Int64)
 }

@@ -198,7 +198,7 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
                  volume.originSnapshot.map { .text($0) } ?? .null])
             try apply(.setLabels(volume: volume.key, labels: volume.labels), to: database)
         case .deleteVolume(let key):
-            // Its mapping layers go with .deleteLayer/.mergeLayer changes of their own.
+            // Its mapping layers go with .deleteLayer/.foldLayer changes of their own.
             try database.run("DELETE FROM volume_labels WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM reservations WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM exports WHERE volume = ?", [.integer(key)])
@@ -239,19 +239,21 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         case .deleteLayer(let key):
             try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
             try database.run("DELETE FROM layers WHERE key = ?", [.integer(key)])
-        case .mergeLayer(let key, let child):
+        case .foldLayer(let child, let parent):
             try database.run(
-                "INSERT OR IGNORE INTO mappings(volume, virtual_chunk, physical_chunk, unwritten) SELECT ?, virtual_chunk, physical_chunk, unwritten FROM mappings WHERE volume = ?",
-                [.integer(child), .integer(key)])
-            try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(key)])
-            var parent: Int64?
-            try database.run("SELECT parent FROM layers WHERE key = ?", [.integer(key)]) { row in parent = row.optionalInteger(0) }
-            try database.run("INSERT OR REPLACE INTO layers(key, parent) VALUES(?, ?)", [.integer(child), parent.map { .integer($0) } ?? .null])
-            if parent == nil {
+                "INSERT OR REPLACE INTO mappings(volume, virtual_chunk, physical_chunk, unwritten) SELECT ?, virtual_chunk, physical_chunk, unwritten FROM mappings WHERE volume = ?",
+                [.integer(parent), .integer(child)])
+            try database.run("DELETE FROM mappings WHERE volume = ?", [.integer(child)])
+            try database.run("UPDATE layers SET parent = ? WHERE parent = ?", [.integer(parent), .integer(child)])
+            try database.run("DELETE FROM layers WHERE key = ?", [.integer(child)])
+            try database.run("UPDATE volumes SET layer = ? WHERE layer = ?", [.integer(parent), .integer(child)])
+            try database.run("UPDATE snapshots SET layer = ? WHERE layer = ?", [.integer(parent), .integer(child)])
+            var grandparent = false
+            try database.run("SELECT 1 FROM layers WHERE key = ? AND parent IS NOT NULL", [.integer(parent)]) { _ in grandparent = true }
+            if !grandparent {
                 // Nothing below any more: tombstones hide nothing.
-                try database.run("DELETE FROM mappings WHERE volume = ? AND physical_chunk = -1", [.integer(child)])
+                try database.run("DELETE FROM mappings WHERE volume = ? AND physical_chunk = -1", [.integer(parent)])
             }
-            try database.run("DELETE FROM layers WHERE key = ?", [.integer(key)])
         case .createSnapshot(let snapshot):
             try database.run(
                 "INSERT INTO snapshots(key, id, name, volume_key, volume_name, pool, layer, size_bytes, created_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
