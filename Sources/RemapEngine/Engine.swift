@@ -55,7 +55,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public let operations = OperationLog()
     /// Reference counts of families, by the fingerprint they were counted at.
     var usageCache: [ObjectIdentifier: (fingerprint: [UInt64], counts: [UInt8])] = [:]
-    /// Zeroing jobs of reclaimed chunks in flight.
+    /// Zeroing jobs of reclaimed chunks, and commits freeing chunks, in flight.
     var reclaimJobs = 0
     /// Writes (and TRIM/WRITE_ZEROES) in flight per volume key.
     var volumeWrites: [Int64: Int] = [:]
@@ -454,11 +454,14 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         unmapped = []
         let tag = epoch
         epoch += 1
+        // Freed chunks are in neither `unmapped` nor `draining` until the
+        // commit is back: count it as reclaim in flight (the pool check waits).
+        if !freed.isEmpty { reclaimJobs += 1 }
         submit(CommitJob(syncFDs: syncData ? allSupplierFDs : [], changes: changes) { _ in }) { [self] result in
+            if !freed.isEmpty { reclaimJobs -= 1 }
             if case .success = result, !freed.isEmpty {
-                for (name, group) in Dictionary(grouping: freed, by: { $0.pool.name }) {
+                for group in Dictionary(grouping: freed, by: { $0.pool.name }).values {
                     draining.append((tag, group[0].pool, group.map(\.chunk)))
-                    _ = name
                 }
                 reclaimDrained()
             }
