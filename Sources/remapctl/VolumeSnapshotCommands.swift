@@ -52,8 +52,9 @@ extension VolumeCommand {
                 it. remapctl follows the import until it ends, showing progress on \
                 standard error when it is a terminal or with --progress, and exits \
                 1 with remapd's reason if it fails. Interrupting remapctl does not \
-                stop the import. With --no-wait remapctl prints the operation and \
-                returns; follow it with remapctl operation show ID.
+                stop the import; remapctl operation cancel ID does. With --no-wait \
+                remapctl prints the operation and returns; follow it with remapctl \
+                operation show ID.
 
                 With --json remapctl prints the volume once imported, or with \
                 --no-wait remapd's answer: the operation and the volume.
