@@ -543,6 +543,11 @@ def test_import_errors(make_remapd, tmp_path):
     assert d.volume("taken")["allocatedBytes"] == 0
 
     api_error(d.ctl("operation", "show", "00000000-0000-0000-0000-000000000000"), "not-found", 404)
+    api_error(d.ctl("operation", "cancel", "00000000-0000-0000-0000-000000000000"), "not-found", 404)
+    # Cancelling a finished operation forgets it.
+    assert "forgotten" in ok(d.ctl("operation", "cancel", failed["id"]))
+    api_error(d.ctl("operation", "show", failed["id"]), "not-found", 404)
+    usage_error(d.ctl("operation", "cancel"))
     usage_error(d.ctl("volume", "import", small))
     usage_error(d.ctl("volume", "import", small, "--name", "y", "--size", "lots"))
     usage_error(d.ctl("operation", "show"))
