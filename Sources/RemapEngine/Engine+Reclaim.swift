@@ -108,6 +108,21 @@ extension Engine {
         if volume.pool.preparedCount < Self.stashLowWater { prepareChunks(volume.pool) }
     }
 
+    /// Backs hole `virtual` of `volume` with a clean chunk that reads zeros
+    /// and belongs to `owner` (reserved-unwritten); returns the metadata
+    /// changes. The caller checked `pool.cleanChunksAvailable` and refills
+    /// the stash afterwards (`prepareChunks`).
+    func reserveCleanChunk(_ volume: Volume, _ virtual: UInt64, for owner: Reservation) -> [MetadataChange] {
+        let pool = volume.pool
+        let physical = pool.takeCleanChunk()!  // invariant: the caller checked cleanChunksAvailable
+        volume.map.map(virtual, to: physical)
+        volume.markOwned(virtual)
+        owner.markUnwritten(virtual)
+        pool.unwrittenReservedChunks += 1
+        return [.reserveChunk(volume: volume.layer, virtualChunk: virtual, physicalChunk: physical),
+                .clearDirty(pool: pool.name, physicalChunk: physical)]
+    }
+
     /// A chunk inside a live range reservation was trimmed and zeroed: it is
     /// reserved-unwritten again.
     func reserveAgain(_ volume: Volume, _ virtual: UInt64, _ physical: UInt64) {

@@ -572,15 +572,7 @@ extension Engine {
                 volume.markOwned(chunk)
                 changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
             }
-            for (owner, chunk) in fresh {
-                let physical = pool.takeCleanChunk()!  // invariant: checked above that the pool has that many free chunks
-                volume.map.map(chunk, to: physical)
-                volume.markOwned(chunk)
-                owner.markUnwritten(chunk)
-                pool.unwrittenReservedChunks += 1
-                changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
-                changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
-            }
+            for (owner, chunk) in fresh { changes += reserveCleanChunk(volume, chunk, for: owner) }
             if !fresh.isEmpty { prepareChunks(pool) }
             let needs = copyOnWriteNeeds(volume, assumingAllShared: false)
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)

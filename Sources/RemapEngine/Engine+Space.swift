@@ -12,15 +12,17 @@ extension Engine {
     /// Where a write's new chunks come from: the pooled reservations it may
     /// draw on, then unreserved free space.
     final class WriteChunks: ChunkSource {
-        let pool: Pool
+        /// The volume written (its range reservations make CoW space sticky).
+        let volume: Volume
+        var pool: Pool { volume.pool }
         let reservations: [Reservation]
         private(set) var taken: [(chunk: UInt64, reservation: Reservation?)] = []
         /// A chunk was there to draw but not prepared yet: wait, don't fail.
         private(set) var waitingForPreparation = false
         let metadataShort: Bool
 
-        init(pool: Pool, reservations: [Reservation], metadataShort: Bool) {
-            self.pool = pool
+        init(volume: Volume, reservations: [Reservation], metadataShort: Bool) {
+            self.volume = volume
             self.reservations = reservations
             self.metadataShort = metadataShort
         }
@@ -50,14 +52,10 @@ extension Engine {
         }
 
         private func copyOnWriteReservations(covering virtual: UInt64) -> [Reservation] {
-            guard let volume = volumeForSticky else { return [] }
             let ranges = volume.reservations.filter { $0.range?.contains(virtual) == true && !$0.released }.map(\.id)
             guard !ranges.isEmpty else { return [] }
             return volume.reservations.filter { $0.role == .copyOnWrite && ranges.contains($0.name ?? "") }
         }
-
-        /// The volume written, for sticky reservations.
-        var volumeForSticky: Volume?
 
         func giveBack(_ chunk: UInt64) {
             if let last = taken.popLast(), let reservation = last.reservation {
@@ -86,9 +84,7 @@ extension Engine {
             drawOn.append(reservation)
         }
         drawOn += volume.reservations.filter { $0.role == .volumeDefault && $0.kind == .pooled }
-        let source = WriteChunks(pool: volume.pool, reservations: drawOn, metadataShort: metadataShort)
-        source.volumeForSticky = volume
-        return source
+        return WriteChunks(volume: volume, reservations: drawOn, metadataShort: metadataShort)
     }
 
     /// A write planned with `source` is under way: hold the reservations it
@@ -310,15 +306,7 @@ extension Engine {
             let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
             reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
                                       role: role, chunkCount: count, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
-            for hole in holes {
-                // invariant: counted above that the pool has that many free chunks
-                let physical = pool.takeCleanChunk()!
-                volume.map.map(hole, to: physical)
-                reservation.markUnwritten(hole)
-                pool.unwrittenReservedChunks += 1
-                changes.append(.reserveChunk(volume: volume.layer, virtualChunk: hole, physicalChunk: physical))
-                changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
-            }
+            for hole in holes { changes += reserveCleanChunk(volume, hole, for: reservation) }
             prepareChunks(pool)
         }
         volume.reservations.append(reservation)

@@ -775,15 +775,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 if let thick, newChunks > oldChunks {
                     thick.resizeRange(chunkCount: newChunks)
                     changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
-                    for chunk in oldChunks..<newChunks {
-                        // invariant: checked above that the pool has that many free chunks
-                        let physical = pool.takeCleanChunk()!
-                        volume.map.map(chunk, to: physical)
-                        thick.markUnwritten(chunk)
-                        pool.unwrittenReservedChunks += 1
-                        changes.append(.reserveChunk(volume: volume.layer, virtualChunk: chunk, physicalChunk: physical))
-                        changes.append(.clearDirty(pool: pool.name, physicalChunk: physical))
-                    }
+                    for chunk in oldChunks..<newChunks { changes += reserveCleanChunk(volume, chunk, for: thick) }
                     prepareChunks(pool)
                 }
                 job = zeroJob(pool: volume.pool, chunks: cut.map(\.physicalChunk))
