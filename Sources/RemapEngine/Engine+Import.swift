@@ -130,37 +130,14 @@ extension Engine {
                     failure = .io(errno: got < 0 ? errno : EIO, context: "reading the import source")
                     break copying
                 }
-                // Chunks of zeros are left unallocated: write only the runs
-                // of chunk-aligned pieces that hold data.
-                var run: (start: Int, end: Int)?
-                var piece = 0
-                while piece < count || run != nil {
-                    var pieceEnd = piece
-                    var zero = true
-                    if piece < count {
-                        let absolute = position + UInt64(piece)
-                        pieceEnd = min(count, piece + Int(chunkSize - absolute % chunkSize))
-                        zero = isAllZero(buffer.pointer + piece, pieceEnd - piece)
+                // Chunks of zeros are left unallocated.
+                do throws(RemapError) {
+                    for run in dataRuns(buffer.pointer, count: count, at: position, chunkSize: chunkSize) {
+                        try importWrite(name, at: position + UInt64(run.lowerBound), buffer, run)
                     }
-                    if !zero {
-                        run = (run?.start ?? piece, pieceEnd)
-                    } else if let (start, end) = run {
-                        let box = UncheckedBox(buffer)
-                        let at = position + UInt64(start)
-                        do throws(RemapError) {
-                            try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-                                guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-                                writeData(volume, offset: at, length: end - start, data: box.value.pointer + start,
-                                          owner: box.value, bound: nil) { reply($0) }
-                            }
-                        } catch {
-                            failure = error
-                            break copying
-                        }
-                        run = nil
-                    }
-                    if piece >= count { break }
-                    piece = pieceEnd
+                } catch {
+                    failure = error
+                    break copying
                 }
                 position += UInt64(count)
                 let done = position
@@ -174,15 +151,16 @@ extension Engine {
                 failure = error
             }
         }
-        let volumeKey: (Int64, String)?? = try? call { [self] reply in
+        // The pool of the volume, which is no longer held (nil: it is gone).
+        let pool: String? = (try? call { [self] reply in
             let volume = volumes[name]
             if let volume { importing.remove(volume.key) }
-            reply(.success(volume.map { ($0.key, $0.pool.name) }))
-        }
-        let poolName = volumeKey??.1 ?? ""
+            reply(.success(volume?.pool.name))
+        }) ?? nil
+        let poolName = pool ?? ""
         if let failure {
             log("import of '\(name)' failed: \(failure); deleting the volume")
-            if volumeKey??.0 != nil { try? deleteVolume(named: name) }
+            if pool != nil { try? deleteVolume(named: name) }
         }
         let finished = utcTimestamp()
         let outcome = failure
@@ -212,6 +190,17 @@ extension Engine {
             usleep(50_000)
         }
         throw .internal("the import did not stop within 30 s")
+    }
+
+    /// Writes `run` of `buffer` to volume `name` at `offset` through the
+    /// engine's write path; blocks until it is done.
+    private func importWrite(_ name: String, at offset: UInt64, _ buffer: IOBuffer, _ run: Range<Int>) throws(RemapError) {
+        let box = UncheckedBox(buffer)
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+            writeData(volume, offset: offset, length: run.count, data: box.value.pointer + run.lowerBound,
+                      owner: box.value, bound: nil) { reply($0) }
+        }
     }
 
     // MARK: - Reading a snapshot outside NBD
@@ -319,6 +308,26 @@ extension Engine {
 struct UncheckedPointer: @unchecked Sendable {  // the caller blocks until the engine is done with it
     let pointer: UnsafeMutableRawPointer
     init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+}
+
+/// The runs of `count` bytes at `data` (which lie at byte `position` of a
+/// volume) that are not all zero, cut at chunk boundaries: a chunk of zeros
+/// is left out, so it stays unallocated.
+func dataRuns(_ data: UnsafeRawPointer, count: Int, at position: UInt64, chunkSize: UInt64) -> [Range<Int>] {
+    var runs: [Range<Int>] = []
+    var piece = 0
+    while piece < count {
+        let pieceEnd = min(count, piece + Int(chunkSize - (position + UInt64(piece)) % chunkSize))
+        if !isAllZero(data + piece, pieceEnd - piece) {
+            if let last = runs.last, last.upperBound == piece {
+                runs[runs.count - 1] = last.lowerBound..<pieceEnd
+            } else {
+                runs.append(piece..<pieceEnd)
+            }
+        }
+        piece = pieceEnd
+    }
+    return runs
 }
 
 /// Whether `count` bytes at `pointer` are all zero.
