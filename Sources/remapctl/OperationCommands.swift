@@ -9,6 +9,16 @@ struct OperationCommand: ParsableCommand {
 }
 
 extension OperationCommand {
+    /// The ID argument of `show` and `cancel`.
+    struct OperationArgument: ParsableArguments {
+        @Argument(help: "The operation's ID.", completion: Completion.operations)
+        var id: String
+
+        func validate() throws {
+            if id.isEmpty { throw ValidationError("The operation ID must not be empty.") }
+        }
+    }
+
     /// `remapctl operation list`
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -33,12 +43,8 @@ extension OperationCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The operation's ID.", completion: Completion.operations)
-        var id: String
-
-        func validate() throws {
-            if id.isEmpty { throw ValidationError("The operation ID must not be empty.") }
-        }
+        @OptionGroup var target: OperationArgument
+        var id: String { target.id }
 
         func run() throws {
             let reply = try global.makeClient().operation(id)
@@ -55,12 +61,8 @@ extension OperationCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The operation's ID.", completion: Completion.operations)
-        var id: String
-
-        func validate() throws {
-            if id.isEmpty { throw ValidationError("The operation ID must not be empty.") }
-        }
+        @OptionGroup var target: OperationArgument
+        var id: String { target.id }
 
         func run() throws {
             guard let reply = try global.makeClient().cancelOperation(id) else {
