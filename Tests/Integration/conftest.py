@@ -428,10 +428,22 @@ def assert_problem(status, headers, body, expect_status, expect_code):
     assert isinstance(body["detail"], str) and body["detail"], body
 
 
-def assert_pool_invariant(pool):
-    assert pool["capacityBytes"] == pool["allocatedBytes"] + pool["freeBytes"], pool
-    assert pool["allocatedBytes"] % pool["chunkSizeBytes"] == 0, pool
-    assert 0 <= pool["allocatedBytes"] <= pool["capacityBytes"], pool
+def check_space(pool):
+    """The pool's honest-space identity, capacity = allocated + reserved +
+    free, in whole chunks; returns the pool."""
+    for key in ("capacityBytes", "allocatedBytes", "reservedBytes", "freeBytes"):
+        assert isinstance(pool.get(key), int) and pool[key] >= 0, f"{key}: {pool}"
+    assert pool["capacityBytes"] == pool["allocatedBytes"] + pool["reservedBytes"] + pool["freeBytes"], \
+        (f"capacity {pool['capacityBytes']} != allocated {pool['allocatedBytes']} + reserved "
+         f"{pool['reservedBytes']} + free {pool['freeBytes']}: {pool}")
+    for key in ("allocatedBytes", "reservedBytes", "freeBytes"):
+        assert pool[key] % pool["chunkSizeBytes"] == 0, f"{key} not whole chunks: {pool}"
+    return pool
+
+
+def space(d, name="default"):
+    """Pool `name` of daemon `d`, checked with check_space."""
+    return check_space(d.pool(name))
 
 
 def chunks_touched(offset, length, chunk=CHUNK):
@@ -442,9 +454,9 @@ def chunks_touched(offset, length, chunk=CHUNK):
 
 def assert_accounting(d, pool_name="default"):
     """The pool's allocation is exactly the sum of its volumes' allocations,
-    and capacity = allocated + free."""
+    and capacity = allocated + reserved + free."""
     pool = d.pool(pool_name)
-    assert_pool_invariant(pool)
+    check_space(pool)
     vols = [v for v in d.volumes() if v["pool"] == pool_name]
     total = sum(v["allocatedBytes"] for v in vols)
     assert pool["allocatedBytes"] == total, \

@@ -23,7 +23,7 @@ from random import Random
 
 import pytest
 
-from conftest import CHUNK, KiB, MiB, REMAPCTL, assert_problem, clean_env, run, wait_until
+from conftest import CHUNK, check_space, space, KiB, MiB, REMAPCTL, assert_problem, clean_env, run, wait_until
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -103,22 +103,6 @@ class Model:
 
 
 # =================================================================== helpers
-
-def check_space(pool):
-    """capacity = allocated + reserved + free, in whole chunks."""
-    for key in ("capacityBytes", "allocatedBytes", "reservedBytes", "freeBytes"):
-        assert isinstance(pool.get(key), int) and pool[key] >= 0, f"{key}: {pool}"
-    assert pool["capacityBytes"] == pool["allocatedBytes"] + pool["reservedBytes"] + pool["freeBytes"], \
-        (f"capacity {pool['capacityBytes']} != allocated {pool['allocatedBytes']} + reserved "
-         f"{pool['reservedBytes']} + free {pool['freeBytes']}: {pool}")
-    for key in ("allocatedBytes", "reservedBytes", "freeBytes"):
-        assert pool[key] % pool["chunkSizeBytes"] == 0, f"{key} not whole chunks: {pool}"
-    return pool
-
-
-def space(d, name="default"):
-    return check_space(d.pool(name))
-
 
 def pool_check(d, pool="default", chunks=None, backed=0, timeout=5.0):
     """GET /v1/pools/{pool}/check: ok, nothing leaked, unbacked or doubly

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_problem, clean_env, wait_until
+from conftest import CHUNK, check_space, space, MiB, assert_problem, clean_env, wait_until
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -95,23 +95,6 @@ class Api:
         status, _, result = self(method, path, body)
         assert status == expect, f"{method} {path} {body} -> {status} {result}"
         return result
-
-
-def check_space(pool):
-    """The pool's honest-space identity; returns the pool."""
-    for key in ("capacityBytes", "allocatedBytes", "reservedBytes", "freeBytes"):
-        assert isinstance(pool.get(key), int) and pool[key] >= 0, f"{key}: {pool}"
-    assert pool["capacityBytes"] == pool["allocatedBytes"] + pool["reservedBytes"] + pool["freeBytes"], \
-        (f"capacity {pool['capacityBytes']} != allocated {pool['allocatedBytes']} + reserved "
-         f"{pool['reservedBytes']} + free {pool['freeBytes']}: {pool}")
-    chunk = pool["chunkSizeBytes"]
-    for key in ("allocatedBytes", "reservedBytes", "freeBytes"):
-        assert pool[key] % chunk == 0, f"{key} not whole chunks: {pool}"
-    return pool
-
-
-def space(d, name="default"):
-    return check_space(d.pool(name))
 
 
 def reserve(d, volume, spec, expect=201):
