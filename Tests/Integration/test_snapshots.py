@@ -1313,3 +1313,69 @@ def test_a_running_import_can_be_cancelled_and_its_volume_goes(make_remapd):
     assert status == 204
     status, _, _ = d.api("GET", f"/v1/operations/{op_id}")
     assert status == 404
+
+
+def test_usage_figures_follow_every_write_after_a_snapshot(remapd):
+    """uniqueBytes/sharedBytes and the volume's guaranteedWritableBytes are
+    recounted after each copy on write (they are cached between changes)."""
+    d = remapd
+    d.create_volume("v", SIZE)
+    h = connect(d, "v")
+    h.pwrite(rand(21, 8 * CHUNK), 0)
+    h.flush()
+    take(d, "v", "s")
+    assert (snapshot(d, "v@s")["uniqueBytes"], snapshot(d, "v@s")["sharedBytes"]) == (0, 8 * CHUNK)
+    assert d.volume("v")["guaranteedWritableBytes"] == 0
+    for written in range(1, 4):
+        h.pwrite(rand(30 + written, 4 * KiB), written * CHUNK)  # a partial write: copies the chunk
+        h.flush()
+        s = snapshot(d, "v@s")
+        assert (s["uniqueBytes"], s["sharedBytes"]) == (written * CHUNK, (8 - written) * CHUNK), s
+        assert snapshot(d, "v@s") == s  # asked twice, counted once: the same answer
+        assert d.volume("v")["guaranteedWritableBytes"] == written * CHUNK
+    disconnect(d, h)
+
+
+def test_revert_of_a_thick_volume_keeps_every_chunk_backed(make_remapd, tmp_path):
+    """A thick volume (range reservation over all of it) reverted to a
+    snapshot: it reads the snapshot, stays fully guaranteed-writable, and
+    then overwrites all of itself in a pool that is otherwise full."""
+    d = make_remapd(pool_size="64M")
+    size = 4 * MiB  # 64 chunks
+    status, _, body = d.api("POST", "/v1/volumes", body={"name": "t", "sizeBytes": size, "reservation": "thick"})
+    assert status == 201, body
+    h = connect(d, "t")
+    first = rand(41, 10 * CHUNK)
+    h.pwrite(first, 0)
+    h.flush()
+    take(d, "t", "s")
+    h.pwrite(rand(42, 20 * CHUNK), 5 * CHUNK)
+    h.trim(CHUNK, 0)
+    h.flush()
+    disconnect(d, h)
+
+    status, _, vol = d.api("POST", "/v1/volumes/t/revert", body={"snapshot": "s"})
+    assert status == 200, vol
+    assert vol["guaranteedWritableBytes"] == size, vol
+    assert_reads(d, "t", first + bytes(size - len(first)))
+    pool = space(d)
+    assert pool["allocatedBytes"] == 10 * CHUNK, pool        # the snapshot's data, shared
+    assert pool["reservedBytes"] == 64 * CHUNK, pool         # 54 unwritten + 10 copy-on-write
+    pool_check(d, backed=54 * CHUNK)
+
+    # Fill the rest of the pool, then overwrite the whole thick volume.
+    d.create_volume("filler", 64 * MiB)
+    f = connect(d, "filler")
+    with pytest.raises(nbd.Error) as full:
+        for offset in range(0, 64 * MiB, MiB):
+            f.pwrite(b"\xff" * MiB, offset)
+    assert full.value.errno == "ENOSPC"
+    disconnect(d, f)
+    h = connect(d, "t")
+    final = rand(43, size)
+    h.pwrite(final, 0)
+    h.flush()
+    disconnect(d, h)
+    assert_reads(d, "t", final)
+    assert_reads(d, "t@s", first + bytes(size - len(first)))
+    pool_check(d)
