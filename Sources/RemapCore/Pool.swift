@@ -47,7 +47,7 @@ public final class Pool {
     private var prepared: [UInt64] = []
     private var preparedHead = 0
     /// Chunks taken out of `allocator` for a preparation not yet durable.
-    public private(set) var preparing = 0
+    private var preparing: [UInt64] = []
 
     public static let maximumSuppliers = 64
 
@@ -135,26 +135,23 @@ public final class Pool {
         capacityBytes == 0 ? 0 : Double(allocatedBytes + reservedBytes) * 100 / Double(capacityBytes)
     }
     /// Free chunks ready for writes (prepared) or being prepared.
-    public var stashedChunks: UInt64 { UInt64(prepared.count - preparedHead + preparing) }
+    public var stashedChunks: UInt64 { UInt64(prepared.count - preparedHead + preparing.count) }
     public var preparedCount: Int { prepared.count - preparedHead }
     /// The prepared chunks and those being prepared (for the pool check).
-    public var stashedChunkList: [UInt64] { Array(prepared[preparedHead...]) + preparingList }
-    private var preparingList: [UInt64] = []
+    public var stashedChunkList: [UInt64] { Array(prepared[preparedHead...]) + preparing }
 
     /// Takes up to `count` free chunks to prepare (mark durably); call
     /// `didPrepare` with them once the mark is durable.
     public func startPreparing(_ count: Int) -> [UInt64] {
         var chunks: [UInt64] = []
         while chunks.count < count, let chunk = allocator.allocate() { chunks.append(chunk) }
-        preparing += chunks.count
-        preparingList += chunks
+        preparing += chunks
         return chunks
     }
 
     public func didPrepare(_ chunks: [UInt64]) {
-        preparing -= chunks.count
         let done = Set(chunks)
-        preparingList.removeAll { done.contains($0) }
+        preparing.removeAll { done.contains($0) }
         if preparedHead > 4096 && preparedHead * 2 > prepared.count {
             prepared.removeFirst(preparedHead)
             preparedHead = 0
@@ -164,9 +161,8 @@ public final class Pool {
 
     /// Gives back chunks whose preparation failed.
     public func preparationFailed(_ chunks: [UInt64]) {
-        preparing -= chunks.count
         let failed = Set(chunks)
-        preparingList.removeAll { failed.contains($0) }
+        preparing.removeAll { failed.contains($0) }
         for chunk in chunks { allocator.release(chunk) }
     }
 
