@@ -123,32 +123,24 @@ public final class Volume {
     }
 
     /// Changes the size. Growing adds holes. Shrinking unmaps every chunk
-    /// that lies wholly past the new end and returns them (virtual,
-    /// physical), for the caller to free once the change is durable; the
-    /// chunks stay allocated in the pool until then.
-    public func resize(to newSize: UInt64) -> [NewMapping] {
-        resize(to: newSize, keepingShared: false).freed
-    }
-
-    /// Resizes; `freed` are the cut mappings whose chunks only this volume
-    /// mapped (with `keepingShared`; else all of them), `unmapped` every
-    /// virtual chunk the cut unmapped.
-    public func resize(to newSize: UInt64, keepingShared: Bool) -> (freed: [NewMapping], unmapped: [UInt64]) {
+    /// that lies wholly past the new end: `unmapped` lists them, `freed` the
+    /// mappings among them whose chunks no snapshot or clone shares, for the
+    /// caller to free once the change is durable (they stay allocated in
+    /// the pool until then).
+    public func resize(to newSize: UInt64) -> (freed: [NewMapping], unmapped: [UInt64]) {
         let newChunks = Self.chunks(newSize, pool.chunkSize)
-        var cut: [NewMapping] = []
+        var freed: [NewMapping] = []
         var unmapped: [UInt64] = []
         if newChunks < map.virtualChunks {
             map.forEachMapping { virtual, physical in
                 guard virtual >= newChunks else { return }
                 unmapped.append(virtual)
-                if !keepingShared || !isShared(virtual, physical) {
-                    cut.append(NewMapping(virtualChunk: virtual, physicalChunk: physical))
-                }
+                if !isShared(virtual, physical) { freed.append(NewMapping(virtualChunk: virtual, physicalChunk: physical)) }
             }
         }
         map.resize(virtualChunks: newChunks)
         sizeBytes = newSize
-        return (cut, unmapped)
+        return (freed, unmapped)
     }
 
     /// Chunks holding data: mapped and not reserved-unwritten.

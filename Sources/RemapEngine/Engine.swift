@@ -769,9 +769,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
                 volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
                 // A snapshot or clone keeps the chunks it shares.
-                let shared = volume.resize(to: size, keepingShared: true)
-                cut = shared.freed
-                let hidden = shared.unmapped
+                let resized = volume.resize(to: size)
+                cut = resized.freed
+                let hidden = resized.unmapped
                 if let thick, newChunks > oldChunks {
                     thick.resizeRange(chunkCount: newChunks)
                     changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
