@@ -1379,3 +1379,28 @@ def test_revert_of_a_thick_volume_keeps_every_chunk_backed(make_remapd, tmp_path
     assert_reads(d, "t", final)
     assert_reads(d, "t@s", first + bytes(size - len(first)))
     pool_check(d)
+
+
+def test_shrinking_a_snapshotted_volume_keeps_the_snapshot_and_regrows_as_zeros(remapd):
+    """A shrink cuts chunks the snapshot shares: they are not freed, the
+    snapshot still reads them, and the volume grown again reads zeros there,
+    also after kill -9 (tombstones hide the snapshot's rows)."""
+    d = remapd
+    d.create_volume("v", SIZE)
+    h = connect(d, "v")
+    tail = rand(51, 10 * CHUNK)
+    h.pwrite(tail, 200 * CHUNK)
+    h.flush()
+    disconnect(d, h)
+    take(d, "v", "s")
+    before = space(d)["allocatedBytes"]
+    status, _, vol = d.api("PATCH", "/v1/volumes/v?allowShrink=true", body={"sizeBytes": 100 * CHUNK})
+    assert status == 200 and vol["allocatedBytes"] == 0, vol
+    status, _, vol = d.api("PATCH", "/v1/volumes/v", body={"sizeBytes": SIZE})
+    assert status == 200, vol
+    for _ in range(2):
+        assert space(d)["allocatedBytes"] == before == 10 * CHUNK
+        assert_reads(d, "v", bytes(SIZE))
+        assert_reads(d, "v@s", bytes(200 * CHUNK) + tail + bytes(SIZE - 210 * CHUNK))
+        pool_check(d, chunks=10)
+        d.restart(kill9=True)
