@@ -450,14 +450,20 @@ extension Engine {
     public func cloneSnapshot(_ reference: String, name: String, labels: [String: String]) throws(RemapError) -> (VolumeInfo, created: Bool) {
         try Name.validate(name, kind: "volume")
         try Labels.validate(labels)
-        return try call { [self] reply in
+        let created = try cloneVolume(reference, name: name, labels: labels)
+        // Counted off the engine thread: a clone shares with its snapshot's family.
+        return (try volumeInfo(named: name), created)
+    }
+
+    private func cloneVolume(_ reference: String, name: String, labels: [String: String]) throws(RemapError) -> Bool {
+        try call { [self] reply in
             guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
             if let existing = volumes[name] {
                 guard existing.originSnapshot == snapshot.id, existing.labels == labels else {
                     return reply(.failure(.alreadyExists(kind: "volume", name: name,
                                                          detail: "volume '\(name)' exists and is not a clone of '\(snapshot.exportName)' with these labels")))
                 }
-                return reply(.success((existing.info, false)))
+                return reply(.success(false))
             }
             if extraExports[name] != nil {
                 return reply(.failure(.alreadyExists(kind: "export", name: name,
@@ -486,7 +492,7 @@ extension Engine {
                     volumes[name] = nil
                     clone.leaveFamily()
                 }
-                reply(result.map { (clone.info, true) })
+                reply(result.map { true })
             }
         }
     }
@@ -494,10 +500,14 @@ extension Engine {
     /// Makes volume `name` read exactly what one of its snapshots reads
     /// (size included). Refused while clients are connected.
     public func revertVolume(_ name: String, to reference: String) throws(RemapError) -> VolumeInfo {
-        try call { [self] reply in revert(name, to: reference, reply) }
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            revert(name, to: reference) { reply($0) }
+        }
+        // Counted off the engine thread: the volume now shares with its snapshots.
+        return try volumeInfo(named: name)
     }
 
-    private func revert(_ name: String, to reference: String, _ reply: @escaping @Sendable (Result<VolumeInfo, RemapError>) -> Void) {
+    private func revert(_ name: String, to reference: String, _ reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) {
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
             guard let snapshot = findSnapshot(reference, of: volume), snapshot.snapshot?.volumeKey == volume.key else {
                 return reply(.failure(.notFound(kind: "snapshot", name: reference)))
@@ -584,7 +594,7 @@ extension Engine {
                     events.record(.volumeReverted, pool: volume.pool.name, volume: name,
                                   detail: "volume '\(name)' reverted to snapshot '\(snapshot.exportName)'")
                 }
-                reply(result.map { volume.info })
+                reply(result)
             }
     }
 

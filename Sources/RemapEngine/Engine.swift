@@ -713,13 +713,15 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func updateVolume(named name: String, _ patch: VolumePatch) throws(RemapError) -> VolumeInfo {
         if let size = patch.sizeBytes { try Volume.validate(sizeBytes: size) }
         if let labels = patch.labels { try Labels.validate(labels) }
-        return try call { [self] reply in
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
             applyPatch(volume, patch) { reply($0) }
         }
+        // Counted off the engine thread: the volume may share with many snapshots.
+        return try volumeInfo(named: name)
     }
 
-    private func applyPatch(_ volume: Volume, _ patch: VolumePatch, reply: @escaping (Result<VolumeInfo, RemapError>) -> Void) {
+    private func applyPatch(_ volume: Volume, _ patch: VolumePatch, reply: @escaping (Result<Void, RemapError>) -> Void) {
             let name = volume.name
             if importing.contains(volume.key) { return reply(.failure(.inUse("volume '\(name)' is being imported"))) }
             var changes: [MetadataChange] = []
@@ -799,7 +801,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 volume.labels = labels
                 changes.append(.setLabels(volume: volume.key, labels: labels))
             }
-            guard !changes.isEmpty else { return reply(.success(volume.info)) }
+            guard !changes.isEmpty else { return reply(.success(())) }
             job.changes = pending + changes
             pending = []
             pendingCopies = false
@@ -811,7 +813,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
                 // A failed commit leaves the live volume ahead of the metadata;
                 // the error says so and a restart reloads the durable state.
-                reply(result.map { volume.info })
+                reply(result)
             }
     }
 
