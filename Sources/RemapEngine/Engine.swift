@@ -884,6 +884,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
             let count = volumes.values.filter { $0.pool === pool }.count
             guard count == 0 else { return reply(.failure(.inUse("pool '\(name)' still has \(count) volume(s)"))) }
+            // Snapshots outlive their volume; their chunks are in the pool too.
+            let kept = snapshots.values.filter { $0.pool === pool }.count
+            guard kept == 0 else { return reply(.failure(.inUse("pool '\(name)' still has \(kept) snapshot(s)"))) }
             pools[name] = nil
             let fds = supplierFDs.removeValue(forKey: name) ?? []
             submit(CommitJob(syncFDs: [], changes: [.deletePool(name: name)]) { _ in }) { [self] result in
