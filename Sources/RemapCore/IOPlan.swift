@@ -96,19 +96,20 @@ extension Volume {
         var plan = WritePlan()
         var shortOfSpace = false
         let chunkSize = pool.chunkSize
+        // A new chunk is known to be this image's alone only once the whole
+        // plan stands: an ENOSPC below puts the shared chunks back, and a
+        // stale "owned" mark would let the retry overwrite them in place.
         walk(offset: offset, length: length) { chunk, bufferOffset, inChunk, count in
             guard !shortOfSpace else { return }
             var physical = map.lookup(chunk)
             if physical == nil {
                 guard let new = source.take(for: chunk, copyOnWrite: false) else { shortOfSpace = true; return }
                 map.map(chunk, to: new)
-                markOwned(chunk)
                 plan.newMappings.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
                 physical = new
             } else if let old = physical, isShared(chunk, old) {
                 guard let new = source.take(for: chunk, copyOnWrite: true) else { shortOfSpace = true; return }
                 map.map(chunk, to: new)
-                markOwned(chunk)
                 plan.newMappings.append(NewMapping(virtualChunk: chunk, physicalChunk: new))
                 let chunkEnd = min(chunkSize, sizeBytes - chunk * chunkSize)
                 plan.copies.append(CopyOnWrite(
@@ -135,6 +136,7 @@ extension Volume {
             let needed = UInt64(plan.newMappings.count + 1) * pool.chunkSize
             throw .noSpace(requestedBytes: needed, availableBytes: pool.freeBytes)
         }
+        for mapping in plan.newMappings { markOwned(mapping.virtualChunk) }
         return plan
     }
 

@@ -77,4 +77,31 @@ import Testing
         c.map(15_000, to: 1)
         #expect(a.changedRuns(comparedWith: c) == [15_000..<15_001])
     }
+
+    /// Issue 10, defect 1: a write that ran out of prepared chunks part way
+    /// put the shared chunks back but kept them marked as owned, so its
+    /// retry overwrote the snapshots' chunks in place.
+    @Test func a_write_retried_after_running_out_of_chunks_still_copies_shared_chunks() throws {
+        let supplier = Supplier(id: "s", kind: .file, path: "/p", sizeBytes: 64 * chunk, preallocated: true)
+        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [supplier])
+        pool.didPrepare(pool.startPreparing(16))
+        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 16 * chunk, createdAt: "")
+        _ = try volume.plannedWrite(offset: 0, length: Int(8 * chunk))
+        let first = Volume(snapshotOf: volume, key: 2, id: "s1", name: "s1", createdAt: "", layer: 1)
+        volume.forgetOwnership()
+        _ = try volume.plannedWrite(offset: 100, length: 10)  // chunk 0 copied: the volume owns it
+        let second = Volume(snapshotOf: volume, key: 3, id: "s2", name: "s2", createdAt: "", layer: 3)
+        volume.forgetOwnership()
+        // 7 chunks left in the stash: copying all 8 fails after 7.
+        #expect(throws: RemapError.self) { _ = try volume.plannedWrite(offset: 0, length: Int(8 * chunk)) }
+        for virtual in UInt64(0)..<8 { #expect(volume.map.lookup(virtual) == second.map.lookup(virtual)) }
+        pool.didPrepare(pool.startPreparing(8))
+        let retry = try volume.plannedWrite(offset: 0, length: Int(8 * chunk))
+        #expect(retry.copies.count == 8)
+        #expect(retry.segments.isEmpty)
+        for virtual in UInt64(0)..<8 {
+            #expect(volume.map.lookup(virtual) != first.map.lookup(virtual))
+            #expect(volume.map.lookup(virtual) != second.map.lookup(virtual))
+        }
+    }
 }
