@@ -65,6 +65,11 @@ extension Engine {
             pool.returnChunk(chunk)
         }
 
+        /// The reservation chunk `chunk` was drawn from, if any.
+        func reservation(of chunk: UInt64) -> Reservation? {
+            taken.last { $0.chunk == chunk }?.reservation
+        }
+
         /// The reservations this write drew on, with how many chunks each.
         var drawnCounts: [(Reservation, UInt64)] {
             var counts: [ObjectIdentifier: (Reservation, UInt64)] = [:]
@@ -273,6 +278,7 @@ extension Engine {
                 : .failure(.alreadyExists(kind: "reservation", name: name,
                                           detail: "reservation '\(name)' on volume '\(volume.name)' exists with another spec")))
         }
+        if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
         let expiresAt = spec.ttlSeconds.map(leaseEnd)
         let reservation: Reservation
         var changes: [MetadataChange] = []
@@ -479,6 +485,7 @@ extension Engine {
             guard let index = pool.suppliers.firstIndex(where: { $0.id == id || $0.path == id }) else {
                 return reply(.failure(.notFound(kind: "supplier", name: id)))
             }
+            if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
             reply(.success((supplierFD(pool: pool, index: index), pool.suppliers[index])))
         }
         guard supplier.kind == .file else {
