@@ -167,8 +167,12 @@ extension Engine {
     private func writeFailed(_ volume: Volume, error: Int32, fd: Int32?) -> RemapError {
         let pool = volume.pool
         if error == ENOSPC {
-            events.record(.poolNoSpace, pool: pool.name, volume: volume.name,
-                          detail: "a write to volume '\(volume.name)' found the host filesystem under pool '\(pool.name)' full")
+            let now = monotonicNanoseconds()
+            if now - (lastNoSpaceEvent[pool.name] ?? 0) > 1_000_000_000 {
+                lastNoSpaceEvent[pool.name] = now
+                events.record(.poolNoSpace, pool: pool.name, volume: volume.name,
+                              detail: "a write to volume '\(volume.name)' found the host filesystem under pool '\(pool.name)' full")
+            }
             return .io(errno: ENOSPC, context: "the host filesystem under pool '\(pool.name)' is full")
         }
         if let fd { supplierFailed(fd: fd, errno: error, during: "a write") }
