@@ -37,7 +37,8 @@ import pytest
 
 import nbd
 
-from conftest import MiB, clean_env, fuse_loop_unavailable, run, wait_until
+from conftest import (MiB, assert_accounting, check_space, clean_env, fuse_loop_unavailable, run,
+                      wait_until)
 
 TOOLS = {"nbdkit": "nbdkit", "nbdfuse": "libnbd-bin", "fusermount3": "fuse3",
          "losetup": "mount", "blockdev": "util-linux"}
@@ -356,4 +357,257 @@ def test_failing_block_supplier_degrades_its_pool_only(make_remapd, faulty_devic
     p.expect(pool_state(d, "faulty")[0] == "online", f"after restart pool faulty is {pool_state(d, 'faulty')[0]!r}")
     check = pool_check(d, "faulty")
     p.expect(check["ok"], f"pool check of faulty after restart: {check}")
+    p.verify()
+
+
+# ------------------------------------------------------------------ filesystems that fill
+
+class Content:
+    """What each 1 MiB piece of a volume may read after a crash: what the
+    last FLUSH that answered OK covered, or any write made since."""
+
+    def __init__(self):
+        self.acked = {}    # offset -> (digest, which FLUSH acknowledged it)
+        self.since = {}    # offset -> digests written after that FLUSH
+
+    def wrote(self, offset, data):
+        self.since.setdefault(offset, []).append(digest(data))
+
+    def flushed(self, label):
+        for offset, digests in self.since.items():
+            self.acked[offset] = (digests[-1], label)
+        self.since.clear()
+
+    def differences(self, h):
+        bad = []
+        for offset in sorted(set(self.acked) | set(self.since)):
+            got = read_digest(h, offset, MiB)
+            acked, label = self.acked.get(offset, ("zeros", None))
+            if got not in {acked, *self.since.get(offset, [])}:
+                bad.append(f"{offset // MiB} MiB reads {got}; {label or 'no FLUSH'} acknowledged {acked}"
+                           + (" (or a later write)" if offset in self.since else ""))
+        return bad
+
+
+def expect_serves(p, d, volume, offset, what):
+    """A volume of a healthy pool: write, FLUSH, read back."""
+    h = d.nbd(volume)
+    data = os.urandom(256 * 1024)
+    w = nbd_errno(h.pwrite, data, offset)
+    f = nbd_errno(h.flush)
+    p.expect(w == 0 and f == 0, f"{what}: write {errname(w)}, FLUSH {errname(f)} on healthy volume {volume}")
+    p.expect(read_digest(h, offset, len(data)) == digest(data), f"{what}: {volume} reads back other data")
+    return data
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Factory: tmpfs(name, size) mounts a tmpfs of `size` (e.g. "16m") at
+    tmp_path/name; all are unmounted at teardown."""
+    mounts = []
+
+    def mount(name, size):
+        path = tmp_path / name
+        path.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {p.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)])
+
+
+def fill_up(fs, name):
+    """Takes every free byte of filesystem `fs` with file fs/name."""
+    path = fs / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        stat = os.statvfs(fs)
+        if stat.f_bavail:
+            try:
+                os.posix_fallocate(fd, os.lseek(fd, 0, os.SEEK_END), stat.f_bavail * stat.f_frsize)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+        block = b"\xee" * 4096
+        try:
+            while True:
+                os.write(fd, block)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def fill_state_filesystem(fs, reserve):
+    """Fills `fs` and keeps filling while remapd gives its metadata reserve
+    up (its blocks are freed a little after the name is gone); returns the
+    filler files once the filesystem has stayed full for 0.3 s."""
+    fillers = [fill_up(fs, "filler-1")]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if os.statvfs(fs).f_bavail:
+            fillers.append(fill_up(fs, f"filler-{len(fillers) + 1}"))
+        elif not reserve.exists():
+            time.sleep(0.3)
+            if os.statvfs(fs).f_bavail == 0:
+                return fillers
+        time.sleep(0.05)
+    pytest.fail(f"{fs} did not stay full (metadata reserve still there: {reserve.exists()})")
+
+
+# ------------------------------------------------------------------ 2. the state filesystem fills
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ending", ["flush-after-space", "crash-without-flush"])
+def test_full_state_filesystem_fails_flush_until_a_commit_succeeds(make_remapd, tmpfs, tmp_path, ending):
+    """Defect 2: metadata.db on a tmpfs that fills while the pool's supplier
+    lives elsewhere. While commits fail, every FLUSH fails; whatever a FLUSH
+    answered OK for survives kill -9 (checked right after space returns,
+    and after the FLUSH that follows it).
+
+    The tmpfs is 176 MiB, not a few: remapd keeps a 64 MiB reserve file
+    there and refuses new chunks below 32 MiB free; it gives the reserve
+    up when the filesystem fills, and the filler takes that space too."""
+    p = Promises()
+    fs = tmpfs("statefs", "176m")
+    suppliers = tmp_path / "suppliers"
+    d = make_remapd(state_dir=fs / "state", pool_size="1M", extra_args=["--supplier-dir", str(suppliers)])
+    reserve = d.state_dir / "metadata.reserve"
+    create_pool(d, "data", [{"kind": "file", "path": str(suppliers / "data.img"), "sizeBytes": 128 * MiB}])
+    d.create_volume("v", 64 * MiB, pool="data")
+    h = d.nbd("v")
+    content = Content()
+
+    def write(offset):
+        data = os.urandom(MiB)
+        err = nbd_errno(h.pwrite, data, offset)
+        assert err == 0, f"write at {offset} answered {errname(err)} (the data path itself is healthy)"
+        content.wrote(offset, data)
+
+    def flush(label):
+        err = nbd_errno(h.flush)
+        if err == 0:
+            content.flushed(label)
+        return err
+
+    for i in range(4):
+        write(i * MiB)
+    assert flush("the FLUSH before the fault") == 0
+    # New chunks, their mappings pending; then the state filesystem fills.
+    for i in range(8, 12):
+        write(i * MiB)
+    fillers = fill_state_filesystem(fs, reserve)
+    first = flush("the first FLUSH while commits fail")
+    p.expect(first == errno.EIO, f"FLUSH while the state filesystem is full answered {errname(first)}, not EIO")
+    # In place, into chunks already mapped (no room for new ones).
+    for i in list(range(8, 12)) + [1]:
+        write(i * MiB)
+    second = flush("the second FLUSH while commits fail")
+    p.expect(second == errno.EIO, f"second FLUSH while commits still fail answered {errname(second)}, not EIO")
+    status, _, body = d.api("PATCH", "/v1/volumes/v", body={"labels": {"fault": "state-fs-full"}})
+    p.expect(status == 500 and isinstance(body, dict) and body.get("code") == "internal",
+             f"PATCH while commits fail answered {status} {body}, not 500 internal")
+    p.expect(d.volume("v").get("labels") == {"fault": "state-fs-full"},
+             f"the PATCH is not in effect in memory: {d.volume('v')}")
+
+    for f in fillers:
+        f.unlink()
+    wait_until(lambda: reserve.exists(), timeout=5)
+    if ending == "flush-after-space":
+        third = flush("the FLUSH after space returned")
+        p.expect(third == 0, f"FLUSH after space returned answered {errname(third)}, not OK")
+        write(32 * MiB)   # a new chunk: allowed again
+        final = flush("the last FLUSH")
+        assert final == 0, f"FLUSH with space back answered {errname(final)}\n" + "\n".join(p.broken)
+
+    d.kill9()
+    d.close_handles()
+    d.start()
+    h = d.nbd("v")
+    lost = content.differences(h)
+    p.expect(not lost, "after kill -9, acknowledged data is gone:\n      " + "\n      ".join(lost))
+    if ending == "flush-after-space":
+        p.expect(d.volume("v").get("labels") == {"fault": "state-fs-full"},
+                 f"after kill -9 the PATCH made while commits failed is gone: {d.volume('v')}")
+    check = pool_check(d, "data")
+    p.expect(check["ok"], f"pool check of data after restart: {check}")
+    assert_accounting(d, "data")
+    p.verify()
+
+
+# ------------------------------------------------------------------ 3. the supplier's filesystem fills
+
+@pytest.mark.timeout(60)
+def test_sparse_supplier_on_full_filesystem_gets_enospc(make_remapd, tmpfs):
+    """A sparse file supplier (preallocate: false) on a 16 MiB tmpfs, in a
+    64 MiB pool: the writer that finds the host filesystem full gets ENOSPC,
+    the failed writes map no chunk, the pool stays online, other pools
+    serve, and once space is back writes work and the pool check is clean."""
+    p = Promises()
+    fs = tmpfs("supplierfs", "16m")
+    d = make_remapd(pool_size="64M", extra_args=["--supplier-dir", str(fs)])
+    create_pool(d, "sparse", [{"kind": "file", "path": str(fs / "sparse.img"),
+                               "sizeBytes": 64 * MiB, "preallocate": False}])
+    d.create_volume("s", 64 * MiB, pool="sparse")
+    d.create_volume("other", 16 * MiB)
+    slack = fs / "slack"
+    slack.write_bytes(b"\x01" * 2 * MiB)      # host space to give back later
+    h = d.nbd("s")
+    written = {}
+    failures = []
+    for i in range(64):
+        data = os.urandom(MiB)
+        err = nbd_errno(h.pwrite, data, i * MiB)
+        if err == 0:
+            written[i * MiB] = data
+        else:
+            failures.append((i, err))
+            if len(failures) == 3:
+                break
+    assert failures, "a 64 MiB pool on a 16 MiB filesystem took 64 MiB of writes"
+    p.expect(all(err == errno.ENOSPC for _, err in failures),
+             f"writes to a full host filesystem got {[(i, errname(e)) for i, e in failures]}, not ENOSPC")
+    flushed = nbd_errno(h.flush)
+    p.expect(flushed == 0, f"FLUSH after ENOSPC answered {errname(flushed)} (nothing failed to write back)")
+    pool = d.pool("sparse")
+    p.expect(pool["allocatedBytes"] == len(written) * MiB,
+             f"pool allocates {pool['allocatedBytes'] // 65536} chunks, the {len(written)} successful "
+             f"1 MiB writes need {len(written) * 16}: failed writes mapped chunks")
+    p.expect(d.volume("s")["allocatedBytes"] == len(written) * MiB,
+             f"volume s allocates {d.volume('s')['allocatedBytes']} bytes for {len(written)} MiB written")
+    p.expect(pool.get("state") == "online", f"pool sparse is {pool.get('state')!r} after ENOSPC, not online")
+    expect_serves(p, d, "other", 0, "while pool sparse's filesystem is full")
+
+    # Space returns: TRIM (the freed chunks' holes are punched) and host space.
+    trimmed = sorted(written)[:4]
+    h.trim(4 * MiB, trimmed[0])
+    for off in trimmed:
+        del written[off]
+    h.flush()
+    slack.unlink()
+    retry_at = failures[0][0] * MiB
+    data = os.urandom(MiB)
+    ok = wait_until(lambda: nbd_errno(h.pwrite, data, retry_at) == 0, timeout=10, interval=0.2)
+    p.expect(ok, f"writing at {failures[0][0]} MiB still fails with space back")
+    if ok:
+        written[retry_at] = data
+    p.expect(nbd_errno(h.flush) == 0, "FLUSH after space returned failed")
+    bad = [off // MiB for off, data in written.items() if read_digest(h, off, MiB) != digest(data)]
+    p.expect(not bad, f"volume s reads other data at MiB {bad}")
+    p.expect(read_digest(h, trimmed[0], 4 * MiB) == "zeros", "the trimmed range does not read zeros")
+
+    def settled():
+        check = pool_check(d, "sparse")
+        return check if check["ok"] and d.pool("sparse")["allocatedBytes"] == len(written) * MiB else None
+    p.expect(wait_until(settled, timeout=10, interval=0.2),
+             f"pool sparse after space returned: check {pool_check(d, 'sparse')}, allocated "
+             f"{d.pool('sparse')['allocatedBytes']} for {len(written)} MiB written")
+    check_space(d.pool("sparse"))
     p.verify()
