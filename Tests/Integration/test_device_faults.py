@@ -611,3 +611,137 @@ def test_sparse_supplier_on_full_filesystem_gets_enospc(make_remapd, tmpfs):
              f"{d.pool('sparse')['allocatedBytes']} for {len(written)} MiB written")
     check_space(d.pool("sparse"))
     p.verify()
+
+
+# ------------------------------------------------------------------ 4. supplier removed while serving
+
+def daemon_with_file_pool(make_remapd, tmp_path, pool_bytes):
+    """A daemon with pool p on one file supplier under tmp_path/suppliers,
+    volume v (16 MiB) in it and volume w (16 MiB) in pool default; returns
+    the daemon and the supplier's path."""
+    suppliers = tmp_path / "suppliers"
+    d = make_remapd(pool_size="64M", extra_args=["--supplier-dir", str(suppliers)])
+    path = suppliers / "p.img"
+    create_pool(d, "p", [{"kind": "file", "path": str(path), "sizeBytes": pool_bytes}])
+    d.create_volume("v", 16 * MiB, pool="p")
+    d.create_volume("w", 16 * MiB)
+    return d, path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["unlinked", "truncated"])
+def test_supplier_removed_under_running_daemon_degrades_pool(make_remapd, tmp_path, damage):
+    """The pool's supplier file is unlinked (or truncated to half) while the
+    daemon serves: writes into it are never acknowledged by a FLUSH, the
+    pool is degraded within seconds with a reason, an event and a log line,
+    and the other pools serve."""
+    p = Promises()
+    d, path = daemon_with_file_pool(make_remapd, tmp_path, 64 * MiB)
+    h = d.nbd("v")
+    before = os.urandom(4 * MiB)
+    h.pwrite(before, 0)
+    h.flush()
+
+    if damage == "unlinked":
+        path.unlink()
+    else:
+        os.truncate(path, 32 * MiB)
+    # A write and a FLUSH right after (a check at commit time sees the damage
+    # here; a periodic one within seconds).
+    nbd_errno(h.pwrite, os.urandom(MiB), 8 * MiB)
+    nbd_errno(h.flush)
+    p.expect(wait_until(lambda: pool_state(d, "p")[0] == "degraded", timeout=10, interval=0.2),
+             f"pool p is {pool_state(d, 'p')[0]!r} 10 s after its supplier was {damage}, not degraded")
+    expect_degraded(p, d, "p")
+    w, f = nbd_errno(h.pwrite, os.urandom(65536), 0), nbd_errno(h.flush)
+    p.expect(w == errno.EIO and f == errno.EIO,
+             f"in the degraded pool: write {errname(w)}, FLUSH {errname(f)}, not EIO")
+    expect_serves(p, d, "w", 0, f"after pool p's supplier was {damage}")
+    p.verify()
+
+
+# ------------------------------------------------------------------ 5. supplier missing at start
+
+def start_serving(d, timeout=30):
+    """Starts the daemon and waits until it answers; a daemon that exits
+    instead fails the test with what it said."""
+    d.start(wait=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = d.proc.poll()
+        if rc is not None:
+            pytest.fail(f"remapd exited with code {rc} instead of serving:\n{d.last_output()}")
+        if d.api_sock.exists():
+            p = run(["curl", "-sf", "--max-time", "2", "--unix-socket", d.api_sock,
+                     "http://localhost/v1/health"])
+            if p.returncode == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"remapd not healthy after {timeout} s:\n{d.last_output()}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["missing", "short"])
+def test_supplier_missing_at_start_leaves_pool_offline(make_remapd, tmp_path, damage):
+    """A non-default pool's supplier file is gone (or short) while the
+    daemon is down: it starts anyway, that pool is offline with a reason,
+    its volume answers EIO, the default pool serves; with the file back,
+    clear-errors brings the pool online with its data."""
+    p = Promises()
+    d, path = daemon_with_file_pool(make_remapd, tmp_path, 32 * MiB)
+    v_data, w_data = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    for name, data in (("v", v_data), ("w", w_data)):
+        h = d.nbd(name)
+        h.pwrite(data, 0)
+        h.flush()
+    d.close_handles()
+    d.terminate()
+    backup = tmp_path / "p.img.backup"
+    shutil.copyfile(path, backup)
+    if damage == "missing":
+        path.unlink()
+    else:
+        os.truncate(path, 16 * MiB)
+
+    start_serving(d)
+    state, reason, sups = pool_state(d, "p")
+    p.expect(state == "offline", f"pool p with a {damage} supplier is {state!r}, not offline")
+    p.expect(isinstance(reason, str) and reason, f"pool p: stateReason is {reason!r}")
+    want = ("missing",) if damage == "missing" else ("failed", "missing")
+    p.expect(sups and sups[0].get("state") in want and sups[0].get("error"),
+             f"pool p's supplier should be {' or '.join(want)} with an error: {sups}")
+    p.expect(pool_state(d, "default")[0] == "online", f"pool default is {pool_state(d, 'default')[0]!r}")
+    p.expect({"v", "w"} <= {v["name"] for v in d.volumes()}, f"volumes listed: {d.volumes()}")
+    p.expect(events_of(d, "pool.offline", "p"), "no pool.offline event for p")
+    states = metric_pool_states(d)
+    p.expect(states.get(("p", "offline")) == 1, f"/metrics remap_pool_state for p: {states}")
+    try:
+        h = d.nbd("v")
+        errs = (nbd_errno(h.pread, 65536, 0), nbd_errno(h.pwrite, bytes(65536), 0), nbd_errno(h.flush))
+        p.expect(errs == (errno.EIO,) * 3,
+                 f"volume v of the offline pool: read/write/FLUSH answered {[errname(e) for e in errs]}, not EIO")
+    except nbd.Error as e:
+        p.expect(False, f"volume v of the offline pool: NBD connect refused ({e}), not served with EIO")
+    status, _, body = d.api("POST", "/v1/volumes", body={"name": "x", "sizeBytes": MiB, "pool": "p"})
+    p.expect(status == 409 and isinstance(body, dict) and body.get("code") == "pool-unavailable",
+             f"creating a volume in the offline pool answered {status} {body}")
+    hw = d.nbd("w")
+    p.expect(read_digest(hw, 0, len(w_data)) == digest(w_data), "volume w of pool default lost its data")
+    expect_serves(p, d, "w", 8 * MiB, "while pool p is offline")
+
+    status, _, body = clear_errors(d, "p")
+    p.expect(status == 409 and isinstance(body, dict) and body.get("code") == "supplier-failed",
+             f"clear-errors with the supplier still {damage} answered {status} {body}, not 409 supplier-failed")
+    shutil.copyfile(backup, path)
+    status, _, body = clear_errors(d, "p")
+    p.expect(status == 200 and isinstance(body, dict) and body.get("state") == "online",
+             f"clear-errors with the file back answered {status} {body}")
+    d.close_handles()
+    h = d.nbd("v")
+    p.expect(read_digest(h, 0, len(v_data)) == digest(v_data), "pool p online again: v's data differs")
+    p.expect(nbd_errno(h.pwrite, os.urandom(65536), 8 * MiB) == 0 and nbd_errno(h.flush) == 0,
+             "pool p online again: write + FLUSH on v fail")
+    d.restart(kill9=True)
+    p.expect(pool_state(d, "p")[0] == "online", f"after restart pool p is {pool_state(d, 'p')[0]!r}")
+    p.expect(read_digest(d.nbd("v"), 0, len(v_data)) == digest(v_data), "after restart v's data differs")
+    p.verify()
