@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -744,4 +745,89 @@ def test_supplier_missing_at_start_leaves_pool_offline(make_remapd, tmp_path, da
     d.restart(kill9=True)
     p.expect(pool_state(d, "p")[0] == "online", f"after restart pool p is {pool_state(d, 'p')[0]!r}")
     p.expect(read_digest(d.nbd("v"), 0, len(v_data)) == digest(v_data), "after restart v's data differs")
+    p.verify()
+
+
+# ------------------------------------------------------------------ 6, 7. zeroing on a failing device
+
+def dirty_chunks(state_dir, pool):
+    """Chunks of `pool` marked dirty in the metadata (daemon stopped)."""
+    db = sqlite3.connect(f"file:{state_dir / 'metadata.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM dirty_chunks WHERE pool = ?", (pool,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def device_recovers(p, d, dev, allocated):
+    """The device works again: pool faulty is cleared if it is not online,
+    and within 15 s its check is clean and it allocates `allocated` bytes
+    (the chunks whose zeroing failed were zeroed on a retry and are free)."""
+    dev.fail(False)
+    if pool_state(d, "faulty")[0] != "online":
+        status, _, body = clear_errors(d, "faulty")
+        p.expect(status == 200, f"clear-errors with the device working answered {status} {body}")
+
+    def settled():
+        return pool_check(d, "faulty")["ok"] and d.pool("faulty")["allocatedBytes"] == allocated
+    p.expect(wait_until(settled, timeout=15, interval=0.5),
+             f"15 s after the device works: pool check {pool_check(d, 'faulty')}, "
+             f"allocated {d.pool('faulty')['allocatedBytes']} ({allocated} mapped)")
+
+
+@needs_devices
+@pytest.mark.timeout(60)
+def test_zeroing_that_fails_at_start_is_not_fatal(make_remapd, faulty_device):
+    """Chunks left dirty by a crash (the prepared stash) are zeroed at start;
+    on a device that fails writes that zeroing fails with EIO. The daemon
+    starts anyway, the other pools serve, the failing pool's flushed data
+    reads; once the device works (and the pool is cleared) the zeroing is
+    retried and the pool check is clean."""
+    dev = faulty_device
+    p = Promises()
+    d, h, data = daemon_on_device(make_remapd, dev, 32 * MiB, 4 * MiB)
+    d.kill9()
+    d.close_handles()
+    assert dirty_chunks(d.state_dir, "faulty") > 0, "no dirty chunks to zero at start: the test proves nothing"
+    dev.fail(True)
+
+    start_serving(d)
+    state = pool_state(d, "faulty")[0]
+    p.expect(state in ("online", "degraded"),
+             f"pool faulty is {state!r} after its zeroing failed at start (its supplier opens: reads work)")
+    p.expect(pool_state(d, "default")[0] == "online", f"pool default is {pool_state(d, 'default')[0]!r}")
+    expect_serves(p, d, "b", 0, "with pool faulty's zeroing failing")
+    h = d.nbd("a")
+    p.expect(read_digest(h, 0, len(data)) == digest(data), "a's flushed data does not read back")
+
+    device_recovers(p, d, dev, allocated=len(data))
+    more = os.urandom(MiB)
+    w, f = nbd_errno(h.pwrite, more, 8 * MiB), nbd_errno(h.flush)
+    p.expect(w == 0 and f == 0, f"write {errname(w)}, FLUSH {errname(f)} on a with the device working")
+    d.restart(kill9=True)
+    h = d.nbd("a")
+    p.expect(read_digest(h, 0, len(data)) == digest(data), "after restart a's data differs")
+    if w == 0 and f == 0:
+        p.expect(read_digest(h, 8 * MiB, MiB) == digest(more), "after restart a's later write is gone")
+    p.verify()
+
+
+@needs_devices
+@pytest.mark.timeout(60)
+def test_reclaim_that_fails_is_retried(make_remapd, faulty_device):
+    """Chunks freed by a TRIM are zeroed after the commit that frees them;
+    on a failing device that zeroing fails. They are retried, not leaked
+    until the next restart: once the device works (and the pool is
+    cleared) they return to the pool and its check is clean."""
+    dev = faulty_device
+    p = Promises()
+    d, h, data = daemon_on_device(make_remapd, dev, 32 * MiB, 8 * MiB)
+    dev.fail(True)
+    h.trim(4 * MiB, 4 * MiB)     # answered at once; the chunks are freed after the commit
+    nbd_errno(h.flush)
+    time.sleep(1)                # the zeroing job runs and fails
+    device_recovers(p, d, dev, allocated=4 * MiB)
+    p.expect(read_digest(h, 0, 4 * MiB) == digest(data[:4 * MiB]), "a's untrimmed data differs")
+    p.expect(read_digest(h, 4 * MiB, 4 * MiB) == "zeros", "a's trimmed range does not read zeros")
+    check_space(d.pool("faulty"))
     p.verify()
