@@ -13,6 +13,7 @@ Environment:
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -87,6 +88,27 @@ def wait_until(predicate, timeout=5.0, interval=0.05):
         time.sleep(interval)
         value = predicate()
     return value
+
+
+def fuse_loop_unavailable():
+    """Why a FUSE file cannot be made a loop device on this machine (not
+    root, no /dev/fuse, no loop devices), or None. Tests that need one skip
+    with this reason; missing tools are failures, not reasons."""
+    if os.geteuid() != 0:
+        return "needs root (losetup, mount)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE in this kernel/container)"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"/dev/fuse cannot be opened: {e}"
+    if not os.path.exists("/dev/loop-control"):
+        return "/dev/loop-control is missing (no loop devices in this kernel/container)"
+    p = subprocess.run(["losetup", "--find"], capture_output=True, text=True) \
+        if shutil.which("losetup") else None
+    if p is not None and p.returncode != 0:
+        return f"no free loop device: {p.stderr.strip()}"
+    return None
 
 
 class CurlError(AssertionError):
