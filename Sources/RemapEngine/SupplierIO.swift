@@ -45,6 +45,8 @@ final class SupplierIO {
 
     /// Reads up to `count` bytes; the handler gets the bytes read or -errno.
     func read(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
+        // The common case costs one atomic load: no gate closure.
+        guard faults.isEnabled else { return ring.read(fd: fd, into: buffer, count: count, offset: offset, handler) }
         gate(.supplierRead, fd: fd, count: count, handler) { [ring] count in
             ring.read(fd: fd, into: buffer, count: count, offset: offset, handler)
         }
@@ -52,6 +54,7 @@ final class SupplierIO {
 
     /// Writes up to `count` bytes; the handler gets the bytes written or -errno.
     func write(fd: Int32, from buffer: UnsafeRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
+        guard faults.isEnabled else { return ring.write(fd: fd, from: buffer, count: count, offset: offset, handler) }
         gate(.supplierWrite, fd: fd, count: count, handler) { [ring] count in
             ring.write(fd: fd, from: buffer, count: count, offset: offset, handler)
         }
@@ -59,6 +62,7 @@ final class SupplierIO {
 
     /// fallocate(2) with FALLOC_FL_* `mode`.
     func allocateSpace(fd: Int32, mode: Int32, offset: UInt64, length: UInt64, _ handler: @escaping Handler) {
+        guard faults.isEnabled else { return ring.allocateSpace(fd: fd, mode: mode, offset: offset, length: length, handler) }
         gate(.supplierAllocate, fd: fd, count: 0, handler) { [ring] _ in
             ring.allocateSpace(fd: fd, mode: mode, offset: offset, length: length, handler)
         }
