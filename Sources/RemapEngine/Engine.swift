@@ -375,7 +375,14 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
         if stopping && connections.isEmpty && !finalCommitSubmitted {
             finalCommitSubmitted = true
-            commit { [self] _ in finished = true }
+            commit { [self] result in
+                if case .failure(let error) = result {
+                    // Nothing acknowledged is lost (every FLUSH since the last
+                    // successful commit failed), but say what was not kept.
+                    log("the final metadata commit failed: \(error); changes made since the last successful commit are not durable")
+                }
+                finished = true
+            }
             return
         }
         commitIfDue(now: monotonicNanoseconds())
