@@ -65,9 +65,12 @@ extension Engine {
             pool.returnChunk(chunk)
         }
 
-        /// The reservation chunk `chunk` was drawn from, if any.
-        func reservation(of chunk: UInt64) -> Reservation? {
-            taken.last { $0.chunk == chunk }?.reservation
+        /// The reservation each chunk drawn from one was drawn from (empty,
+        /// and free, for the usual write that drew on none).
+        var reservationsByChunk: [UInt64: Reservation] {
+            var drawn: [UInt64: Reservation] = [:]
+            for entry in taken { if let reservation = entry.reservation { drawn[entry.chunk] = reservation } }
+            return drawn
         }
 
         /// The reservations this write drew on, with how many chunks each.

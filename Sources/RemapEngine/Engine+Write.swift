@@ -215,10 +215,11 @@ extension Engine {
     func willWrite(_ volume: Volume, _ plan: WritePlan, drawnFrom source: WriteChunks, offset: UInt64, length: Int) {
         var replaced: [UInt64: UInt64] = [:]
         for copy in plan.copies { replaced[copy.virtualChunk] = copy.oldPhysical }
+        let drawn = source.reservationsByChunk
         for mapping in plan.newMappings {
             unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] = UnsettledChunk(
                 physical: mapping.physicalChunk, layer: volume.layer, replaced: replaced[mapping.virtualChunk],
-                reservation: source.reservation(of: mapping.physicalChunk))
+                reservation: drawn[mapping.physicalChunk])
         }
         forEachUnsettled(volume, offset: offset, length: length) { $0.writers += 1 }
     }
