@@ -424,11 +424,32 @@ private struct Checker {
                 ranges[volume.key, default: []].append(first..<(overflow ? UInt64.max : end))
             } else {
                 if let pool = volume.pool { pools[pool].reserved += reservation.remaining }
-                if reservation.remaining > reservation.chunkCount {
+                if reservation.role == Reservation.Role.copyOnWrite.rawValue {
+                    checkCopyOnWrite(reservation, of: volume, poolName: poolName)
+                } else if reservation.remaining > reservation.chunkCount {
                     findings.add(.reservationOverdrawn, pool: poolName, about: reservation.id,
                                  "pooled reservation \(reservation.id) of \(volume.label) has \(reservation.remaining) chunks left of the \(reservation.chunkCount) it holds")
                 }
             }
+        }
+    }
+
+    /// A copy-on-write reservation holds space for the range reservation it
+    /// is named after: at most a chunk per chunk of the range. (Its own
+    /// chunk_count is what it held when made; the engine grows `remaining`
+    /// past it at later snapshots.)
+    mutating func checkCopyOnWrite(_ reservation: StoredReservation, of volume: Image, poolName: String?) {
+        let range = input.reservations.first {
+            $0.id == reservation.name && $0.volume == reservation.volume && $0.firstChunk != nil
+        }
+        guard let range else {
+            findings.add(.reservationOrphan, pool: poolName, about: reservation.id,
+                         "copy-on-write reservation \(reservation.id) of \(volume.label) holds \(reservation.remaining) chunks for range reservation \(reservation.name ?? "(none)"), which does not exist")
+            return
+        }
+        if reservation.remaining > range.chunkCount {
+            findings.add(.reservationOverdrawn, pool: poolName, about: reservation.id,
+                         "copy-on-write reservation \(reservation.id) of \(volume.label) holds \(reservation.remaining) chunks for range reservation \(range.id) of \(range.chunkCount) chunks")
         }
     }
 

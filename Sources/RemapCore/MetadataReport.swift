@@ -134,8 +134,11 @@ public struct MetadataFinding: Codable, Sendable, Equatable {
         /// A physical chunk mapped by images of different trees, or at
         /// different virtual chunks.
         case chunkConflict = "chunk-conflict"
+        /// A reservation of a volume that does not exist, or a copy-on-write
+        /// one whose range reservation does not.
         case reservationOrphan = "reservation-orphan"
-        /// A pooled reservation with more left than it holds.
+        /// A pooled reservation with more left than it holds (a
+        /// copy-on-write one: than its range reservation covers).
         case reservationOverdrawn = "reservation-overdrawn"
         /// A range reservation reaching past its volume's end.
         case reservationRange = "reservation-range"

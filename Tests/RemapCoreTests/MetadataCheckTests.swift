@@ -224,6 +224,25 @@ struct LayerRows: MappingLayers {
         #expect(report.pools[0].reservedChunks == 5)  // only the existing volume's count
     }
 
+    @Test mutating func a_copy_on_write_reservation_is_bounded_by_its_range_reservation() throws {
+        volume(1, "a")
+        func reservation(_ id: String, name: String?, first: UInt64?, count: UInt64, remaining: UInt64, role: String) -> StoredReservation {
+            StoredReservation(id: id, volume: 1, name: name, firstChunk: first, chunkCount: count, remaining: remaining,
+                              role: role, ttlSeconds: nil, expiresAt: nil)
+        }
+        // Grown past its own chunk count by a second snapshot: fine while the range covers it.
+        input.reservations = [reservation("range", name: nil, first: 0, count: 6, remaining: 0, role: ""),
+                              reservation("cow", name: "range", first: nil, count: 2, remaining: 6, role: "cow")]
+        var report = try check()
+        #expect(kinds(report).isEmpty)
+        #expect(report.pools[0].reservedChunks == 6)
+
+        input.reservations[1].remaining = 7
+        input.reservations.append(reservation("stray", name: "released", first: nil, count: 1, remaining: 1, role: "cow"))
+        report = try check()
+        #expect(kinds(report) == [.reservationOverdrawn, .reservationOrphan])
+    }
+
     @Test mutating func unwritten_marks_outside_a_range_reservation_are_a_note() throws {
         volume(1, "a")
         input.reservations = [StoredReservation(id: "r", volume: 1, name: nil, firstChunk: 0, chunkCount: 2, remaining: 2,
