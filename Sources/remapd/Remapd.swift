@@ -11,7 +11,12 @@ struct Remapd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remapd",
         abstract: "Serve thin block volumes that tell the truth about space.",
-        version: remapVersion)
+        usage: """
+            remapd [--state-dir <state-dir>] [<options>]     (serves; see OPTIONS)
+            remapd check --state-dir <state-dir> [--json]    (checks a stopped remapd's metadata)
+            """,
+        version: remapVersion,
+        subcommands: [CheckCommand.self])
 
     @Option(help: "Directory for metadata and the default pool's file (default: $STATE_DIRECTORY, else /var/lib/remap).")
     var stateDir: String?

@@ -231,9 +231,11 @@ class Remapd:
             assert not self.nbd_sock.exists(), "NBD socket left behind after SIGTERM"
         return rc
 
-    def restart(self, kill9=False):
+    def restart(self, kill9=False, check=True):
         """Stop (SIGKILL with clients still connected, or a clean SIGTERM after
-        they disconnected) and start again on the same state dir."""
+        they disconnected) and start again on the same state dir. In between,
+        `remapd check` must find the durable state clean (check=False for a
+        test that corrupts it on purpose)."""
         if kill9:
             if self.running:
                 self.kill9()
@@ -242,7 +244,30 @@ class Remapd:
             self.close_handles()
             if self.running:
                 self.terminate()
+        if check:
+            self.check()
         return self.start()
+
+    # ---------------------------------------------------------------- remapd check
+
+    def check_command(self, *args):
+        """Runs `remapd check` on this daemon's state dir; returns the process."""
+        return run([REMAPD, "check", "--state-dir", self.state_dir, *args], timeout=600)
+
+    def check(self):
+        """`remapd check --json` on the stopped daemon's state dir: asserts it
+        exits 0 (no errors) and returns the report."""
+        assert not self.running, "remapd check needs the daemon stopped"
+        p = self.check_command("--json")
+        try:
+            report = json.loads(p.stdout)
+            found = report["findings"] + [f for pool in report["pools"] for f in pool["findings"]]
+            lines = "\n".join(f"{f['severity']} {f['kind']}: {f['detail']} ({f['count']}: {f['sample']})" for f in found)
+        except ValueError:
+            report, lines = None, _text(p.stdout)
+        assert p.returncode == 0, (f"remapd check of {self.state_dir} exited {p.returncode}:\n{lines}\n"
+                                   f"{_text(p.stderr)}")
+        return report
 
     def cleanup(self):
         self.close_handles()
