@@ -81,7 +81,7 @@ public enum MetadataCheck {
 private typealias Kind = MetadataFinding.Kind
 
 /// A pool as the check counts it.
-private struct PoolState {
+private struct PoolTally {
     let stored: StoredPool
     var capacity: UInt64 = 0
     var claims = ChunkClaims()
@@ -123,7 +123,7 @@ private struct LayerNode {
 private struct Checker {
     let input: Input
     var findings = FindingLog()
-    var pools: [PoolState] = []
+    var pools: [PoolTally] = []
     var poolIndex: [String: Int] = [:]
     var images: [Image] = []
     var nodes: [Int64: LayerNode] = [:]
@@ -156,7 +156,7 @@ private struct Checker {
 
     mutating func checkPools() {
         for stored in input.pools {
-            var state = PoolState(stored: stored)
+            var state = PoolTally(stored: stored)
             let name = stored.name
             let chunkSize = stored.chunkSize
             if !Pool.chunkSizeRange.contains(chunkSize) || chunkSize.nonzeroBitCount != 1 {
