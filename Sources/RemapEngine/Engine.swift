@@ -754,6 +754,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
             // A snapshot or clone keeps the chunks it shares.
             let resized = volume.resize(to: size)
+            // Copy-on-write space follows what is left of the range reservations:
+            // that of a range cut off ends, that of one cut short shrinks.
+            if newChunks < oldChunks, volume.reservations.contains(where: { $0.role == .copyOnWrite }) {
+                applyCopyOnWriteNeeds(volume, copyOnWriteNeeds(volume, assumingAllShared: false), growOnly: false)
+            }
             if let thick, newChunks > oldChunks {
                 thick.resizeRange(chunkCount: newChunks)
                 changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))

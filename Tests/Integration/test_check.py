@@ -329,12 +329,11 @@ def test_help():
     assert "Exit status: 0 no errors (notes allowed), 1 errors found, 2 nothing checked" in " ".join(out.split()), out
 
 
-@pytest.mark.xfail(strict=True, reason="engine defect found by remapd check: a shrink that ends a range reservation "
-                   "keeps its copy-on-write reservation, whose space stays reserved for nothing, also across restarts")
 def test_shrinking_past_a_sticky_range_reservation_keeps_no_copy_on_write_space(remapd):
     """A range reservation with written chunks made sticky by a snapshot,
     then a shrink that cuts the whole range off: the range reservation ends,
-    and so must the copy-on-write space it held."""
+    and so must the copy-on-write space it held (found by remapd check: it
+    stayed reserved for nothing, also across restarts)."""
     d = remapd
     d.create_volume("v", 16 * MiB)
     status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 8 * MiB, "lengthBytes": MiB})
