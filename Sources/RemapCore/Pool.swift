@@ -203,11 +203,9 @@ public final class Pool {
     // MARK: - Health
 
     /// Offline when a supplier was missing at start, degraded when one
-    /// failed since, else online.
-    public var state: PoolState {
-        if supplierFaults.values.contains(where: { $0.kind == .missing }) { return .offline }
-        return supplierFaults.isEmpty ? .online : .degraded
-    }
+    /// failed since, else online. Kept, not derived: the data path asks at
+    /// every request.
+    public private(set) var state = PoolState.online
 
     /// What failed, one clause per supplier; nil when online.
     public var stateReason: String? {
@@ -221,11 +219,15 @@ public final class Pool {
         let before = state
         faultsRecorded += 1
         if supplierFaults[index] == nil || fault.kind == .missing { supplierFaults[index] = fault }
+        state = supplierFaults.values.contains { $0.kind == .missing } ? .offline : .degraded
         return state != before
     }
 
     /// The operator cleared the faults (the suppliers passed their checks).
-    public func clearFaults() { supplierFaults = [:] }
+    public func clearFaults() {
+        supplierFaults = [:]
+        state = .online
+    }
 
     /// What the control plane shows; `volumes` are the pool's volumes.
     public func info(volumes: [Volume]) -> PoolInfo {

@@ -71,32 +71,37 @@ final class SupplierIO {
     /// Reads exactly `count` bytes, resubmitting after short reads; the
     /// handler gets `count` or -errno (-EIO for an unexpected end of file).
     func readFully(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
-        Self.fully(count, handler) { [self] done, step in
-            read(fd: fd, into: buffer + done, count: count - done, offset: offset + UInt64(done), step)
+        read(fd: fd, into: buffer, count: count, offset: offset) { [self] result in
+            guard let done = Self.partial(result, of: count, handler) else { return }
+            readFully(fd: fd, into: buffer + done, count: count - done, offset: offset + UInt64(done)) {
+                handler($0 < 0 ? $0 : Int32(count))
+            }
         }
     }
 
     /// Writes exactly `count` bytes, resubmitting after short writes.
     func writeFully(fd: Int32, from buffer: UnsafeRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
-        Self.fully(count, handler) { [self] done, step in
-            write(fd: fd, from: buffer + done, count: count - done, offset: offset + UInt64(done), step)
+        write(fd: fd, from: buffer, count: count, offset: offset) { [self] result in
+            guard let done = Self.partial(result, of: count, handler) else { return }
+            writeFully(fd: fd, from: buffer + done, count: count - done, offset: offset + UInt64(done)) {
+                handler($0 < 0 ? $0 : Int32(count))
+            }
         }
     }
 
-    /// Runs `transfer(done, step)` until `count` bytes have moved; a result
-    /// of 0 (end of file, or nothing written) is -EIO.
-    private static func fully(_ count: Int, _ handler: @escaping Handler,
-                              _ transfer: @escaping (_ done: Int, _ step: @escaping Handler) -> Void) {
-        func from(_ done: Int) {
-            transfer(done) { result in
-                if result < 0 { return handler(result) }
-                if result == 0 { return handler(-EIO) }
-                let moved = done + Int(result)
-                if moved >= count { return handler(Int32(count)) }
-                from(moved)
-            }
+    /// After one transfer toward `count` bytes: the bytes moved when more
+    /// remain, or nil once `handler` got the answer (all moved, an error,
+    /// or -EIO for a transfer of 0: end of file, or nothing written).
+    private static func partial(_ result: Int32, of count: Int, _ handler: Handler) -> Int? {
+        if result < 0 || Int(result) >= count {
+            handler(result)
+            return nil
         }
-        from(0)
+        if result == 0 {
+            handler(-EIO)
+            return nil
+        }
+        return Int(result)
     }
 
     // MARK: - Blocking calls (committer thread, start-up)
