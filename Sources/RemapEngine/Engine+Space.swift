@@ -122,12 +122,14 @@ extension Engine {
     func markWritten(_ volume: Volume, offset: UInt64, length: Int) {
         guard length > 0, volume.reservations.contains(where: { $0.range != nil }) else { return }
         let chunkSize = volume.pool.chunkSize
-        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
-            guard let owner = volume.unwrittenOwner(of: chunk) else { continue }
-            owner.markWritten(chunk)
-            volume.pool.unwrittenReservedChunks -= 1
-            pending.append(.markWritten(volume: volume.layer, virtualChunk: chunk))
-        }
+        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) { markWritten(volume, chunk: chunk) }
+    }
+
+    func markWritten(_ volume: Volume, chunk: UInt64) {
+        guard let owner = volume.unwrittenOwner(of: chunk) else { return }
+        owner.markWritten(chunk)
+        volume.pool.unwrittenReservedChunks -= 1
+        pending.append(.markWritten(volume: volume.layer, virtualChunk: chunk))
     }
 
     /// A write found no chunk. Decides, per the pool's policy, whether it
