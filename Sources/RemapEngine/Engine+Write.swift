@@ -288,8 +288,13 @@ extension Engine {
     }
 
     private func settle(_ volume: Volume, _ chunk: UInt64, _ entry: UnsettledChunk) {
-        // Copy-on-write mappings replace durable data: their commit syncs the pool first.
-        if entry.replaced != nil { copyPools.insert(volume.pool.name) }
+        if let old = entry.replaced {
+            // Copy-on-write mappings replace durable data: their commit syncs the pool first.
+            copyPools.insert(volume.pool.name)
+            if leftToLeavingImages(volume, chunk, old) {
+                pending.append(.markDirty(pool: volume.pool.name, physicalChunk: old))
+            }
+        }
         pending.append(.map(volume: entry.layer, virtualChunk: chunk, physicalChunk: entry.physical))
         pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: entry.physical))
     }
