@@ -50,11 +50,13 @@ public struct CopyOnWrite: Equatable, Sendable {
     public var whole: Bool
 }
 
-/// A write into a reserved-unwritten chunk. Until it is written the chunk
-/// reads zeros, whatever a failed write or a crash left in it; so its first
-/// write is of the whole chunk — zeros with the write's part (`bufferOffset`,
-/// `length`, at `offsetInChunk`) laid over them, unless it covers all of it
-/// (`whole`) — and no other I/O touches the chunk until it is written.
+/// A write into a reserved-unwritten chunk that may hold bytes (see
+/// `Reservation.mayHoldData`). Until it is written the chunk reads zeros,
+/// whatever a crash or a failed fill left in it; so its first write is of
+/// the whole chunk — zeros with the write's part (`bufferOffset`, `length`,
+/// at `offsetInChunk`) laid over them, unless it covers all of it (`whole`)
+/// — and no other I/O touches the chunk until it is written. A clean
+/// unwritten chunk (the usual case) is written in place.
 public struct ChunkFill: Equatable, Sendable {
     public var virtualChunk: UInt64
     public var physicalChunk: UInt64
@@ -142,7 +144,7 @@ extension Volume {
                     virtualChunk: chunk, oldPhysical: old, newPhysical: new, bufferOffset: bufferOffset, length: count,
                     offsetInChunk: inChunk, whole: inChunk == 0 && UInt64(count) >= chunkEnd))
                 return
-            } else if let unwritten = physical, unwrittenOwner(of: chunk) != nil {
+            } else if let unwritten = physical, let owner = unwrittenOwner(of: chunk), owner.mayHoldData(chunk) {
                 plan.fills.append(ChunkFill(
                     virtualChunk: chunk, physicalChunk: unwritten, bufferOffset: bufferOffset, length: count,
                     offsetInChunk: inChunk, whole: inChunk == 0 && UInt64(count) >= min(chunkSize, sizeBytes - chunk * chunkSize)))

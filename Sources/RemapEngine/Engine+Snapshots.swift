@@ -81,7 +81,9 @@ extension Engine {
                     map.map(virtual, to: physical)
                     if unwritten {
                         if let owner, let reservation = owner.rangeReservation(covering: virtual) {
-                            reservation.markUnwritten(virtual)
+                            // A write may have reached it before a crash without its mark
+                            // being committed: it reads zeros, and its first write fills it.
+                            reservation.markUnwritten(virtual, clean: false)
                             owner.pool.unwrittenReservedChunks += 1
                         } else {
                             orphans.append(.markWritten(volume: key, virtualChunk: virtual))

@@ -137,7 +137,9 @@ extension Engine {
             endIO(epoch)
             let succeeded = progress.failure == 0
             didWrite(volume, offset: offset, length: length, succeeded: succeeded)
-            if succeeded { markWritten(volume, offset: offset, length: length) }
+            // A failed write into a clean reserved chunk makes it data too: its
+            // bytes are zeros, or the failed write's inside its own range.
+            markWritten(volume, offset: offset, length: length, cleanOnly: !succeeded)
             endDrawing(source)
             completion(succeeded ? .success(()) : .failure(writeFailed(volume, error: -progress.failure, fd: progress.failedFD)))
         }

@@ -408,3 +408,31 @@ def test_a_deletion_whose_commit_failed_leaves_what_it_shares_untouched(faulty):
     assert d.nbd("v").pread(4 * MiB, 0) == old, "a volume whose deletion failed came back changed"
     assert pool_check(d)["ok"]
     check_space(d.pool())
+
+
+def test_a_failed_write_into_a_reserved_chunk_leaves_it_reading_the_same_everywhere(faulty):
+    """A reserved-unwritten chunk reads zeros. A write into it that fails
+    may leave bytes inside its own range; the volume, a snapshot of it and
+    the chunk after the reservation's release must all read the same."""
+    d = faulty
+    d.create_volume("v", 4 * MiB)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})
+    assert status == 201, body
+    h = d.nbd("v")
+    faults(d, {"target": "supplier-write", "error": "short", "count": 1},
+           {"target": "supplier-write", "error": "EIO", "count": 1})
+    assert nbd_errno(h.pwrite, b"x" * 8192, 4096) == errno.EIO
+    assert d.api("POST", "/v1/pools/default/clear-errors")[0] == 200
+    seen = h.pread(CHUNK, 0)
+    assert seen[:4096] == bytes(4096) and seen[4096 + 8192:] == bytes(CHUNK - 4096 - 8192), \
+        "bytes outside the failed write's range changed"
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    assert d.nbd("v@s").pread(CHUNK, 0) == seen
+    h.pwrite(b"y" * 512, 0)
+    h.flush()
+    expected = bytearray(seen)
+    expected[:512] = b"y" * 512
+    assert h.pread(CHUNK, 0) == expected
+    d.restart(kill9=True)
+    assert d.nbd("v").pread(CHUNK, 0) == expected
+    assert d.nbd("v@s").pread(CHUNK, 0) == seen
