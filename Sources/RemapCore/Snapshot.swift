@@ -18,7 +18,21 @@
 public final class Family {
     /// Oldest first.
     public var members: [Volume] = []
+    /// Chunks a member let go of (copied on write, trimmed, reverted or cut
+    /// off) whose new mapping is not durable yet, with how many such changes
+    /// are pending. A crash would give them back to that member, so until
+    /// then they stay shared: nobody else writes into them in place.
+    public private(set) var pendingReleases: [UInt64: Int] = [:]
+
     public init() {}
+
+    /// A member lets go of `physical`; `endRelease` once that is durable (or undone).
+    public func holdRelease(_ physical: UInt64) { pendingReleases[physical, default: 0] += 1 }
+
+    public func endRelease(_ physical: UInt64) {
+        guard let count = pendingReleases[physical] else { return }
+        pendingReleases[physical] = count > 1 ? count - 1 : nil
+    }
 
     /// Who the members are and which version of their maps they hold: equal
     /// fingerprints mean equal reference counts.

@@ -84,6 +84,8 @@ public final class Volume {
     /// (then a write there must copy on write, and unmapping it frees nothing).
     public func isShared(_ virtual: UInt64, _ physical: UInt64) -> Bool {
         guard family.members.count > 1 else { return false }
+        // Another member let go of it, not durably yet: still theirs after a crash.
+        if !family.pendingReleases.isEmpty, family.pendingReleases[physical] != nil { return true }
         let word = Int(virtual / 64)
         if word < ownedChunks.count, ownedChunks[word] & (1 << (virtual % 64)) != 0 { return false }
         for other in family.members.reversed() where other !== self {

@@ -251,9 +251,11 @@ extension Engine {
         for attempt in 0..<50 {
             let result: PoolCheck? = try call { [self] reply in
                 guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
-                let settling = !unmapped.isEmpty || !draining.isEmpty || reclaimJobs > 0 || preparingPools.contains(name)
+                // Chunks let go of by changes not yet durable are freed once they are.
+                let releasing = volumes.values.contains { !$0.family.pendingReleases.isEmpty }
+                let settling = !unmapped.isEmpty || !draining.isEmpty || reclaimJobs > 0 || preparingPools.contains(name) || releasing
                 if settling && attempt < 49 {
-                    if !unmapped.isEmpty { commit { _ in } }
+                    if !unmapped.isEmpty || !pending.isEmpty { commit { _ in } }
                     return reply(.success(nil))
                 }
                 reply(.success(check(pool)))

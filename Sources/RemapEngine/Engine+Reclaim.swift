@@ -79,10 +79,6 @@ extension Engine {
         }
         guard let physical = volume.map.lookup(virtual) else { return }
         let shared = volume.isShared(virtual, physical)
-        // Left to images whose deletion is being committed: freed when they go.
-        if shared && leftToLeavingImages(volume, virtual, physical) {
-            pending.append(.markDirty(pool: volume.pool.name, physicalChunk: physical))
-        }
         volume.map.unmap(virtual)
         let key = ChunkKey(volume: volume.key, chunk: virtual)
         let settled = unsettled.removeValue(forKey: key) == nil
@@ -91,7 +87,7 @@ extension Engine {
         } else if settled {
             pending.append(.unmap(volume: volume.layer, virtualChunk: virtual))
         }
-        guard !shared else { return }
+        guard !shared else { return releaseShared(volume, virtual: virtual, physical: physical) }
         pending.append(.markDirty(pool: volume.pool.name, physicalChunk: physical))
         unmapped.append((volume.pool, physical))
     }

@@ -170,7 +170,8 @@ extension Engine {
     /// are freed.
     func depart(_ image: Volume, marked: [UInt64]) {
         leaving.removeAll { $0 === image }
-        let only = image.chunksOnlyHere()
+        // Chunks another image's pending change lets go of are freed by it.
+        let only = image.chunksOnlyHere().filter { image.family.pendingReleases[$0] == nil }
         image.leaveFamily()
         let durable = Set(marked)
         // Those marked dirty by the deletion itself are durable: zeroed once
@@ -194,31 +195,35 @@ extension Engine {
         !leaving.isEmpty && leaving.contains { $0 === image }
     }
 
-    /// Whether the chunk `virtual` of `volume` replaced by a copy on write,
-    /// `old`, is now mapped only by images that are leaving: it becomes free
-    /// when they go, so it is marked dirty with the mapping that replaced it.
-    func leftToLeavingImages(_ volume: Volume, _ virtual: UInt64, _ old: UInt64) -> Bool {
-        guard !leaving.isEmpty else { return false }
-        var leavers = false
-        for other in volume.family.members where other !== volume && virtual < other.map.virtualChunks && other.map.lookup(virtual) == old {
-            guard isLeaving(other) else { return false }
-            leavers = true
-        }
-        return leavers
+    // MARK: - Shared chunks let go of
+
+    /// `volume` lets go of `physical` at `virtual` (a copy on write settled,
+    /// a TRIM, a revert, a cut) while another image may still map it. Until
+    /// the change is durable a crash would give it back to `volume`, so it
+    /// stays shared (`Family.pendingReleases`): nobody writes into it in
+    /// place. It is marked dirty with the change, in case nobody maps it by
+    /// then; `endRelease` frees it if so. A copy on write holds it from the
+    /// moment it is planned (`held`).
+    func releaseShared(_ volume: Volume, virtual: UInt64, physical: UInt64, held: Bool = false) {
+        let family = volume.family
+        let pool = volume.pool
+        if !held { family.holdRelease(physical) }
+        pending.append(.markDirty(pool: pool.name, physicalChunk: physical))
+        durableActions.append { [self] in endRelease(family, pool, virtual: virtual, physical: physical) }
     }
 
-    /// `volume` is about to drop mappings (all of them in a revert, those
-    /// past the new end in a shrink): the chunks it shares only with leaving
-    /// images are freed when those go, so they are marked dirty with this
-    /// change. (Marking one it keeps does no harm: a mapped chunk just loses
-    /// the mark at the next start.)
-    func markLeftToLeavingImages(_ volume: Volume) {
-        guard volume.family.members.contains(where: isLeaving) else { return }
-        let stay = volume.family.members.filter { $0 !== volume && !isLeaving($0) }
-        let alone = Set(volume.chunksOnlyHere())
-        for chunk in volume.chunks(notMappedBy: stay) where !alone.contains(chunk) {
-            pending.append(.markDirty(pool: volume.pool.name, physicalChunk: chunk))
-        }
+    /// The change that let go of `physical` is durable: if it was the last
+    /// one pending and no image maps the chunk any more, it is freed (its
+    /// dirty mark is durable already). A mark on a chunk still mapped is
+    /// harmless: it goes at the next start.
+    func endRelease(_ family: Family, _ pool: Pool, virtual: UInt64, physical: UInt64) {
+        family.endRelease(physical)
+        guard family.pendingReleases[physical] == nil,
+              !family.members.contains(where: { virtual < $0.map.virtualChunks && $0.map.lookup(virtual) == physical })
+        else { return }
+        draining.append((epoch, pool, [physical]))
+        epoch += 1
+        reclaimDrained()
     }
 
     /// Chunks only `image` maps go back to the pool after the next commit
@@ -621,8 +626,14 @@ extension Engine {
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
             let kept = Set(keep.map(\.physical))
-            let freed = volume.chunksOnlyHere().filter { !kept.contains($0) }
-            markLeftToLeavingImages(volume)
+            let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }
+            // What it shares with others it lets go of, not durably yet.
+            var dropped: [(virtual: UInt64, physical: UInt64)] = []
+            if volume.family.members.count > 1 {
+                volume.map.forEachMapping { virtual, physical in
+                    if volume.isShared(virtual, physical) { dropped.append((virtual, physical)) }
+                }
+            }
             for (owner, chunk) in dropUnwritten {
                 owner.markWritten(chunk)
                 pool.unwrittenReservedChunks -= 1
@@ -642,6 +653,7 @@ extension Engine {
                 changes.append(.resizeVolume(key: volume.key, sizeBytes: snapshot.sizeBytes))
             }
             volume.replaceMap(with: snapshot.map, sizeBytes: snapshot.sizeBytes)
+            for (virtual, physical) in dropped { releaseShared(volume, virtual: virtual, physical: physical) }
             for (chunk, physical) in keep {
                 volume.map.map(chunk, to: physical)
                 volume.markOwned(chunk)

@@ -129,7 +129,11 @@ extension Engine {
         }
         willWrite(volume, plan, drawnFrom: source, offset: offset, length: length)
         beginDrawing(source)
-        for copy in plan.copies { copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = [] }
+        for copy in plan.copies {
+            copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = []
+            // Still this volume's after a crash until the copy's mapping is durable.
+            volume.family.holdRelease(copy.oldPhysical)
+        }
         for fill in plan.fills { copying[ChunkKey(volume: volume.key, chunk: fill.virtualChunk)] = [] }
         let progress = Progress(pieces: plan.segments.count + plan.copies.count + plan.fills.count)
         let epoch = beginIO()
@@ -293,9 +297,7 @@ extension Engine {
         if let old = entry.replaced {
             // Copy-on-write mappings replace durable data: their commit syncs the pool first.
             copyPools.insert(volume.pool.name)
-            if leftToLeavingImages(volume, chunk, old) {
-                pending.append(.markDirty(pool: volume.pool.name, physicalChunk: old))
-            }
+            releaseShared(volume, virtual: chunk, physical: old, held: true)
         }
         pending.append(.map(volume: entry.layer, virtualChunk: chunk, physicalChunk: entry.physical))
         pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: entry.physical))
@@ -318,6 +320,7 @@ extension Engine {
             }
             volume.map.map(chunk, to: old)
             volume.forgetOwned(chunk)
+            volume.family.endRelease(old)
         } else {
             volume.map.unmap(chunk)
         }

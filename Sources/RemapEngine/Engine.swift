@@ -754,9 +754,16 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
             }
             volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
-            // A snapshot or clone keeps the chunks it shares.
-            if newChunks < oldChunks { markLeftToLeavingImages(volume) }
+            // A snapshot or clone keeps the chunks it shares; the volume lets
+            // go of them, not durably yet.
+            var dropped: [(virtual: UInt64, physical: UInt64)] = []
+            if newChunks < oldChunks, volume.family.members.count > 1 {
+                volume.map.forEachMapping { virtual, physical in
+                    if virtual >= newChunks, volume.isShared(virtual, physical) { dropped.append((virtual, physical)) }
+                }
+            }
             let resized = volume.resize(to: size)
+            for (virtual, physical) in dropped { releaseShared(volume, virtual: virtual, physical: physical) }
             // Copy-on-write space follows what is left of the range reservations:
             // that of a range cut off ends, that of one cut short shrinks.
             if newChunks < oldChunks, volume.reservations.contains(where: { $0.role == .copyOnWrite }) {
