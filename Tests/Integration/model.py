@@ -38,6 +38,7 @@ import errno
 import itertools
 import os
 import random
+import select
 import time
 from urllib.parse import quote
 
@@ -74,14 +75,16 @@ def errname(code):
 class Rec:
     """A value written to [start, end) (bytes, whole sectors): `data`, or
     zeros when None. `durable` once acknowledged before a completed FLUSH
-    (or FUA); `failed` for a write that got an error (never durable);
-    `pseudo` for the old values of a failed write's range."""
+    (or FUA); `failed` for a write that got an error, and for the old bytes
+    of its range (never durable); `acked`: when it was acknowledged (an
+    event number, for FLUSHes racing with writes)."""
 
-    __slots__ = ("start", "end", "data", "durable", "failed")
+    __slots__ = ("start", "end", "data", "durable", "failed", "acked")
 
     def __init__(self, start, end, data, durable=False, failed=False):
         self.start, self.end, self.data = start, end, data
         self.durable, self.failed = durable, failed
+        self.acked = None
 
     def value(self, sector):
         if self.data is None:
@@ -135,12 +138,28 @@ class Image:
     # ------------------------------------------------------------ data
 
     def record(self, start, data, length, durable=False, failed=False):
-        """A write of `data` (None: zeros) at `start`; updates cur."""
+        """A write of `data` (None: zeros) at `start`; updates cur. Returns
+        its record."""
         if self.base is None:
             self.base = bytes(self.cur)
-        self.recs.append(Rec(start, start + length, data, durable, failed))
+        rec = Rec(start, start + length, data, durable, failed)
+        self.recs.append(rec)
         if not failed:
             self.cur[start:start + length] = data if data is not None else bytes(length)
+        return rec
+
+    def fold(self):
+        """Durable records at the head of `recs` become part of `base` (a
+        volume written without pause never gets to collapse)."""
+        n = 0
+        while n < len(self.recs) and self.recs[n].durable:
+            n += 1
+        if not n:
+            return
+        base = bytearray(self.base)
+        for r in self.recs[:n]:
+            base[r.start:r.end] = r.data if r.data is not None else bytes(r.end - r.start)
+        self.base, self.recs = bytes(base), self.recs[n:]
 
     def record_failed(self, start, data, length, observed):
         """A write that failed: the range now reads `observed` (each sector
@@ -575,6 +594,35 @@ def allocation(h, size):
         for c in range(off // CHUNK, -(-(off + n) // CHUNK)):
             flags[c] = not fl & nbd.STATE_HOLE
     return flags
+
+
+def aio_wait(handles, timeout=0.02):
+    """Waits up to `timeout` for the sockets of libnbd `handles` and lets
+    each do its work. Returns (handles whose socket is gone, [(handle,
+    nbd.Error)] for those that failed doing it)."""
+    rd, wr, fds, gone, failed = [], [], {}, [], []
+    for h in handles:
+        try:
+            fd, direction = h.aio_get_fd(), h.aio_get_direction()
+        except nbd.Error:
+            gone.append(h)
+            continue
+        fds[fd] = h
+        if direction & nbd.AIO_DIRECTION_READ:
+            rd.append(fd)
+        if direction & nbd.AIO_DIRECTION_WRITE:
+            wr.append(fd)
+    r, w, _ = select.select(rd, wr, [], timeout)
+    for fd in set(r) | set(w):
+        h = fds[fd]
+        try:
+            if fd in r:
+                h.aio_notify_read()
+            if fd in w and not h.aio_is_dead():
+                h.aio_notify_write()
+        except nbd.Error as e:
+            failed.append((h, e))
+    return gone, failed
 
 
 def read_all(h, size):

@@ -29,7 +29,6 @@ and REMAP_MODEL_SECONDS bound it (the walk stops at whichever comes first).
 
 import os
 import random
-import time
 from random import Random
 
 import pytest
