@@ -60,6 +60,13 @@ public protocol ControlPlane: Sendable {
     /// Cancels a running operation (answers it as it ended) or forgets a finished one (nil).
     func cancelOperation(_ id: String) throws(RemapError) -> OperationInfo?
     func checkPool(named name: String) throws(RemapError) -> PoolCheck
+    /// Checks a degraded or offline pool's suppliers again; online if they pass.
+    func clearPoolErrors(named name: String) throws(RemapError) -> PoolInfo
+
+    /// Fault injection (debug builds started with `--fault-injection`): the
+    /// rules and counts, or nil when it is off (its routes are then 404).
+    func faultState() -> FaultState?
+    func setFaultRules(_ rules: [FaultRule]) throws(RemapError) -> FaultState
 }
 
 /// remap's version, reported by `GET /v1/version`.

@@ -15,6 +15,14 @@ enum MetricsText {
         for pool in pools { out.sample("remap_pool_free_bytes", [("pool", pool.name)], pool.freeBytes) }
         out.family("remap_pool_provisioned_bytes", "gauge", "Sum of the sizes of a pool's volumes.")
         for pool in pools { out.sample("remap_pool_provisioned_bytes", [("pool", pool.name)], pool.provisionedBytes) }
+        out.family("remap_pool_state", "gauge", "1 for the state a pool is in (online, degraded, offline), 0 for the others.")
+        for pool in pools {
+            for state in PoolState.allCases {
+                out.sample("remap_pool_state", [("pool", pool.name), ("state", state.rawValue)], pool.state == state ? 1 : 0)
+            }
+        }
+        out.family("remap_metadata_commit_failures_total", "counter", "Metadata commits that failed (their changes were kept and retried).")
+        out.sample("remap_metadata_commit_failures_total", [], dataPath.metadataCommitFailures)
 
         out.family("remap_volume_size_bytes", "gauge", "A volume's size.")
         for volume in volumes {

@@ -46,6 +46,10 @@ public struct Problem: Error, Encodable, Sendable {
             self.init(status: 409, code: "in-use", title: "In use", detail: error.description)
         case .shrinkNotAllowed:
             self.init(status: 409, code: "shrink-not-allowed", title: "Shrink not allowed", detail: error.description)
+        case .poolUnavailable:
+            self.init(status: 409, code: "pool-unavailable", title: "Pool unavailable", detail: error.description)
+        case .supplierFailed:
+            self.init(status: 409, code: "supplier-failed", title: "Supplier failed", detail: error.description)
         case .noSpace(let requested, let available):
             self.init(status: 507, code: "insufficient-space", title: "Insufficient space", detail: error.description)
             requestedBytes = requested

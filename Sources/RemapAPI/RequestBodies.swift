@@ -173,6 +173,23 @@ enum RequestBodies {
         }
     }
 
+    /// An action that takes no fields: an empty body or `{}`.
+    static func noFields(_ request: HTTPRequest) throws(Problem) {
+        guard !request.body.isEmpty else { return }
+        _ = try JSONFields(try body(request), allowed: [])
+    }
+
+    /// Fault-injection rules (`PUT /v1/debug/faults`), decoded whole.
+    static func faultRules(_ request: HTTPRequest) throws(Problem) -> [FaultRule] {
+        _ = try JSONFields(try body(request), allowed: ["rules"])
+        struct Rules: Decodable { var rules: [FaultRule] }
+        do {
+            return try JSONDecoder().decode(Rules.self, from: Data(request.body)).rules
+        } catch {
+            throw .invalidArgument("fault rules: \(error)")
+        }
+    }
+
     private static func body(_ request: HTTPRequest) throws(Problem) -> [String: JSONValue] {
         if let type = request.contentType {
             let media = type.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""

@@ -77,6 +77,26 @@ public struct Router: Sendable {
                 try answer { () throws(RemapError) in try control.deletePool(named: path[1]) }
                 return .noContent()
             }
+        case 3 where path[0] == "pools" && path[2] == "clear-errors":
+            route = "/v1/pools/{name}/clear-errors"
+            try allow(request, ["POST"])
+            try noQuery(request)
+            try RequestBodies.noFields(request)
+            return Self.json(200, try answer { () throws(RemapError) in try control.clearPoolErrors(named: path[1]) })
+        case 2 where path[0] == "debug" && path[1] == "faults" && control.faultState() != nil:
+            route = "/v1/debug/faults"
+            try allow(request, ["GET", "PUT", "DELETE"])
+            try noQuery(request)
+            switch request.method {
+            case "GET":
+                return Self.json(200, control.faultState())
+            case "PUT":
+                let rules = try RequestBodies.faultRules(request)
+                return Self.json(200, try answer { () throws(RemapError) in try control.setFaultRules(rules) })
+            default:
+                _ = try answer { () throws(RemapError) in try control.setFaultRules([]) }
+                return .noContent()
+            }
         case 4 where path[0] == "pools" && path[2] == "suppliers":
             route = "/v1/pools/{name}/suppliers/{id}"
             try allow(request, ["PATCH"])

@@ -4,6 +4,12 @@ public struct Event: Codable, Sendable, Equatable {
         case poolLowSpace = "pool.low-space"
         case poolNoSpace = "pool.no-space"
         case poolGrown = "pool.grown"
+        /// A supplier failed: the pool serves reads only.
+        case poolDegraded = "pool.degraded"
+        /// A supplier was missing or unusable at start: the pool serves nothing.
+        case poolOffline = "pool.offline"
+        /// An operator cleared the pool's errors: it serves again.
+        case poolOnline = "pool.online"
         case reservationExpired = "reservation.expired"
         case reservationReleased = "reservation.released"
         case snapshotCreated = "snapshot.created"

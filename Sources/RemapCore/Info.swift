@@ -15,6 +15,11 @@ public struct PoolInfo: Codable, Sendable, Equatable {
     public var overcommitRatio: Double
     public var volumeCount: Int
     public var suppliers: [SupplierInfo]
+    /// online, degraded (a supplier failed: reads only) or offline (a
+    /// supplier was missing at start: no I/O).
+    public var state: PoolState
+    /// What failed, for people; absent when online.
+    public var stateReason: String?
 }
 
 public struct SupplierInfo: Codable, Sendable, Equatable {
@@ -23,6 +28,10 @@ public struct SupplierInfo: Codable, Sendable, Equatable {
     public var path: String
     public var sizeBytes: UInt64
     public var preallocated: Bool
+    /// "ok", "failed" or "missing".
+    public var state: String
+    /// What failed; absent when ok.
+    public var error: String?
 }
 
 /// What the control plane shows of a volume.

@@ -25,6 +25,11 @@ public final class Pool {
     /// Percent of capacity committed (allocated + reserved) at which
     /// `pool.low-space` events fire.
     public var lowSpaceThresholds: [Int] = [80, 90, 95]
+    /// Suppliers that failed, by index: sticky until an operator clears
+    /// them (or a restart finds the device working).
+    public private(set) var supplierFaults: [Int: SupplierFault] = [:]
+    /// Faults recorded since start: a clear that raced with a new fault sees it changed.
+    public private(set) var faultsRecorded: UInt64 = 0
 
     /// A run of physical chunks on one supplier.
     public struct Segment: Equatable, Sendable {
@@ -195,6 +200,35 @@ public final class Pool {
         }
     }
 
+    // MARK: - Health
+
+    /// Offline when a supplier was missing at start, degraded when one
+    /// failed since, else online. Kept, not derived: the data path asks at
+    /// every request.
+    public private(set) var state = PoolState.online
+
+    /// What failed, one clause per supplier; nil when online.
+    public var stateReason: String? {
+        supplierFaults.isEmpty ? nil : supplierFaults.sorted { $0.key < $1.key }.map(\.value.message).joined(separator: "; ")
+    }
+
+    /// Records that supplier `index` failed; the first fault of a supplier
+    /// is kept (it is the cause). Returns whether the pool's state changed.
+    @discardableResult
+    public func recordFault(_ fault: SupplierFault, supplier index: Int) -> Bool {
+        let before = state
+        faultsRecorded += 1
+        if supplierFaults[index] == nil || fault.kind == .missing { supplierFaults[index] = fault }
+        state = supplierFaults.values.contains { $0.kind == .missing } ? .offline : .degraded
+        return state != before
+    }
+
+    /// The operator cleared the faults (the suppliers passed their checks).
+    public func clearFaults() {
+        supplierFaults = [:]
+        state = .online
+    }
+
     /// What the control plane shows; `volumes` are the pool's volumes.
     public func info(volumes: [Volume]) -> PoolInfo {
         let provisioned = volumes.reduce(UInt64(0)) { $0 + $1.sizeBytes }
@@ -204,10 +238,40 @@ public final class Pool {
             provisionedBytes: provisioned, onNoSpace: onNoSpace, lowSpaceThresholds: lowSpaceThresholds,
             overcommitRatio: capacityBytes == 0 ? 0 : Double(provisioned) / Double(capacityBytes),
             volumeCount: volumes.count,
-            suppliers: suppliers.map {
-                SupplierInfo(id: $0.id, kind: $0.kind.rawValue, path: $0.path, sizeBytes: $0.sizeBytes,
-                             preallocated: $0.preallocated)
-            })
+            suppliers: suppliers.enumerated().map { index, supplier in
+                SupplierInfo(id: supplier.id, kind: supplier.kind.rawValue, path: supplier.path, sizeBytes: supplier.sizeBytes,
+                             preallocated: supplier.preallocated, state: supplierFaults[index]?.kind.rawValue ?? "ok",
+                             error: supplierFaults[index]?.message)
+            },
+            state: state, stateReason: stateReason)
+    }
+}
+
+/// Whether a pool serves (DESIGN.md, "When the hardware fails").
+public enum PoolState: String, Codable, Sendable, CaseIterable {
+    /// Reads and writes.
+    case online
+    /// A supplier failed: reads work; writes, TRIM, WRITE_ZEROES and FLUSH fail with EIO.
+    case degraded
+    /// A supplier was missing or unusable at start: no I/O at all.
+    case offline
+}
+
+/// Why a supplier does not serve.
+public struct SupplierFault: Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        /// Write-back or a write failed, or the file was deleted or truncated.
+        case failed
+        /// Missing, short or unopenable at start.
+        case missing
+    }
+
+    public var kind: Kind
+    public var message: String
+
+    public init(kind: Kind, message: String) {
+        self.kind = kind
+        self.message = message
     }
 }
 

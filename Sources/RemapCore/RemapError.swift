@@ -10,6 +10,10 @@ public enum RemapError: Error, Equatable, Sendable {
     /// A volume would get smaller, and the caller did not allow it.
     case shrinkNotAllowed(String)
     case noSpace(requestedBytes: UInt64, availableBytes: UInt64)
+    /// The pool is degraded or offline: it cannot take the change now.
+    case poolUnavailable(String)
+    /// A supplier still fails the checks that would clear a pool's errors.
+    case supplierFailed(String)
     /// A system call failed; `context` says what remap was doing.
     case io(errno: Int32, context: String)
     case `internal`(String)
@@ -25,6 +29,8 @@ extension RemapError: CustomStringConvertible {
         case .shrinkNotAllowed(let detail): return detail
         case .noSpace(let requested, let available):
             return "insufficient space: \(requested) bytes requested, \(available) bytes available"
+        case .poolUnavailable(let detail): return detail
+        case .supplierFailed(let detail): return detail
         case .io(let errno, let context): return "\(context): errno \(errno)"
         case .internal(let detail): return detail
         }

@@ -36,6 +36,8 @@ public struct DataPathStatistics: Sendable, Equatable {
     /// By command name (read, write, flush, ...).
     public var commands: [String: CommandStatistics] = [:]
     public var connections = 0
+    /// Metadata commits that failed since start (their changes are retried).
+    public var metadataCommitFailures: UInt64 = 0
 
     public init() {}
 }

@@ -106,6 +106,13 @@ public final class Volume {
     /// Forgets what was known owned: everything may be shared now.
     public func forgetOwnership() { ownedChunks = [] }
 
+    /// Forgets that `virtual` is owned: it maps a shared chunk again (a
+    /// failed copy on write was undone).
+    public func forgetOwned(_ virtual: UInt64) {
+        let word = Int(virtual / 64)
+        if word < ownedChunks.count { ownedChunks[word] &= ~(1 << (virtual % 64)) }
+    }
+
     /// Leaves the family (the image is being deleted).
     public func leaveFamily() {
         family.members.removeAll { $0 === self }

@@ -146,7 +146,10 @@ extension Engine {
         }
         if failure == nil {
             do throws(RemapError) {
-                try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in flush { reply($0) } }
+                try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+                    guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+                    flush(volume) { reply($0) }
+                }
             } catch {
                 failure = error
             }

@@ -25,7 +25,7 @@ extension Engine {
     /// so writes can take them without a commit of their own and a crash
     /// before their mapping commits still gets them zeroed.
     func prepareChunks(_ pool: Pool) {
-        guard !preparingPools.contains(pool.name), pool.preparedCount < Self.stashLowWater else { return }
+        guard !preparingPools.contains(pool.name), pool.preparedCount < Self.stashLowWater, pool.state != .offline else { return }
         let chunks = pool.startPreparing(Self.stashTarget - pool.preparedCount)
         guard !chunks.isEmpty else { return }
         preparingPools.insert(pool.name)
@@ -144,21 +144,56 @@ extension Engine {
             ready.append((entry.pool, entry.chunks))
             return true
         }
-        for (pool, chunks) in ready {
-            guard pools[pool.name] === pool else { continue }
-            reclaimJobs += 1
-            submit(zeroJob(pool: pool, chunks: chunks)) { [self] result in
-                reclaimJobs -= 1
-                switch result {
-                case .success:
-                    for chunk in chunks { pool.allocator.release(chunk) }
-                    chunksReleased(pool)
-                case .failure(let error):
-                    // They stay allocated (and marked dirty): a restart zeroes them.
-                    log("zeroing freed chunks of pool '\(pool.name)' failed: \(error)")
-                }
+        for (pool, chunks) in ready { zero(chunks, of: pool) }
+    }
+
+    /// How long a chunk whose zeroing failed waits before the next try.
+    static let reclaimRetryInterval: Int64 = 2_000_000_000
+
+    /// Zeroes freed chunks and gives them back to the allocator. Chunks
+    /// whose zeroing fails (or whose pool is offline) stay allocated and
+    /// marked dirty, and are tried again later: never reused unzeroed,
+    /// never leaked until a restart.
+    func zero(_ chunks: [UInt64], of pool: Pool) {
+        guard pools[pool.name] === pool, !chunks.isEmpty else { return }
+        guard pool.state != .offline else {
+            reclaimRetries.append((pool, chunks, monotonicNanoseconds() + Self.reclaimRetryInterval))
+            return
+        }
+        reclaimJobs += 1
+        submitJob(zeroJob(pool: pool, chunks: chunks)) { [self] outcome in
+            reclaimJobs -= 1
+            noteFailedSyncs(outcome.failedSyncs, during: "write-back (fdatasync) of zeroed chunks")
+            switch outcome.result {
+            case .success:
+                for chunk in chunks { pool.allocator.release(chunk) }
+                if !reclaimHeirs.isEmpty { returnToHeirs(chunks, of: pool) }
+                chunksReleased(pool)
+            case .failure(let error):
+                log("zeroing \(chunks.count) freed chunk(s) of pool '\(pool.name)' failed: \(error); tried again in \(Self.reclaimRetryInterval / 1_000_000_000) s")
+                reclaimRetries.append((pool, chunks, monotonicNanoseconds() + Self.reclaimRetryInterval))
             }
         }
+    }
+
+    /// Chunks a failed write had drawn from a reservation are free again:
+    /// the reservation gets them back, if it still stands.
+    private func returnToHeirs(_ chunks: [UInt64], of pool: Pool) {
+        for chunk in chunks {
+            guard let heir = reclaimHeirs.removeValue(forKey: ReclaimKey(pool: pool.name, chunk: chunk)),
+                  !heir.released, heir.kind == .pooled else { continue }
+            heir.undraw()
+            pool.pooledReservedChunks += 1
+            pending.append(.setReservationRemaining(id: heir.id, remaining: heir.remaining + heir.drawnInFlight))
+        }
+    }
+
+    /// Tries again the zeroing of chunks whose turn has come.
+    func retryReclaims(now: Int64) {
+        guard reclaimRetries.contains(where: { $0.due <= now }) else { return }
+        let due = reclaimRetries.filter { $0.due <= now }
+        reclaimRetries.removeAll { $0.due <= now }
+        for entry in due { zero(entry.chunks, of: entry.pool) }
     }
 }
 
@@ -168,7 +203,7 @@ extension Engine {
     /// `fast` (then the handler gets -EOPNOTSUPP).
     func zeroSupplier(fd: Int32, offset: UInt64, length: UInt64, punch: Bool, fast: Bool, _ handler: @escaping (Int32) -> Void) {
         let mode = punch ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
-        ring.allocateSpace(fd: fd, mode: mode, offset: offset, length: length) { [self] result in
+        suppliers.allocateSpace(fd: fd, mode: mode, offset: offset, length: length) { [self] result in
             guard result == -EOPNOTSUPP || result == -EINVAL else { return handler(result) }
             if fast { return handler(-EOPNOTSUPP) }
             writeZeros(fd: fd, offset: offset, length: length, handler)
@@ -178,7 +213,7 @@ extension Engine {
     private func writeZeros(fd: Int32, offset: UInt64, length: UInt64, _ handler: @escaping (Int32) -> Void) {
         guard length > 0 else { return handler(0) }
         let count = Int(min(length, UInt64(Self.zeros.count)))
-        ring.writeFully(fd: fd, from: Self.zeros.pointer, count: count, offset: offset) { [self] result in
+        suppliers.writeFully(fd: fd, from: Self.zeros.pointer, count: count, offset: offset) { [self] result in
             if result < 0 { return handler(result) }
             writeZeros(fd: fd, offset: offset + UInt64(count), length: length - UInt64(count), handler)
         }

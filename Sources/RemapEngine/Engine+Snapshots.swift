@@ -139,21 +139,10 @@ extension Engine {
                 for image in volumes.values where image.layer == child { image.layer = layerKey }
                 for image in snapshots.values where image.layer == child { image.layer = layerKey }
                 // Writes in flight land where their image's rows now are.
-                for (chunk, entry) in unsettled where entry.layer == child {
-                    unsettled[chunk] = (entry.physical, layerKey, entry.copy)
-                }
+                for (chunk, entry) in unsettled where entry.layer == child { unsettled[chunk]?.layer = layerKey }
             }
         }
         return changes
-    }
-
-    /// Commits snapshot, clone and revert changes. They write no data, so
-    /// the suppliers are synced only when pending copy-on-write mappings
-    /// need it (as for the periodic commit): a snapshot does not wait for
-    /// other volumes' dirty data. Like the volume itself, a snapshot holds
-    /// after a crash the writes that were flushed before it was taken.
-    func commitMetadata(_ changes: [MetadataChange], _ completion: @escaping (Result<Void, RemapError>) -> Void) {
-        commit(extra: changes, syncData: pendingCopies, completion)
     }
 
     /// Chunks only `image` maps go back to the pool after the next commit
@@ -386,7 +375,7 @@ extension Engine {
                     changes.append(.moveUnwritten(from: oldLayer, to: newLayer, tombstone: layers[oldLayer]?.parent != nil))
                 }
                 checkThresholds(pool)
-                commitMetadata(changes) { [self] result in
+                commit(extra: changes) { [self] result in
                     if case .success = result {
                         events.record(.snapshotCreated, pool: pool.name, volume: volume.name,
                                       detail: "snapshot '\(snapshot.exportName)' taken")
@@ -435,7 +424,7 @@ extension Engine {
             for member in snapshot.family.members where !member.isSnapshot {
                 applyCopyOnWriteNeeds(member, copyOnWriteNeeds(member, assumingAllShared: false), growOnly: false)
             }
-            commitMetadata(changes) { [self] result in
+            commit(extra: changes) { [self] result in
                 if case .success = result {
                     events.record(.snapshotDeleted, pool: snapshot.pool.name, volume: snapshot.name,
                                   detail: "snapshot '\(snapshot.exportName)' deleted; \(UInt64(freed.count) * snapshot.pool.chunkSize) bytes freed")
@@ -463,12 +452,15 @@ extension Engine {
                     return reply(.failure(.alreadyExists(kind: "volume", name: name,
                                                          detail: "volume '\(name)' exists and is not a clone of '\(snapshot.exportName)' with these labels")))
                 }
+                // Answer only once the first clone's rows are durable.
+                if undurable.contains(existing.key) { return commit { reply($0.map { false }) } }
                 return reply(.success(false))
             }
             if extraExports[name] != nil {
                 return reply(.failure(.alreadyExists(kind: "export", name: name,
                                                      detail: "an export named '\(name)' exists; volume names share the export namespace")))
             }
+            if let refusal = changeRefusal(snapshot.pool) { return reply(.failure(refusal)) }
             let key = nextVolumeKey
             let layer = nextVolumeKey + 1
             nextVolumeKey += 2
@@ -486,12 +478,10 @@ extension Engine {
             undurable.insert(key)
             let stored = StoredVolume(key: key, id: clone.id, name: name, pool: clone.pool.name, sizeBytes: clone.sizeBytes,
                                       createdAt: clone.createdAt, labels: labels, layer: layer, originSnapshot: snapshot.id)
-            commitMetadata([.createLayer(key: layer, parent: snapshot.layer), .createVolume(stored)]) { [self] result in
-                undurable.remove(key)
-                if case .failure = result {
-                    volumes[name] = nil
-                    clone.leaveFamily()
-                }
+            // A failed commit keeps the clone: its rows are retried, and the
+            // error says it is not durable yet.
+            commit(extra: [.createLayer(key: layer, parent: snapshot.layer), .createVolume(stored)],
+                   onDurable: { [self] in undurable.remove(key) }) { result in
                 reply(result.map { true })
             }
         }
@@ -518,6 +508,7 @@ extension Engine {
             if importing.contains(volume.key) || volumeWrites[volume.key] != nil {
                 return reply(.failure(.inUse("volume '\(name)' is being written")))
             }
+            if let refusal = changeRefusal(volume.pool) { return reply(.failure(refusal)) }
             // Range reservations stay whole: where the snapshot has a hole the
             // chunk is reserved-unwritten (the one it had, or a fresh one);
             // where it has data, the chunk is shared and needs copy-on-write space.
@@ -589,7 +580,7 @@ extension Engine {
             changes += collectLayers(from: oldLayer)
             freeChunks(freed, of: pool)
             applyCopyOnWriteNeeds(volume, needs, growOnly: false)
-            commitMetadata(changes) { [self] result in
+            commit(extra: changes) { [self] result in
                 if case .success = result {
                     events.record(.volumeReverted, pool: volume.pool.name, volume: name,
                                   detail: "volume '\(name)' reverted to snapshot '\(snapshot.exportName)'")

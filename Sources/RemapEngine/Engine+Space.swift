@@ -65,6 +65,14 @@ extension Engine {
             pool.returnChunk(chunk)
         }
 
+        /// The reservation each chunk drawn from one was drawn from (empty,
+        /// and free, for the usual write that drew on none).
+        var reservationsByChunk: [UInt64: Reservation] {
+            var drawn: [UInt64: Reservation] = [:]
+            for entry in taken { if let reservation = entry.reservation { drawn[entry.chunk] = reservation } }
+            return drawn
+        }
+
         /// The reservations this write drew on, with how many chunks each.
         var drawnCounts: [(Reservation, UInt64)] {
             var counts: [ObjectIdentifier: (Reservation, UInt64)] = [:]
@@ -273,6 +281,7 @@ extension Engine {
                 : .failure(.alreadyExists(kind: "reservation", name: name,
                                           detail: "reservation '\(name)' on volume '\(volume.name)' exists with another spec")))
         }
+        if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
         let expiresAt = spec.ttlSeconds.map(leaseEnd)
         let reservation: Reservation
         var changes: [MetadataChange] = []
@@ -479,6 +488,7 @@ extension Engine {
             guard let index = pool.suppliers.firstIndex(where: { $0.id == id || $0.path == id }) else {
                 return reply(.failure(.notFound(kind: "supplier", name: id)))
             }
+            if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
             reply(.success((supplierFD(pool: pool, index: index), pool.suppliers[index])))
         }
         guard supplier.kind == .file else {

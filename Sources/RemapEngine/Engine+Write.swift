@@ -2,6 +2,23 @@ import Glibc
 import RemapCore
 import RemapStore
 
+/// A chunk a write mapped (a hole filled, or a shared chunk copied) whose
+/// mapping is not pending yet: it joins `pending` once a write into it
+/// succeeded, and is given back if every write into it failed.
+struct UnsettledChunk {
+    var physical: UInt64
+    /// The layer the write was planned in: a snapshot taken meanwhile holds it.
+    var layer: Int64
+    /// For a copy on write: the shared chunk it replaces.
+    var replaced: UInt64?
+    /// The reservation the chunk was drawn from: it gets the chunk back if
+    /// the chunk is given back.
+    var reservation: Reservation?
+    /// Writes into the chunk in flight.
+    var writers = 0
+    var succeeded = false
+}
+
 /// The two-phase write and read on the engine thread, shared by NBD, the
 /// content stream and imports; with copy on write for chunks a snapshot or
 /// clone shares.
@@ -87,7 +104,8 @@ extension Engine {
     }
 
     func planWrite(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
-                           bound: String?, deadline: Int64?, completion: @escaping (Result<Void, RemapError>) -> Void) {
+                   bound: String?, deadline: Int64?, completion: @escaping (Result<Void, RemapError>) -> Void) {
+        if let refusal = ioRefusal(volume.pool) { return completion(.failure(refusal)) }
         if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
             copying[busy]!.append { [self] in  // invariant: found just above
                 planWrite(volume, offset: offset, length: length, data: data, owner: owner, bound: bound,
@@ -109,42 +127,64 @@ extension Engine {
                 },
                 fail: { completion(.failure(error)) })
         }
-        willWrite(volume, newMappings: plan.newMappings, copies: plan.copies)
+        willWrite(volume, plan, drawnFrom: source, offset: offset, length: length)
         beginDrawing(source)
         for copy in plan.copies { copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = [] }
         let progress = Progress(remaining: plan.segments.count + plan.copies.count)
         let epoch = beginIO()
         let finish = { [self] in
             endIO(epoch)
-            didWrite(volume, offset: offset, length: length)
-            if progress.failure == 0 { markWritten(volume, offset: offset, length: length) }
+            let succeeded = progress.failure == 0
+            didWrite(volume, offset: offset, length: length, succeeded: succeeded)
+            if succeeded { markWritten(volume, offset: offset, length: length) }
             endDrawing(source)
-            completion(progress.failure == 0
-                ? .success(()) : .failure(.io(errno: -progress.failure, context: "writing the supplier")))
+            completion(succeeded ? .success(()) : .failure(writeFailed(volume, error: -progress.failure, fd: progress.failedFD)))
         }
         for segment in plan.segments {
             guard case .supplier(let index, let supplierOffset) = segment.target else { continue }
             let fd = supplierFD(pool: volume.pool, index: index)
-            ring.writeFully(fd: fd, from: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
+            suppliers.writeFully(fd: fd, from: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
                 _ = owner  // the data lives until the write completes
-                progress.complete(result)
+                progress.complete(result, fd: fd)
                 if progress.remaining == 0 { finish() }
             }
         }
         for copy in plan.copies {
-            copyOnWrite(volume, copy, data: data, owner: owner) { [self] result in
+            copyOnWrite(volume, copy, data: data, owner: owner) { [self] result, fd in
+                // Undone before anyone waiting for the chunk plans on it.
+                if result < 0 { undoCopy(volume, copy.virtualChunk) }
                 copyLanded(ChunkKey(volume: volume.key, chunk: copy.virtualChunk))
-                progress.complete(result)
+                progress.complete(result, fd: fd)
                 if progress.remaining == 0 { finish() }
             }
         }
         if progress.remaining == 0 { finish() }
     }
 
+    /// The error a failed write answers. A host filesystem full under a
+    /// sparse supplier is ENOSPC and leaves the pool as it is; any other
+    /// failed write means the device lost data: the pool degrades.
+    private func writeFailed(_ volume: Volume, error: Int32, fd: Int32?) -> RemapError {
+        let pool = volume.pool
+        if error == ENOSPC {
+            let now = monotonicNanoseconds()
+            if now - (lastNoSpaceEvent[pool.name] ?? 0) > 1_000_000_000 {
+                lastNoSpaceEvent[pool.name] = now
+                events.record(.poolNoSpace, pool: pool.name, volume: volume.name,
+                              detail: "a write to volume '\(volume.name)' found the host filesystem under pool '\(pool.name)' full")
+            }
+            return .io(errno: ENOSPC, context: "the host filesystem under pool '\(pool.name)' is full")
+        }
+        if let fd { supplierFailed(fd: fd, errno: error, during: "a write") }
+        return .io(errno: error, context: "writing the supplier: \(String(cString: strerror(error)))")
+    }
+
     /// Fills a new chunk: the old chunk's bytes (unless the write covers it
     /// whole) with the write's part laid over them, written as one piece.
+    /// The handler gets the result and, for a failed write (not a failed
+    /// read of the old chunk), the supplier written.
     private func copyOnWrite(_ volume: Volume, _ copy: CopyOnWrite, data: UnsafeMutableRawPointer, owner: AnyObject,
-                             _ handler: @escaping (Int32) -> Void) {
+                             _ handler: @escaping (_ result: Int32, _ writtenFD: Int32?) -> Void) {
         let pool = volume.pool
         let chunkBytes = Int(min(pool.chunkSize, volume.sizeBytes - copy.virtualChunk * pool.chunkSize))
         let buffer = IOBuffer(count: chunkBytes)
@@ -153,18 +193,108 @@ extension Engine {
         let writeWhole = { [self] in
             memcpy(buffer.pointer + Int(copy.offsetInChunk), data + copy.bufferOffset, copy.length)
             _ = owner
-            ring.writeFully(fd: targetFD, from: buffer.pointer, count: chunkBytes, offset: target.offset) { result in
+            suppliers.writeFully(fd: targetFD, from: buffer.pointer, count: chunkBytes, offset: target.offset) { result in
                 _ = buffer  // lives until the write completes
-                handler(result)
+                handler(result, targetFD)
             }
         }
         if copy.whole { return writeWhole() }
         let source = pool.location(of: copy.oldPhysical)
-        ring.readFully(fd: supplierFD(pool: pool, index: source.supplier), into: buffer.pointer, count: chunkBytes,
-                       offset: source.offset) { result in
-            if result < 0 { return handler(result) }
+        suppliers.readFully(fd: supplierFD(pool: pool, index: source.supplier), into: buffer.pointer, count: chunkBytes,
+                            offset: source.offset) { result in
+            if result < 0 { return handler(result, nil) }
             writeWhole()
         }
+    }
+
+    // MARK: - Settling the chunks a write mapped
+
+    /// Phase 1 bookkeeping: the chunks `plan` maps are unsettled until a
+    /// write into them completes; every write into an unsettled chunk
+    /// (this one, and later ones planned in place into it) counts as its writer.
+    func willWrite(_ volume: Volume, _ plan: WritePlan, drawnFrom source: WriteChunks, offset: UInt64, length: Int) {
+        var replaced: [UInt64: UInt64] = [:]
+        for copy in plan.copies { replaced[copy.virtualChunk] = copy.oldPhysical }
+        let drawn = source.reservationsByChunk
+        for mapping in plan.newMappings {
+            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] = UnsettledChunk(
+                physical: mapping.physicalChunk, layer: volume.layer, replaced: replaced[mapping.virtualChunk],
+                reservation: drawn[mapping.physicalChunk])
+        }
+        forEachUnsettled(volume, offset: offset, length: length) { $0.writers += 1 }
+    }
+
+    /// Phase 3: a write completed. A chunk it wrote that was unsettled joins
+    /// the pending metadata once a write into it succeeded; one whose every
+    /// write failed is given back (a failed write maps no chunk).
+    func didWrite(_ volume: Volume, offset: UInt64, length: Int, succeeded: Bool) {
+        forEachUnsettled(volume, offset: offset, length: length) { entry in
+            entry.writers -= 1
+            if succeeded { entry.succeeded = true }
+        }
+        guard !unsettled.isEmpty, length > 0 else { return }
+        let chunkSize = volume.pool.chunkSize
+        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
+            let key = ChunkKey(volume: volume.key, chunk: chunk)
+            guard let entry = unsettled[key], entry.succeeded || entry.writers <= 0 else { continue }
+            unsettled[key] = nil
+            if entry.succeeded {
+                settle(volume, chunk, entry)
+            } else {
+                rollBack(volume, chunk, entry)
+            }
+        }
+    }
+
+    private func forEachUnsettled(_ volume: Volume, offset: UInt64, length: Int, _ body: (inout UnsettledChunk) -> Void) {
+        guard !unsettled.isEmpty, length > 0 else { return }
+        let chunkSize = volume.pool.chunkSize
+        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
+            let key = ChunkKey(volume: volume.key, chunk: chunk)
+            if unsettled[key] != nil { body(&unsettled[key]!) }  // invariant: checked just before
+        }
+    }
+
+    private func settle(_ volume: Volume, _ chunk: UInt64, _ entry: UnsettledChunk) {
+        // Copy-on-write mappings replace durable data: their commit syncs the pool first.
+        if entry.replaced != nil { copyPools.insert(volume.pool.name) }
+        pending.append(.map(volume: entry.layer, virtualChunk: chunk, physicalChunk: entry.physical))
+        pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: entry.physical))
+    }
+
+    /// Every write into `chunk` failed: the volume maps what it mapped
+    /// before (a hole, or the chunk it shares), and the new chunk goes back
+    /// to the pool — zeroed first, since the failed write may have reached it.
+    private func rollBack(_ volume: Volume, _ chunk: UInt64, _ entry: UnsettledChunk) {
+        guard volume.map.lookup(chunk) == entry.physical else { return }  // trimmed meanwhile: already given back
+        if let old = entry.replaced {
+            let stillShared = volume.family.members.contains {
+                $0 !== volume && chunk < $0.map.virtualChunks && $0.map.lookup(chunk) == old
+            }
+            guard stillShared else {
+                // Every image that shared the old chunk let go of it while
+                // the copy was in flight (it is being freed): keep the copy.
+                log("volume '\(volume.name)': a failed copy on write of chunk \(chunk) is kept; its old chunk was freed meanwhile")
+                return settle(volume, chunk, entry)
+            }
+            volume.map.map(chunk, to: old)
+            volume.forgetOwned(chunk)
+        } else {
+            volume.map.unmap(chunk)
+        }
+        pending.append(.markDirty(pool: volume.pool.name, physicalChunk: entry.physical))
+        unmapped.append((volume.pool, entry.physical))
+        if let reservation = entry.reservation {
+            reclaimHeirs[ReclaimKey(pool: volume.pool.name, chunk: entry.physical)] = reservation
+        }
+    }
+
+    /// A copy on write failed: undo it now, before the writes waiting for
+    /// the chunk plan on it (they must copy the shared chunk again).
+    private func undoCopy(_ volume: Volume, _ chunk: UInt64) {
+        let key = ChunkKey(volume: volume.key, chunk: chunk)
+        guard let entry = unsettled.removeValue(forKey: key) else { return }
+        rollBack(volume, chunk, entry)
     }
 
     // MARK: - Read
@@ -174,6 +304,8 @@ extension Engine {
     /// engine thread. `segments` says which parts were holes.
     func readData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
                   completion: @escaping (_ result: Int32, _ segments: [IOSegment]) -> Void) {
+        // An offline pool's suppliers are not open; a degraded one still reads.
+        if volume.pool.state == .offline { return completion(-EIO, []) }
         if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
             copying[busy]!.append { [self] in  // invariant: found just above
                 readData(volume, offset: offset, length: length, data: data, owner: owner, completion: completion)
@@ -194,7 +326,7 @@ extension Engine {
                 progress.remaining -= 1
             case .supplier(let index, let supplierOffset):
                 let fd = supplierFD(pool: volume.pool, index: index)
-                ring.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
+                suppliers.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
                     _ = owner  // the buffer lives until the read completes
                     progress.complete(result)
                     if progress.remaining == 0 { finish() }

@@ -18,31 +18,47 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// New file suppliers must lie under this directory.
     public let supplierDirectory: String
 
-    private let inbox = Mutex<[@Sendable () -> Void]>([])
-    private let eventFD: Int32
+    private let inbox: Inbox
     private let wakeBuffer = IOBuffer(count: 8)
     let store: MetadataStore
-    private let committer: Committer
+    let committer: Committer
     private let stopped = DispatchSemaphore(value: 0)
 
     let ring: any IOQueue
+    /// Every supplier I/O goes through it (the fault seam).
+    let suppliers: SupplierIO
+    /// Faults injected into supplier I/O and commits (`--fault-injection`).
+    public let faults: FaultInjector
     private(set) var pools: [String: Pool] = [:]
     var volumes: [String: Volume] = [:]
-    /// Open supplier files by pool name, in supplier order.
+    /// Open supplier files by pool name, in supplier order; none for an
+    /// offline pool.
     var supplierFDs: [String: [Int32]] = [:]
     var nextVolumeKey: Int64 = 1
     /// Volumes whose creation is not yet durable.
     var undurable: Set<Int64> = []
 
-    /// Metadata changes of completed writes, committed at the next FLUSH or
-    /// periodic commit.
+    /// Metadata changes not durable yet, in the order they happened: those
+    /// of completed writes and control-plane changes, and those of a failed
+    /// commit, which stay here until a commit of them succeeds.
     var pending: [MetadataChange] = []
+    /// What runs once the changes now in `pending` are durable.
+    var durableActions: [() -> Void] = []
+    /// Pools whose pending changes hold copy-on-write mappings: those
+    /// replace mappings to durable data, so they may only commit after the
+    /// pool's suppliers are synced.
+    var copyPools: Set<String> = []
+    /// The metadata commit in flight (at most one), and what waits for the next.
+    var commitInFlight = false
+    var commitWaiters: [CommitWaiter] = []
+    /// The last metadata commit failed with this; nil once one succeeds.
+    var commitFailure: RemapError?
+    /// Metadata commits that failed since start, for /metrics.
+    var commitFailures: UInt64 = 0
     /// Chunks mapped by a write that has not completed yet; they join
-    /// `pending` when a write into them completes.
-    var unsettled: [ChunkKey: (physical: UInt64, layer: Int64, copy: Bool)] = [:]
-    /// `pending` holds a copy-on-write mapping: it replaces a mapping to
-    /// durable data, so it may only commit after the suppliers are synced.
-    var pendingCopies = false
+    /// `pending` when a write into them succeeds, and are given back when
+    /// every write into them failed (`writers` counts those in flight).
+    var unsettled: [ChunkKey: UnsettledChunk] = [:]
     /// Snapshots by id.
     var snapshots: [String: Volume] = [:]
     /// The mapping layers (see RemapCore's Snapshot.swift), by key.
@@ -57,6 +73,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     var usageCache: [ObjectIdentifier: (fingerprint: [UInt64], counts: [UInt8])] = [:]
     /// Zeroing jobs of reclaimed chunks, and commits freeing chunks, in flight.
     var reclaimJobs = 0
+    /// Freed chunks whose zeroing failed (or whose pool cannot do I/O): they
+    /// stay allocated and dirty, and are tried again from `tick`.
+    var reclaimRetries: [(pool: Pool, chunks: [UInt64], due: Int64)] = []
+    /// Chunks a failed write drew from a reservation: once zeroed and free
+    /// again they go back to it (not before: a pooled reservation is always
+    /// backed by free chunks).
+    var reclaimHeirs: [ReclaimKey: Reservation] = [:]
     /// Writes (and TRIM/WRITE_ZEROES) in flight per volume key.
     var volumeWrites: [Int64: Int] = [:]
     /// Volumes a snapshot is waiting on: writes arriving meanwhile, held.
@@ -66,7 +89,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Content streams and other readers of a snapshot outside NBD.
     var snapshotReaders: [Int64: Int] = [:]
     var lastCommit = monotonicNanoseconds()
-    private static let commitInterval: Int64 = 5_000_000_000
+    static let commitInterval: Int64 = 5_000_000_000
 
     /// Data I/O in flight, by the epoch it started in. A chunk unmapped in
     /// epoch E is zeroed and reused only when no I/O of an epoch <= E is left,
@@ -117,6 +140,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         var chunk: UInt64
     }
 
+    struct ReclaimKey: Hashable {
+        var pool: String
+        var chunk: UInt64
+    }
+
     /// Loads every pool and volume from `store`, opens the suppliers and
     /// zeroes chunks a crash left dirty. Runs on the caller's thread, before
     /// `start()`.
@@ -128,24 +156,30 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         case threads
     }
 
-    public init(store: MetadataStore, supplierDirectory: String, kind: Kind = .auto, ringEntries: UInt32 = 256) throws(RemapError) {
+    public init(store: MetadataStore, supplierDirectory: String, kind: Kind = .auto, ringEntries: UInt32 = 256,
+                faults: FaultInjector = FaultInjector()) throws(RemapError) {
         self.store = store
         self.supplierDirectory = supplierDirectory
-        self.committer = Committer(store: store)
+        self.faults = faults
+        self.committer = Committer(store: store, faults: faults)
+        let ring: any IOQueue
         switch kind {
         case .ioUring:
-            self.ring = try Ring(entries: ringEntries)
+            ring = try Ring(entries: ringEntries)
         case .threads:
-            self.ring = try ThreadPoolQueue()
+            ring = try ThreadPoolQueue()
         case .auto:
             do {
-                self.ring = try Ring(entries: ringEntries)
+                ring = try Ring(entries: ringEntries)
             } catch {
                 log("io_uring is unavailable (\(error)); serving with the portable threads engine")
-                self.ring = try ThreadPoolQueue()
+                ring = try ThreadPoolQueue()
             }
         }
-        self.eventFD = try systemCall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) }
+        self.ring = ring
+        let inbox = Inbox(eventFD: try systemCall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC)) })
+        self.inbox = inbox
+        self.suppliers = SupplierIO(ring: ring, faults: faults) { inbox.deliver($0) }
         try load()
     }
 
@@ -168,9 +202,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             pool.onNoSpace = stored.queueSeconds > 0 ? .queue(seconds: stored.queueSeconds) : .error
             pool.lowSpaceThresholds = stored.thresholds
             pools[pool.name] = pool
-            var fds: [Int32] = []
-            for supplier in stored.suppliers { fds.append(try SupplierFile.open(supplier)) }
-            supplierFDs[pool.name] = fds
+            openSuppliers(of: pool)
         }
         var byKey: [Int64: Volume] = [:]
         for stored in try store.volumes() {
@@ -206,11 +238,30 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
         // Chunks freed (or prepared for writes) before a crash may hold
         // data nobody maps: zero them. Mapped ones just lose the mark.
+        // Chunks that cannot be zeroed now (the pool is offline, or zeroing
+        // fails) stay allocated and dirty, and are tried again later.
         for (poolName, chunks) in try store.dirtyChunks() {
             guard let pool = pools[poolName] else { continue }
-            var job = zeroJob(pool: pool, chunks: chunks.filter { !pool.allocator.isUsed($0) })
-            job.changes = chunks.filter { pool.allocator.isUsed($0) }.map { .clearDirty(pool: poolName, physicalChunk: $0) }
-            try Committer.perform(job, store: store)
+            let mapped = chunks.filter { pool.allocator.isUsed($0) }
+            let free = chunks.filter { !pool.allocator.isUsed($0) && $0 < pool.allocator.capacity }
+            try store.apply(mapped.map { .clearDirty(pool: poolName, physicalChunk: $0) })
+            guard !free.isEmpty else { continue }
+            for chunk in free { pool.allocator.markUsed(chunk) }
+            guard pool.state != .offline else {
+                reclaimRetries.append((pool, free, 0))
+                continue
+            }
+            let outcome = Committer.perform(zeroJob(pool: pool, chunks: free), store: store, faults: faults)
+            noteFailedSyncs(outcome.failedSyncs, during: "write-back (fdatasync) of zeroed chunks")
+            switch outcome.zeroed {
+            case .success?:
+                for chunk in free { pool.allocator.release(chunk) }
+            case .failure(let error)?:
+                log("zeroing \(free.count) freed chunk(s) of pool '\(poolName)' at start failed: \(error); tried again later")
+                reclaimRetries.append((pool, free, monotonicNanoseconds() + Self.reclaimRetryInterval))
+            case nil:
+                break
+            }
         }
     }
 
@@ -284,18 +335,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Runs `work` on the engine thread.
     func post(_ work: @escaping @Sendable () -> Void) {
-        inbox.withLock { $0.append(work) }
-        var one: UInt64 = 1
-        _ = write(eventFD, &one, 8)
+        inbox.deliver(work)
     }
 
     private func armWake() {
-        ring.readEvent(fd: eventFD, into: wakeBuffer.pointer) { [self] _ in
-            let work = inbox.withLock { queue in
-                let taken = queue
-                queue.removeAll()
-                return taken
-            }
+        ring.readEvent(fd: inbox.eventFD, into: wakeBuffer.pointer) { [self] _ in
+            let work = inbox.take()
             for item in work { item() }
             if !finished { armWake() }
         }
@@ -313,6 +358,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             lastSpaceCheck = now
             expireLeases(now: Int64(time(nil)))  // a lease ends once its whole second has passed
             checkThresholds()
+            checkSuppliers()
             if let reserve = metadataReserve, reserve.check() == .recovered {
                 for pool in pools.values { retrySpaceWaiters(pool) }
             }
@@ -329,15 +375,18 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
         if stopping && connections.isEmpty && !finalCommitSubmitted {
             finalCommitSubmitted = true
-            commit { [self] _ in finished = true }
+            commit { [self] result in
+                if case .failure(let error) = result {
+                    // Nothing acknowledged is lost (every FLUSH since the last
+                    // successful commit failed), but say what was not kept.
+                    log("the final metadata commit failed: \(error); changes made since the last successful commit are not durable")
+                }
+                finished = true
+            }
             return
         }
-        if (!pending.isEmpty || !unmapped.isEmpty) && monotonicNanoseconds() - lastCommit > Self.commitInterval {
-            // Copy-on-write mappings replace durable data: they need the sync.
-            commit(syncData: pendingCopies) { result in
-                if case .failure(let error) = result { log("periodic metadata commit failed: \(error)") }
-            }
-        }
+        commitIfDue(now: monotonicNanoseconds())
+        retryReclaims(now: monotonicNanoseconds())
     }
 
     private func accept(on fd: Int32) {
@@ -364,7 +413,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     // MARK: - Used by connections (engine thread)
 
     func supplierFD(pool: Pool, index: Int) -> Int32 {
-        supplierFDs[pool.name]![index]  // invariant: every loaded pool has its fds
+        supplierFDs[pool.name]![index]  // invariant: every pool but an offline one has its fds; I/O on those is refused first
     }
 
     /// A volume's own export or an extra one, with the reservation it is bound to.
@@ -404,77 +453,6 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     func connectionClosed(_ connection: NBDConnection) {
         connections[ObjectIdentifier(connection)] = nil
         if stopping { tick() }
-    }
-
-    /// Records chunks a write is about to map for the first time.
-    func willWrite(_ volume: Volume, newMappings: [NewMapping], copies: [CopyOnWrite] = []) {
-        let copied = Set(copies.map(\.virtualChunk))
-        for mapping in newMappings {
-            unsettled[ChunkKey(volume: volume.key, chunk: mapping.virtualChunk)] =
-                (mapping.physicalChunk, volume.layer, copied.contains(mapping.virtualChunk))
-        }
-    }
-
-    /// Phase 3 of a write: its data is on the supplier; mappings it
-    /// depends on join the pending metadata transaction.
-    func didWrite(_ volume: Volume, offset: UInt64, length: Int) {
-        guard !unsettled.isEmpty, length > 0 else { return }
-        let chunkSize = volume.pool.chunkSize
-        for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
-            let key = ChunkKey(volume: volume.key, chunk: chunk)
-            if let (physical, layer, copy) = unsettled.removeValue(forKey: key) {
-                if copy { pendingCopies = true }
-                // The layer the write was planned in: a snapshot taken meanwhile holds it.
-                pending.append(.map(volume: layer, virtualChunk: chunk, physicalChunk: physical))
-                pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: physical))
-            }
-        }
-    }
-
-    /// FLUSH: syncs every supplier, then commits the pending metadata;
-    /// `completion` runs on the engine thread once both are durable.
-    func flush(_ completion: @escaping (Result<Void, RemapError>) -> Void) {
-        commit(completion)
-    }
-
-    var allSupplierFDs: [Int32] { supplierFDs.values.flatMap { $0 } }
-
-    /// Commits the pending metadata. With `syncData` (every FLUSH, FUA and
-    /// control-plane change) the suppliers are synced first, so mappings
-    /// never point at data that is not durable. The periodic commit skips
-    /// that: its new mappings point at prepared chunks, which are clean, so
-    /// after a crash they read zeros or this volume's own unflushed writes —
-    /// what a disk with a write cache may show — never anyone's old data.
-    func commit(extra: [MetadataChange] = [], syncData: Bool = true, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
-        let changes = pending + extra
-        pending = []
-        pendingCopies = false
-        lastCommit = monotonicNanoseconds()
-        let freed = unmapped
-        unmapped = []
-        let tag = epoch
-        epoch += 1
-        // Freed chunks are in neither `unmapped` nor `draining` until the
-        // commit is back: count it as reclaim in flight (the pool check waits).
-        if !freed.isEmpty { reclaimJobs += 1 }
-        submit(CommitJob(syncFDs: syncData ? allSupplierFDs : [], changes: changes) { _ in }) { [self] result in
-            if !freed.isEmpty { reclaimJobs -= 1 }
-            if case .success = result, !freed.isEmpty {
-                for group in Dictionary(grouping: freed, by: { $0.pool.name }).values {
-                    draining.append((tag, group[0].pool, group.map(\.chunk)))
-                }
-                reclaimDrained()
-            }
-            completion(result)
-        }
-    }
-
-    /// Hands `job` to the committer; `completion` comes back on the engine thread.
-    func submit(_ job: CommitJob, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
-        var job = job
-        let done = UncheckedBox(completion)
-        job.completion = { [self] result in post { done.value(result) } }
-        committer.submit(job)
     }
 
     func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
@@ -566,6 +544,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         (try? call { [self] reply in
             var copy = statistics
             copy.connections = connections.count
+            copy.metadataCommitFailures = commitFailures
             reply(.success(copy))
         }) ?? DataPathStatistics()
     }
@@ -600,13 +579,14 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 }
                 let info = existing.info
                 if undurable.contains(existing.key) {
-                    // Answer only once the first create's commit is durable.
-                    submit(CommitJob(syncFDs: [], changes: []) { _ in }) { result in reply(result.map { (info, false) }) }
+                    // Answer only once the first create's rows are durable.
+                    commit { result in reply(result.map { (info, false) }) }
                 } else {
                     reply(.success((info, false)))
                 }
                 return
             }
+            if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
             // Decided at once: a reservation the pool cannot back refuses the volume.
             let chunkSize = pool.chunkSize
             let reservedChunks: UInt64
@@ -628,15 +608,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
                                       sizeBytes: volume.sizeBytes, createdAt: volume.createdAt, labels: volume.labels)
             pending.append(.createVolume(stored))
-            let finished: (Result<Void, RemapError>) -> Void = { [self] result in
-                undurable.remove(volume.key)
-                if case .failure = result {
-                    volumes[volume.name] = nil
-                    layers[volume.layer] = nil
-                    importing.remove(volume.key)
-                }
-                reply(result.map { (volume.info, true) })
-            }
+            durableActions.append { [self] in undurable.remove(volume.key) }
+            // A failed commit keeps the volume: its rows are retried, and the
+            // error says it is not durable yet.
+            let finished: (Result<Void, RemapError>) -> Void = { result in reply(result.map { (volume.info, true) }) }
             let amount: ReservationSpec.Amount
             let role: Reservation.Role
             switch spec.reservation {
@@ -682,27 +657,19 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.reservations = []
             for (exportName, export) in extraExports where export.volume === volume { extraExports[exportName] = nil }
-            // Chunks a snapshot or clone still maps stay theirs.
+            // Chunks a snapshot or clone still maps stay theirs; the others are
+            // zeroed and freed once the deletion is durable.
             let chunks = volume.chunksOnlyHere()
             volume.leaveFamily()
             layers[volume.layer]?.images -= 1
-            var job = zeroJob(pool: volume.pool, chunks: chunks)
-            job.syncFDs = allSupplierFDs
-            job.changes = pending + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer)
-                + chunks.map { .markDirty(pool: volume.pool.name, physicalChunk: $0) }
-            pending = []
-            pendingCopies = false
-            lastCommit = monotonicNanoseconds()
-            submit(job) { [self] result in
-                switch result {
-                case .success:
-                    for chunk in chunks { volume.pool.allocator.release(chunk) }
-                    chunksReleased(volume.pool)
-                case .failure(let error):
-                    log("deleting volume '\(name)' failed: \(error)")
-                    volumes[name] = volume
-                }
-                reply(result)
+            freeChunks(chunks, of: volume.pool)
+            // A failed commit keeps the deletion: it is retried, and the error
+            // says it is not durable yet.
+            commit(extra: [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer)) { [self] result in
+                guard case .success = result else { return reply(result) }
+                // The zeroing of its chunks was queued as the commit came back:
+                // answer after it, so the space shows as free.
+                submit(CommitJob(syncFDs: [], changes: []) { _ in }) { _ in reply(.success(())) }
             }
         }
     }
@@ -721,100 +688,105 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         return try volumeInfo(named: name)
     }
 
-    private func applyPatch(_ volume: Volume, _ patch: VolumePatch, reply: @escaping (Result<Void, RemapError>) -> Void) {
-            let name = volume.name
-            if importing.contains(volume.key) { return reply(.failure(.inUse("volume '\(name)' is being imported"))) }
-            var changes: [MetadataChange] = []
-            var job = CommitJob(syncFDs: allSupplierFDs, changes: []) { _ in }
-            var cut: [NewMapping] = []
-            if let size = patch.sizeBytes, size != volume.sizeBytes {
-                if size < volume.sizeBytes {
-                    guard patch.allowShrink else {
-                        return reply(.failure(.shrinkNotAllowed(
-                            "volume '\(name)' is \(volume.sizeBytes) bytes; shrinking to \(size) discards data: pass allowShrink=true")))
-                    }
-                    if let users = exportUsers[volume.key], users > 0 {
-                        return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
-                    }
+    private func applyPatch(_ volume: Volume, _ patch: VolumePatch, tailZeroed: Bool = false,
+                            reply: @escaping (Result<Void, RemapError>) -> Void) {
+        let name = volume.name
+        if importing.contains(volume.key) { return reply(.failure(.inUse("volume '\(name)' is being imported"))) }
+        var changes: [MetadataChange] = []
+        if let size = patch.sizeBytes, size != volume.sizeBytes {
+            if let refusal = changeRefusal(volume.pool) { return reply(.failure(refusal)) }
+            if size < volume.sizeBytes {
+                guard patch.allowShrink else {
+                    return reply(.failure(.shrinkNotAllowed(
+                        "volume '\(name)' is \(volume.sizeBytes) bytes; shrinking to \(size) discards data: pass allowShrink=true")))
                 }
-                let chunkSize = volume.pool.chunkSize
-                let oldSize = volume.sizeBytes
-                let pool = volume.pool
-                let oldChunks = (oldSize + chunkSize - 1) / chunkSize
-                let newChunks = (size + chunkSize - 1) / chunkSize
-                let thick = volume.reservations.first { $0.role == .thick && !$0.released }
-                if thick != nil, newChunks > oldChunks {
-                    // A thick volume stays backed as it grows: decided at once.
-                    let needed = newChunks - oldChunks
-                    guard pool.unreservedFreeChunks >= needed else {
-                        return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
+                if let users = exportUsers[volume.key], users > 0 {
+                    return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
+                }
+            }
+            let chunkSize = volume.pool.chunkSize
+            let oldSize = volume.sizeBytes
+            let pool = volume.pool
+            let oldChunks = (oldSize + chunkSize - 1) / chunkSize
+            let newChunks = (size + chunkSize - 1) / chunkSize
+            let tail = size / chunkSize
+            if !tailZeroed, size < oldSize, size % chunkSize != 0, volume.map.lookup(tail) != nil,
+               volume.unwrittenOwner(of: tail) == nil {
+                // The cut-off part of the last chunk must read zeros if the
+                // volume grows again: written with zeros first, through the
+                // write path, so a chunk a snapshot shares is copied, not changed.
+                let zeros = IOBuffer(count: Int(min((tail + 1) * chunkSize, oldSize) - size))
+                memset(zeros.pointer, 0, zeros.count)
+                return writeData(volume, offset: size, length: zeros.count, data: zeros.pointer, owner: zeros, bound: nil) { [self] result in
+                    guard case .success = result else { return reply(result) }
+                    applyPatch(volume, patch, tailZeroed: true, reply: reply)
+                }
+            }
+            let thick = volume.reservations.first { $0.role == .thick && !$0.released }
+            if thick != nil, newChunks > oldChunks {
+                // A thick volume stays backed as it grows: decided at once.
+                let needed = newChunks - oldChunks
+                guard pool.unreservedFreeChunks >= needed else {
+                    return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
+                }
+                guard pool.cleanChunksAvailable >= needed else {
+                    if chunksComing(pool) {
+                        return waitForChunks { [self] in applyPatch(volume, patch, tailZeroed: tailZeroed, reply: reply) }
                     }
-                    guard pool.cleanChunksAvailable >= needed else {
-                        if chunksComing(pool) { return waitForChunks { [self] in applyPatch(volume, patch, reply: reply) } }
-                        return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
-                    }
+                    return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
                 }
-                // Range reservations past the new end end or are cut short.
-                for reservation in volume.reservations where newChunks < oldChunks {
-                    guard let range = reservation.range, range.upperBound > newChunks else { continue }
-                    let before = reservation.remaining
-                    if range.lowerBound >= newChunks {
-                        reservation.resizeRange(chunkCount: 0)
-                        pool.unwrittenReservedChunks -= before
-                        reservation.released = true
-                        changes.append(.deleteReservation(id: reservation.id))
-                    } else {
-                        reservation.resizeRange(chunkCount: newChunks - range.lowerBound)
-                        pool.unwrittenReservedChunks -= before - reservation.remaining
-                        changes.append(.resizeReservation(id: reservation.id, chunkCount: reservation.chunkCount))
-                    }
-                }
-                volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
-                // A snapshot or clone keeps the chunks it shares.
-                let resized = volume.resize(to: size)
-                cut = resized.freed
-                let hidden = resized.unmapped
-                if let thick, newChunks > oldChunks {
-                    thick.resizeRange(chunkCount: newChunks)
-                    changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
-                    for chunk in oldChunks..<newChunks { changes += reserveCleanChunk(volume, chunk, for: thick) }
-                    prepareChunks(pool)
-                }
-                job = zeroJob(pool: volume.pool, chunks: cut.map(\.physicalChunk))
-                job.syncFDs = allSupplierFDs
-                if size < oldSize, size % chunkSize != 0, let physical = volume.map.lookup(size / chunkSize) {
-                    let location = volume.pool.location(of: physical)
-                    job.zeroRanges.append(ZeroRange(
-                        fd: supplierFD(pool: volume.pool, index: location.supplier),
-                        offset: location.offset + size % chunkSize, length: chunkSize - size % chunkSize, punch: false))
-                }
-                changes.append(.resizeVolume(key: volume.key, sizeBytes: size))
-                if hasLayersBelow(volume) {
-                    // Tombstones hide what the layers below map past the end.
-                    changes += hidden.map { .tombstone(layer: volume.layer, virtualChunk: $0) }
+            }
+            // Range reservations past the new end end or are cut short.
+            for reservation in volume.reservations where newChunks < oldChunks {
+                guard let range = reservation.range, range.upperBound > newChunks else { continue }
+                let before = reservation.remaining
+                if range.lowerBound >= newChunks {
+                    reservation.resizeRange(chunkCount: 0)
+                    pool.unwrittenReservedChunks -= before
+                    reservation.released = true
+                    changes.append(.deleteReservation(id: reservation.id))
                 } else {
-                    changes += hidden.map { .unmap(volume: volume.layer, virtualChunk: $0) }
+                    reservation.resizeRange(chunkCount: newChunks - range.lowerBound)
+                    pool.unwrittenReservedChunks -= before - reservation.remaining
+                    changes.append(.resizeReservation(id: reservation.id, chunkCount: reservation.chunkCount))
                 }
-                changes += cut.map { .markDirty(pool: volume.pool.name, physicalChunk: $0.physicalChunk) }
             }
-            if let labels = patch.labels, labels != volume.labels {
-                volume.labels = labels
-                changes.append(.setLabels(volume: volume.key, labels: labels))
+            volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
+            // A snapshot or clone keeps the chunks it shares.
+            let resized = volume.resize(to: size)
+            // Copy-on-write space follows what is left of the range reservations:
+            // that of a range cut off ends, that of one cut short shrinks.
+            if newChunks < oldChunks, volume.reservations.contains(where: { $0.role == .copyOnWrite }) {
+                applyCopyOnWriteNeeds(volume, copyOnWriteNeeds(volume, assumingAllShared: false), growOnly: false)
             }
-            guard !changes.isEmpty else { return reply(.success(())) }
-            job.changes = pending + changes
-            pending = []
-            pendingCopies = false
-            lastCommit = monotonicNanoseconds()
-            submit(job) { [self] result in
-                if case .success = result {
-                    for mapping in cut { volume.pool.allocator.release(mapping.physicalChunk) }
-                    chunksReleased(volume.pool)
-                }
-                // A failed commit leaves the live volume ahead of the metadata;
-                // the error says so and a restart reloads the durable state.
-                reply(result)
+            if let thick, newChunks > oldChunks {
+                thick.resizeRange(chunkCount: newChunks)
+                changes.append(.resizeReservation(id: thick.id, chunkCount: newChunks))
+                for chunk in oldChunks..<newChunks { changes += reserveCleanChunk(volume, chunk, for: thick) }
+                prepareChunks(pool)
             }
+            changes.append(.resizeVolume(key: volume.key, sizeBytes: size))
+            if hasLayersBelow(volume) {
+                // Tombstones hide what the layers below map past the end.
+                changes += resized.unmapped.map { .tombstone(layer: volume.layer, virtualChunk: $0) }
+            } else {
+                changes += resized.unmapped.map { .unmap(volume: volume.layer, virtualChunk: $0) }
+            }
+            // Zeroed and freed once the change is durable.
+            freeChunks(resized.freed.map(\.physicalChunk), of: pool)
+        }
+        if let labels = patch.labels, labels != volume.labels {
+            volume.labels = labels
+            changes.append(.setLabels(volume: volume.key, labels: labels))
+        }
+        guard !changes.isEmpty else { return reply(.success(())) }
+        // A failed commit keeps the change in effect: it is retried, and the
+        // error says it is not durable yet.
+        commit(extra: changes) { [self] result in
+            guard case .success = result, patch.sizeBytes != nil else { return reply(result) }
+            // Answer after the zeroing of the cut chunks queued as the commit came back.
+            submit(CommitJob(syncFDs: [], changes: []) { _ in }) { _ in reply(.success(())) }
+        }
     }
 
     /// Creates a pool and its suppliers (files are created and allocated on
@@ -866,7 +838,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     poolsInCreation.remove(spec.name)
                     if case .success = result {
                         pools[spec.name] = installed.value
-                        supplierFDs[spec.name] = fds.value
+                        install(fds.value, for: installed.value)
                         prepareChunks(installed.value)
                     }
                     reply(result.map { (info(installed.value), true) })
@@ -914,6 +886,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 guard made.supplier.sizeBytes >= pool.chunkSize else {
                     return reply(.failure(.invalidArgument("supplier '\(made.supplier.path)' is smaller than one chunk (\(pool.chunkSize) bytes)")))
                 }
+                if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
                 let segment = StoredSegment(firstChunk: pool.allocator.capacity, supplierID: made.supplier.id,
                                             supplierOffset: 0, chunks: made.supplier.sizeBytes / pool.chunkSize)
                 let changes: [MetadataChange] = [
@@ -924,7 +897,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     if case .success = result {
                         // invariant: checked above that the supplier holds at least one chunk
                         _ = try? pool.add(made.supplier)
-                        supplierFDs[name, default: []].append(made.fd)
+                        install((supplierFDs[name] ?? []) + [made.fd], for: pool)
                         events.record(.poolGrown, pool: name, detail: "supplier \(made.supplier.path) added")
                         chunksReleased(pool)
                     }
@@ -934,6 +907,30 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         } catch {
             SupplierFile.discard([made])
             throw error
+        }
+    }
+}
+
+/// Work for the engine thread from other threads, and the eventfd the ring
+/// watches to wake for it.
+final class Inbox: Sendable {
+    let eventFD: Int32
+    private let queue = Mutex<[@Sendable () -> Void]>([])
+
+    init(eventFD: Int32) { self.eventFD = eventFD }
+
+    func deliver(_ work: @escaping @Sendable () -> Void) {
+        queue.withLock { $0.append(work) }
+        var one: UInt64 = 1
+        _ = write(eventFD, &one, 8)
+    }
+
+    /// Everything delivered so far, oldest first.
+    func take() -> [@Sendable () -> Void] {
+        queue.withLock { queue in
+            let taken = queue
+            queue.removeAll()
+            return taken
         }
     }
 }

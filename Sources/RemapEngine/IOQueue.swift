@@ -29,30 +29,3 @@ protocol IOQueue: AnyObject {
     /// Called once on the engine thread before the first `run`.
     func activate()
 }
-
-extension IOQueue {
-    /// Reads exactly `count` bytes, resubmitting after short reads; the
-    /// handler gets `count` or -errno (-EIO for an unexpected end of file).
-    func readFully(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
-        read(fd: fd, into: buffer, count: count, offset: offset) { [unowned self] result in
-            if result < 0 || Int(result) == count { return handler(result) }
-            if result == 0 { return handler(-EIO) }
-            let done = Int(result)
-            readFully(fd: fd, into: buffer + done, count: count - done, offset: offset + UInt64(done)) {
-                handler($0 < 0 ? $0 : Int32(count))
-            }
-        }
-    }
-
-    /// Writes exactly `count` bytes, resubmitting after short writes.
-    func writeFully(fd: Int32, from buffer: UnsafeRawPointer, count: Int, offset: UInt64, _ handler: @escaping Handler) {
-        write(fd: fd, from: buffer, count: count, offset: offset) { [unowned self] result in
-            if result < 0 || Int(result) == count { return handler(result) }
-            if result == 0 { return handler(-EIO) }
-            let done = Int(result)
-            writeFully(fd: fd, from: buffer + done, count: count - done, offset: offset + UInt64(done)) {
-                handler($0 < 0 ? $0 : Int32(count))
-            }
-        }
-    }
-}

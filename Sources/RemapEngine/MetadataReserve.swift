@@ -16,10 +16,19 @@ public final class MetadataReserve: @unchecked Sendable {  // used on the engine
 
     public enum Change { case none, becameShort, recovered }
 
-    /// Makes the reserve file at `path` if it is missing.
+    /// Makes the reserve file at `path` if it is missing. A filesystem too
+    /// full for it does not stop the daemon: it starts short (new chunks
+    /// refused) and takes the reserve once space returns.
     public init(path: String) throws(RemapError) {
         self.path = path
-        if access(path, F_OK) != 0 { try allocate() }
+        guard access(path, F_OK) != 0 else { return }
+        do throws(RemapError) {
+            try allocate()
+        } catch {
+            guard case .io(let errno, _) = error, errno == ENOSPC || errno == EDQUOT else { throw error }
+            short = true
+            log("metadata filesystem is nearly full at start (\(freeBytes) bytes free): new chunks are refused until space returns")
+        }
     }
 
     private func allocate() throws(RemapError) {

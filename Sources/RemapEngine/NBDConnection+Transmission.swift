@@ -31,7 +31,7 @@ extension NBDConnection {
         }
         guard flags & ~allowed == 0 else { return refuse(.invalid, "flags \(flags) are not valid for this command") }
         if command == .flush {
-            return engine.flush { [self] result in reply(request, started, error: result.nbdError) }
+            return engine.flush(volume) { [self] result in reply(request, started, error: result.nbdError, message: result.failureMessage) }
         }
         if readOnly && (command == .write || command == .trim || command == .writeZeroes) {
             return refuse(.permission, "export '\(volume.exportName)' is read-only")
@@ -157,8 +157,8 @@ extension NBDConnection {
 
     /// Replies success, after a flush when the request carried FUA.
     private func completeWithFUA(_ request: NBDRequest, _ started: Int64) {
-        if request.flags & NBD.commandFUA != 0 {
-            engine.flush { [self] result in reply(request, started, error: result.nbdError) }
+        if request.flags & NBD.commandFUA != 0, let volume = export {
+            engine.flush(volume) { [self] result in reply(request, started, error: result.nbdError, message: result.failureMessage) }
         } else {
             reply(request, started, error: nil)
         }
@@ -171,6 +171,10 @@ extension NBDConnection {
     /// maps holes to clean chunks; parts of mapped chunks are zeroed on the
     /// supplier.
     private func zero(_ request: NBDRequest, _ volume: Volume, _ started: Int64, keepAllocated: Bool, deadline: Int64? = nil) {
+        if let refusal = engine.ioRefusal(volume.pool) {
+            engine.endVolumeWrite(volume)
+            return reply(request, started, error: .io, message: refusal.description)
+        }
         if let busy = engine.chunkBeingCopied(volume, offset: request.offset, length: Int(request.length)) {
             engine.copying[busy]!.append { [self] in  // invariant: found just above
                 zero(request, volume, started, keepAllocated: keepAllocated, deadline: deadline)
@@ -247,7 +251,11 @@ extension NBDConnection {
             if progress.failure == -EOPNOTSUPP {
                 return reply(request, started, error: .notSupported, message: "the supplier cannot zero quickly")
             }
-            if progress.failure != 0 { return reply(request, started, error: .io, message: "zeroing the supplier failed") }
+            if progress.failure != 0 {
+                // The device failed to zero what the client asked: its pool degrades.
+                if let fd = progress.failedFD { engine.supplierFailed(fd: fd, errno: -progress.failure, during: "zeroing") }
+                return reply(request, started, error: .io, message: "zeroing the supplier failed: \(String(cString: strerror(-progress.failure)))")
+            }
             completeWithFUA(request, started)
         }
         for range in ranges {
@@ -255,7 +263,7 @@ extension NBDConnection {
                 if result >= 0, let (virtual, physical) = range.rereserve {
                     engine.reserveAgain(volume, virtual, physical)
                 }
-                progress.complete(result)
+                progress.complete(result, fd: range.fd)
                 if progress.remaining == 0 { finish() }
             }
         }
@@ -268,7 +276,7 @@ extension NBDConnection {
                 switch result {
                 case .success: progress.complete(0)
                 case .failure(.noSpace): progress.complete(-ENOSPC)
-                case .failure: progress.complete(-EIO)
+                case .failure(let error): progress.complete(-(error.errno ?? EIO))
                 }
                 if progress.remaining == 0 { finish() }
             }
@@ -341,11 +349,16 @@ extension NBDConnection {
 final class Progress {
     var remaining: Int
     var failure: Int32 = 0
+    /// The supplier written or zeroed by the first failed piece, if known.
+    var failedFD: Int32?
     init(remaining: Int) { self.remaining = remaining }
 
-    func complete(_ result: Int32) {
+    func complete(_ result: Int32, fd: Int32? = nil) {
         remaining -= 1
-        if result < 0 && failure == 0 { failure = result }
+        if result < 0 && failure == 0 {
+            failure = result
+            failedFD = fd
+        }
     }
 }
 

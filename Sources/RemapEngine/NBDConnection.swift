@@ -318,9 +318,11 @@ extension RemapError {
     var nbdError: NBD.Error {
         switch self {
         case .noSpace: return .noSpace
+        // A host filesystem full under a sparse supplier is space, not I/O.
+        case .io(let errno, _) where errno == ENOSPC: return .noSpace
         case .invalidArgument, .notFound, .shrinkNotAllowed: return .invalid
         case .inUse: return .permission
-        case .alreadyExists, .io, .internal: return .io
+        case .alreadyExists, .io, .internal, .poolUnavailable, .supplierFailed: return .io
         }
     }
 }
@@ -329,5 +331,11 @@ extension Result where Failure == RemapError {
     var nbdError: NBD.Error? {
         if case .failure(let error) = self { return error.nbdError }
         return nil
+    }
+
+    /// The error's text for a structured reply ("" on success).
+    var failureMessage: String {
+        if case .failure(let error) = self { return error.description }
+        return ""
     }
 }

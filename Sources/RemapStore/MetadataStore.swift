@@ -23,6 +23,12 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         self.connection = database
     }
 
+    /// A store on a connection its caller set up (see `init(readingOnly:)`).
+    init(path: String, connection: SQLiteDatabase) {
+        self.path = path
+        self.connection = connection
+    }
+
     static let schema = """
         CREATE TABLE IF NOT EXISTS pools(
             name TEXT PRIMARY KEY,
@@ -92,7 +98,7 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
             PRIMARY KEY(pool, physical_chunk)) WITHOUT ROWID;
         """
 
-    private func locked<T>(_ body: (SQLiteDatabase) throws(RemapError) -> T) throws(RemapError) -> T {
+    func locked<T>(_ body: (SQLiteDatabase) throws(RemapError) -> T) throws(RemapError) -> T {
         try lock.withLock { (_) throws(RemapError) -> T in try body(connection) }
     }
 

@@ -6,15 +6,32 @@ final class SQLiteDatabase {
     private var handle: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
 
-    init(path: String) throws(RemapError) {
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
-        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+    /// `readOnly` opens an existing database without ever writing it;
+    /// `immutable` (read-only) also skips locking and the -wal and -shm
+    /// files: only for a database no one can be writing.
+    init(path: String, readOnly: Bool = false, immutable: Bool = false) throws(RemapError) {
+        var flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        var name = path
+        if readOnly {
+            flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX
+            if immutable {
+                flags |= SQLITE_OPEN_URI
+                name = "file:" + Self.uriEscaped(path) + "?immutable=1"
+            }
+        }
+        let rc = sqlite3_open_v2(name, &handle, flags, nil)
         guard rc == SQLITE_OK else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(handle)
             throw .io(errno: rc, context: "opening metadata database \(path): \(message)")
         }
         sqlite3_busy_timeout(handle, 5000)
+    }
+
+    /// A path as the path part of an SQLite URI: `%`, `?` and `#` escaped.
+    private static func uriEscaped(_ path: String) -> String {
+        let escapes: [Character: String] = ["%": "%25", "?": "%3f", "#": "%23"]
+        return path.map { escapes[$0] ?? String($0) }.joined()
     }
 
     deinit {

@@ -53,6 +53,13 @@ struct APIClient: Sendable {
         _ = try perform(HTTPRequest(method: "DELETE", path: Self.poolPath(name)))
     }
 
+    /// Checks a degraded or offline pool's suppliers again; the reply is the
+    /// pool, online again (or a `supplier-failed` problem).
+    func clearPoolErrors(named name: String) throws(ClientError) -> Reply<Pool> {
+        try decode(perform(HTTPRequest(method: "POST", path: Self.poolPath(name) + "/clear-errors")),
+                   path: Self.poolPath(name) + "/clear-errors")
+    }
+
     /// Adds a supplier to a pool; the reply is the pool with its new capacity.
     func addSupplier(_ spec: SupplierSpec, toPool name: String) throws(ClientError) -> Reply<Pool> {
         try send("POST", Self.poolPath(name) + "/suppliers", spec)

@@ -22,6 +22,11 @@ struct Pool: Decodable, Equatable, Sendable {
     /// Percentages of capacity committed (allocated + reserved) whose
     /// upward crossing raises a `pool.low-space` event.
     var lowSpaceThresholds: [Int]?
+    /// `online`, `degraded` (a supplier failed: reads only) or `offline` (a
+    /// supplier was missing at start); absent from older daemons.
+    var state: String?
+    /// What failed, when the pool is not online.
+    var stateReason: String?
 }
 
 /// What a pool does with a write that finds no space: fail it at once with
@@ -126,6 +131,10 @@ struct Supplier: Decodable, Equatable, Sendable {
     /// Whether remapd allocated the file's blocks up front; block devices
     /// may leave it out.
     var preallocated: Bool?
+    /// `ok`, `failed` or `missing`; absent from older daemons.
+    var state: String?
+    /// What failed.
+    var error: String?
 }
 
 /// The body of `GET /v1/pools`.

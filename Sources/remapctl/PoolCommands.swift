@@ -5,7 +5,8 @@ struct PoolCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pool",
         abstract: "Create, inspect, grow and delete storage pools.",
-        subcommands: [List.self, Show.self, Create.self, AddSupplier.self, Grow.self, Settings.self, Delete.self])
+        subcommands: [List.self, Show.self, Create.self, AddSupplier.self, Grow.self, Settings.self, ClearErrors.self,
+                      Delete.self])
 }
 
 extension PoolCommand {
@@ -21,7 +22,10 @@ extension PoolCommand {
                 PROVISIONED is the sum of the pool's volume sizes; OVERCOMMIT is \
                 PROVISIONED / CAPACITY (above 1.00x the volumes could ask for more \
                 than the pool holds). ON-NO-SPACE is what a write that finds no \
-                space does: error (ENOSPC at once) or queue:SECONDS (wait for space).
+                space does: error (ENOSPC at once) or queue:SECONDS (wait for space). \
+                STATE is online, degraded (a supplier failed: reads work, writes and \
+                flushes fail with EIO until `remapctl pool clear-errors`) or offline \
+                (a supplier was missing at start).
                 """)
 
         @OptionGroup var global: GlobalOptions
@@ -34,6 +38,7 @@ extension PoolCommand {
             }
             var table = Table([
                 .init(title: "NAME"),
+                .init(title: "STATE"),
                 .init(title: "CHUNK", alignment: .right),
                 .init(title: "CAPACITY", alignment: .right),
                 .init(title: "ALLOCATED", alignment: .right),
@@ -50,6 +55,7 @@ extension PoolCommand {
             for pool in reply.value.pools.sorted(by: { $0.name < $1.name }) {
                 table.append([
                     pool.name,
+                    pool.state ?? "-",
                     ByteSize.format(pool.chunkSizeBytes),
                     ByteSize.format(pool.capacityBytes),
                     ByteSize.format(pool.allocatedBytes),
@@ -85,6 +91,40 @@ extension PoolCommand {
         func run() throws {
             let reply = try global.makeClient().pool(named: name)
             Output.show(reply, json: global.json)
+        }
+    }
+
+    /// `remapctl pool clear-errors NAME`
+    struct ClearErrors: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "clear-errors",
+            abstract: "Bring a degraded or offline pool back online once its device is fixed.",
+            discussion: """
+                remapd checks every supplier of the pool again: it must still be the \
+                file remapd has open (not deleted or replaced), not shorter than \
+                recorded, and fdatasync on it must succeed; an offline pool's \
+                suppliers are opened. If all pass the pool is online again. Data the \
+                failed device lost since the last successful FLUSH stays lost: check \
+                the filesystems on the pool's volumes. A supplier that still fails \
+                is refused (supplier-failed) and the pool keeps its state.
+                """)
+
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The pool's name.", completion: Completion.pools)
+        var name: String
+
+        func validate() throws {
+            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
+        }
+
+        func run() throws {
+            let reply = try global.makeClient().clearPoolErrors(named: name)
+            if global.json {
+                Output.printJSON(reply.body)
+                return
+            }
+            Output.print("pool \(name) is \(reply.value.state ?? "online")\n")
         }
     }
 
@@ -142,6 +182,7 @@ extension Pool: Detailed {
     var details: String {
         var fields = FieldList()
         fields.append("name", name)
+        fields.append("state", state.map { state in stateReason.map { "\(state): \($0)" } ?? state } ?? "-")
         fields.append("chunk size", Output.size(chunkSizeBytes))
         fields.append("capacity", Output.size(capacityBytes))
         fields.append("allocated", Output.size(allocatedBytes))
@@ -162,15 +203,20 @@ extension Pool: Detailed {
                 .init(title: "KIND"),
                 .init(title: "SIZE", alignment: .right),
                 .init(title: "PREALLOCATED"),
+                .init(title: "STATE"),
                 .init(title: "PATH"),
             ])
             for supplier in suppliers {
                 let preallocated = supplier.preallocated.map { $0 ? "yes" : "no" } ?? "-"
                 table.append([
-                    supplier.id, supplier.kind, ByteSize.format(supplier.sizeBytes), preallocated, supplier.path,
+                    supplier.id, supplier.kind, ByteSize.format(supplier.sizeBytes), preallocated, supplier.state ?? "-",
+                    supplier.path,
                 ])
             }
             text += table.rendered(indent: "  ")
+            for supplier in suppliers {
+                if let error = supplier.error { text += "  \(supplier.path): \(error)\n" }
+            }
         }
         return text
     }

@@ -11,7 +11,12 @@ struct Remapd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remapd",
         abstract: "Serve thin block volumes that tell the truth about space.",
-        version: remapVersion)
+        usage: """
+            remapd [--state-dir <state-dir>] [<options>]     (serves; see OPTIONS)
+            remapd check --state-dir <state-dir> [--json]    (checks a stopped remapd's metadata)
+            """,
+        version: remapVersion,
+        subcommands: [CheckCommand.self])
 
     @Option(help: "Directory for metadata and the default pool's file (default: $STATE_DIRECTORY, else /var/lib/remap).")
     var stateDir: String?
@@ -46,6 +51,11 @@ struct Remapd: ParsableCommand {
     @Option(help: "Group that may use the API unix socket (mode 0660); default: the daemon's group.")
     var apiSocketGroup: String?
 
+    @Flag(help: ArgumentHelp(
+        "Tests only (debug builds): inject faults into supplier I/O and metadata commits, from $REMAP_FAULTS and /v1/debug/faults.",
+        visibility: .hidden))
+    var faultInjection = false
+
     func validate() throws {
         guard (1...3600).contains(nbdHandshakeTimeout) else {
             throw ValidationError("--nbd-handshake-timeout must be from 1 to 3600 seconds")
@@ -61,6 +71,9 @@ struct Remapd: ParsableCommand {
         }
         guard size >= Pool.defaultChunkSize else {
             throw ValidationError("--default-pool-size must be at least one chunk (\(Pool.defaultChunkSize) bytes)")
+        }
+        if faultInjection && !FaultInjector.isAvailable {
+            throw ValidationError("--fault-injection is for tests and only exists in debug builds")
         }
     }
 
@@ -91,8 +104,13 @@ struct Remapd: ParsableCommand {
         let store = try MetadataStore(path: stateDirectory + "/metadata.db")
         let suppliers = absolute(supplierDir ?? stateDirectory + "/pools")
         try SupplierFile.makeDirectories(suppliers, mode: 0o750)
+        let faults = FaultInjector()
+        if faultInjection {
+            try faults.enable(rules: try FaultRules.fromEnvironment())
+            log("fault injection is on (tests only): rules from $REMAP_FAULTS and /v1/debug/faults")
+        }
         let engine = try Engine(store: store, supplierDirectory: suppliers,
-                                kind: Engine.Kind(rawValue: self.engine) ?? .auto)
+                                kind: Engine.Kind(rawValue: self.engine) ?? .auto, faults: faults)
         let token = try APIToken.load(orCreateAt: absolute(apiTokenFile ?? stateDirectory + "/api.token"))
         let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
         try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)
@@ -207,6 +225,14 @@ extension Engine: ControlPlane {
     }
 
     public func operationInfos() -> [OperationInfo] { operations.all() }
+
+    public func faultState() -> FaultState? { faults.isEnabled ? faults.snapshot : nil }
+
+    public func setFaultRules(_ rules: [FaultRule]) throws(RemapError) -> FaultState {
+        guard faults.isEnabled else { throw .notFound(kind: "resource", name: "/v1/debug/faults") }
+        faults.setRules(rules)
+        return faults.snapshot
+    }
 
     public func operationInfo(_ id: String) throws(RemapError) -> OperationInfo {
         guard let operation = operations.find(id) else { throw .notFound(kind: "operation", name: id) }

@@ -13,6 +13,7 @@ Environment:
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -87,6 +88,27 @@ def wait_until(predicate, timeout=5.0, interval=0.05):
         time.sleep(interval)
         value = predicate()
     return value
+
+
+def fuse_loop_unavailable():
+    """Why a FUSE file cannot be made a loop device on this machine (not
+    root, no /dev/fuse, no loop devices), or None. Tests that need one skip
+    with this reason; missing tools are failures, not reasons."""
+    if os.geteuid() != 0:
+        return "needs root (losetup, mount)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE in this kernel/container)"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"/dev/fuse cannot be opened: {e}"
+    if not os.path.exists("/dev/loop-control"):
+        return "/dev/loop-control is missing (no loop devices in this kernel/container)"
+    p = subprocess.run(["losetup", "--find"], capture_output=True, text=True) \
+        if shutil.which("losetup") else None
+    if p is not None and p.returncode != 0:
+        return f"no free loop device: {p.stderr.strip()}"
+    return None
 
 
 class CurlError(AssertionError):
@@ -209,9 +231,11 @@ class Remapd:
             assert not self.nbd_sock.exists(), "NBD socket left behind after SIGTERM"
         return rc
 
-    def restart(self, kill9=False):
+    def restart(self, kill9=False, check=True):
         """Stop (SIGKILL with clients still connected, or a clean SIGTERM after
-        they disconnected) and start again on the same state dir."""
+        they disconnected) and start again on the same state dir. In between,
+        `remapd check` must find the durable state clean (check=False for a
+        test that corrupts it on purpose)."""
         if kill9:
             if self.running:
                 self.kill9()
@@ -220,7 +244,30 @@ class Remapd:
             self.close_handles()
             if self.running:
                 self.terminate()
+        if check:
+            self.check()
         return self.start()
+
+    # ---------------------------------------------------------------- remapd check
+
+    def check_command(self, *args):
+        """Runs `remapd check` on this daemon's state dir; returns the process."""
+        return run([REMAPD, "check", "--state-dir", self.state_dir, *args], timeout=600)
+
+    def check(self):
+        """`remapd check --json` on the stopped daemon's state dir: asserts it
+        exits 0 (no errors) and returns the report."""
+        assert not self.running, "remapd check needs the daemon stopped"
+        p = self.check_command("--json")
+        try:
+            report = json.loads(p.stdout)
+            found = report["findings"] + [f for pool in report["pools"] for f in pool["findings"]]
+            lines = "\n".join(f"{f['severity']} {f['kind']}: {f['detail']} ({f['count']}: {f['sample']})" for f in found)
+        except ValueError:
+            report, lines = None, _text(p.stdout)
+        assert p.returncode == 0, (f"remapd check of {self.state_dir} exited {p.returncode}:\n{lines}\n"
+                                   f"{_text(p.stderr)}")
+        return report
 
     def cleanup(self):
         self.close_handles()

@@ -375,6 +375,7 @@ def test_kill9_during_writes_keeps_flushed_data_and_exact_accounting(make_remapd
         for k, v in w.stats.items():
             totals[k] += v
 
+        d.check()
         d.start()
         pool = assert_accounting(d)
         assert pool["capacityBytes"] == POOL_SIZE, pool

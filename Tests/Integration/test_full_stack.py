@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, clean_env, run, wait_until
+from conftest import CHUNK, MiB, assert_accounting, clean_env, fuse_loop_unavailable, run, wait_until
 
 VOLUME_SIZE = 512 * MiB      # XFS wants at least 300 MB
 N_FILES = 300
@@ -31,27 +31,8 @@ TOOLS = {"nbdfuse": "libnbd-bin", "fusermount3": "fuse3", "losetup": "mount",
          "xfs_repair": "xfsprogs", "fstrim": "util-linux"}
 
 
-def _unavailable():
-    """Why the kernel side of the stack cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (losetup, mount)"
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing (no FUSE in this kernel/container)"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as e:
-        return f"/dev/fuse cannot be opened: {e}"
-    if not os.path.exists("/dev/loop-control"):
-        return "/dev/loop-control is missing (no loop devices in this kernel/container)"
-    p = subprocess.run(["losetup", "--find"], capture_output=True, text=True) \
-        if shutil.which("losetup") else None
-    if p is not None and p.returncode != 0:
-        return f"no free loop device: {p.stderr.strip()}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_unavailable() is not None,
-                                reason=str(_unavailable()))
+pytestmark = pytest.mark.skipif(fuse_loop_unavailable() is not None,
+                                reason=str(fuse_loop_unavailable()))
 
 
 def sh(*cmd, timeout=120, check=True):

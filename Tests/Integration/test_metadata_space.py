@@ -27,19 +27,31 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(mount)])
 
 
-def test_nearly_full_metadata_filesystem_refuses_new_chunks(make_remapd, small_filesystem):
-    d = make_remapd(state_dir=small_filesystem / "state", pool_size="32M")
+def fill_leaving(filesystem, name, bytes_left):
+    """A file taking all of `filesystem`'s free space but `bytes_left`."""
+    stat = os.statvfs(filesystem)
+    filler = filesystem / name
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, stat.f_bavail * stat.f_frsize - bytes_left)
+    return filler
+
+
+def volume_on_a_filling_filesystem(make_remapd, filesystem):
+    """A daemon with 1 MiB flushed to volume v, whose state filesystem is
+    then filled but for ~16 MiB, so it gives up its reserve."""
+    d = make_remapd(state_dir=filesystem / "state", pool_size="32M")
     assert (d.state_dir / "metadata.reserve").stat().st_size == 64 * MiB
     d.create_volume("v", 16 * MiB)
     h = d.nbd("v")
     h.pwrite(b"a" * MiB, 0)
     h.flush()
-    # Fill the filesystem but for ~16 MiB.
-    stat = os.statvfs(small_filesystem)
-    filler = small_filesystem / "filler"
-    with open(filler, "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, stat.f_bavail * stat.f_frsize - 16 * MiB)
+    filler = fill_leaving(filesystem, "filler", 16 * MiB)
     assert wait_until(lambda: not (d.state_dir / "metadata.reserve").exists(), timeout=5)
+    return d, h, filler
+
+
+def test_nearly_full_metadata_filesystem_refuses_new_chunks(make_remapd, small_filesystem):
+    d, h, filler = volume_on_a_filling_filesystem(make_remapd, small_filesystem)
     started = time.monotonic()
     with pytest.raises(nbd.Error) as failure:
         h.pwrite(b"b" * 65536, 8 * MiB)  # needs a new chunk
@@ -49,6 +61,31 @@ def test_nearly_full_metadata_filesystem_refuses_new_chunks(make_remapd, small_f
     assert h.pread(65536, 0) == b"c" * 65536
     # Space returns: the reserve comes back and new chunks are allowed again.
     filler.unlink()
+    assert wait_until(lambda: (d.state_dir / "metadata.reserve").exists(), timeout=5)
+    h.pwrite(b"d" * 65536, 8 * MiB)
+    h.flush()
+    assert h.pread(65536, 8 * MiB) == b"d" * 65536
+
+
+def test_a_state_filesystem_too_full_for_the_reserve_still_starts(make_remapd, small_filesystem):
+    """After giving up its reserve, a daemon restarted while the state
+    filesystem is still nearly full used to refuse to start (the reserve
+    could not be allocated). It starts short instead: reads and in-place
+    writes work, new chunks get ENOSPC, and the reserve returns with space."""
+    d, h, filler = volume_on_a_filling_filesystem(make_remapd, small_filesystem)
+    # The reserve's 64 MiB came back to the filesystem: take them too.
+    second = fill_leaving(small_filesystem, "filler2", 16 * MiB)
+    d.restart(kill9=True)
+    assert wait_until(lambda: "nearly full at start" in d.last_output(), timeout=5), d.last_output()
+    h = d.nbd("v")
+    assert h.pread(MiB, 0) == b"a" * MiB
+    h.pwrite(b"c" * 65536, 0)
+    h.flush()
+    with pytest.raises(nbd.Error) as failure:
+        h.pwrite(b"b" * 65536, 8 * MiB)
+    assert failure.value.errnum == errno.ENOSPC
+    filler.unlink()
+    second.unlink()
     assert wait_until(lambda: (d.state_dir / "metadata.reserve").exists(), timeout=5)
     h.pwrite(b"d" * 65536, 8 * MiB)
     h.flush()

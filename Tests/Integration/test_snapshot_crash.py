@@ -221,6 +221,7 @@ def test_kill9_in_the_middle_of_copy_on_write_keeps_snapshots_and_leaks_nothing(
         assert not stream.errors, f"REMAP_CRASH_SEED={seed}, round {round_no}: {stream.errors}"
         assert not d.running
         d.close_handles()
+        d.check()
         d.start()
 
         # The volume: per written chunk, old or old + the new piece.

@@ -58,21 +58,9 @@ import Testing
 }
 
 @Suite struct ChunkMapModelTests {
-    /// A small deterministic generator, so failures replay.
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test(arguments: [1, 2, 3, 4, 5])
     func behaves_like_a_dictionary(seed: UInt64) {
-        var random = SplitMix(state: seed)
+        var random = SplitMix64(seed: seed)
         var size: UInt64 = 20_000
         var map = ChunkMap(virtualChunks: size)
         var model: [UInt64: UInt64] = [:]
@@ -116,7 +104,7 @@ import Testing
 
     @Test func scattered_chunks_cost_about_eight_bytes_each() {
         var map = ChunkMap(virtualChunks: 1 << 20)
-        var random = SplitMix(state: 9)
+        var random = SplitMix64(seed: 9)
         var physical: UInt64 = 0
         var chunks = Array(UInt64(0)..<(1 << 20))
         chunks.shuffle(using: &random)

@@ -109,3 +109,36 @@ import Testing
         #expect(throws: RemapError.self) { _ = try Pool(name: "p", chunkSize: size, suppliers: []) }
     }
 }
+
+@Suite struct PoolStateTests {
+    func pool() throws -> Pool {
+        let suppliers = (0..<2).map {
+            Supplier(id: "s\($0)", kind: .file, path: "/p/\($0)", sizeBytes: 1 << 20, preallocated: true)
+        }
+        return try Pool(name: "p", chunkSize: 64 * 1024, suppliers: suppliers)
+    }
+
+    @Test func a_failed_supplier_degrades_the_pool_until_cleared_and_keeps_its_first_cause() throws {
+        let pool = try pool()
+        #expect(pool.state == .online && pool.stateReason == nil)
+        #expect(pool.recordFault(SupplierFault(kind: .failed, message: "write-back failed"), supplier: 1))
+        #expect(pool.state == .degraded)
+        #expect(!pool.recordFault(SupplierFault(kind: .failed, message: "a later write failed"), supplier: 1))
+        #expect(pool.stateReason == "write-back failed")
+        let info = pool.info(volumes: [])
+        #expect(info.state == .degraded)
+        #expect(info.suppliers.map(\.state) == ["ok", "failed"])
+        #expect(info.suppliers[1].error == "write-back failed")
+        pool.clearFaults()
+        #expect(pool.state == .online)
+        #expect(pool.info(volumes: []).suppliers.allSatisfy { $0.state == "ok" && $0.error == nil })
+    }
+
+    @Test func a_missing_supplier_makes_the_pool_offline() throws {
+        let pool = try pool()
+        pool.recordFault(SupplierFault(kind: .failed, message: "write-back failed"), supplier: 0)
+        #expect(pool.recordFault(SupplierFault(kind: .missing, message: "no such file"), supplier: 1))
+        #expect(pool.state == .offline)
+        #expect(pool.stateReason == "write-back failed; no such file")
+    }
+}
