@@ -59,6 +59,13 @@ ZERO_CHUNK = bytes(CHUNK)
 #                   are answered twice: the NBD stream breaks)
 #   range-after-snapshot  no range reservation over chunks shared with a
 #                   snapshot (it does not cover their copy on write)
+#   delete-500      no snapshot deletes while faults are on (one answered 500
+#                   gives the volume the snapshot's chunks at once; writes
+#                   change them in place, and a kill -9 brings the snapshot
+#                   back with those bytes)
+#   failed-unwritten  model what the daemon does with the bytes a failed write
+#                   left in reserved-unwritten chunks (they stay unwritten:
+#                   a snapshot reads zeros there, a release makes them zeros)
 AVOID = set(filter(None, os.environ.get("REMAP_MODEL_AVOID", "").split(",")))
 
 
@@ -281,9 +288,9 @@ class Model:
             img.hist.clear()
         self.cow_log.clear()
 
-    def make_inexact(self, why):
+    def make_inexact(self, why, step=None):
         if self.inexact is None:
-            self.inexact = why
+            self.inexact, self.inexact_step = why, step
 
     # ------------------------------------------------------------ figures
 
@@ -438,6 +445,9 @@ class Model:
                 vol.sticky[rid] = max(vol.sticky.get(rid, 0), need)
         snap = Image(name, "snapshot", vol.size, vol.family, origin=vol)
         snap.cur = bytearray(vol.cur)
+        if "failed-unwritten" in AVOID:
+            for c in vol.unwritten:
+                snap.cur[c * CHUNK:c * CHUNK + vol.chunk_len(c)] = bytes(vol.chunk_len(c))
         snap.base = vol.base
         snap.recs = list(vol.recs)
         snap.map = [None if c in vol.unwritten else L for c, L in enumerate(vol.map)]
@@ -534,6 +544,8 @@ class Model:
             if c in vol.unwritten:
                 vol.unwritten.discard(c)
                 vol.map[c] = None
+                if "failed-unwritten" in AVOID:
+                    vol.cur[c * CHUNK:c * CHUNK + vol.chunk_len(c)] = bytes(vol.chunk_len(c))
 
     # ------------------------------------------------------------ after a crash
 
@@ -668,6 +680,8 @@ class World:
         self.m = Model(pool_info["capacityBytes"] // CHUNK)
         self.free_hint = pool_info["freeBytes"] // CHUNK
         self.log = collections.deque(maxlen=50)
+        self.journal = []              # every operation, written next to the daemon's log on failure
+        self.journal_path = d.log_path.parent / f"{d.log_path.stem}-{pool}-operations.log"
         self.stats = collections.Counter()
         self.step = 0
         self.counter = 0
@@ -679,11 +693,14 @@ class World:
     # ------------------------------------------------------------ helpers
 
     def fail(self, msg):
-        raise ModelFailure(f"{msg}\n{self.seed_name}={self.seed} (step {self.step}); last operations:\n  "
-                           + "\n  ".join(self.log))
+        with open(self.journal_path, "w") as f:
+            f.write("\n".join(self.journal) + "\n")
+        raise ModelFailure(f"{msg}\n{self.seed_name}={self.seed} (step {self.step}); every operation in "
+                           f"{self.journal_path}; the last ones:\n  " + "\n  ".join(self.log))
 
     def note(self, text):
         self.log.append(f"[{self.step}] {text}")
+        self.journal.append(self.log[-1])
 
     def call(self, method, path, body=None):
         return self.api(method, path, body)
@@ -796,7 +813,7 @@ class World:
         if img is not None:
             off, length = self.pick_range(img, max_len=1 * MiB)
             self.verify_range(img, off, length)
-        if exact and not self.faults and self.m.inexact is None:
+        if exact and not self.faults_on and not self.pool_degraded() and self.m.inexact is None:
             self.check_figures()
 
     def verify_range(self, img, off, length, what="read"):
@@ -816,6 +833,7 @@ class World:
     def check_figures(self):
         """Once reclaim has settled: pool, volume and snapshot figures are
         exactly the model's."""
+        self.stats["exact-checks"] += 1
         allocated, reserved = self.m.figures()
         referenced = len(self.m.referenced())
         deadline = time.monotonic() + 3.0
@@ -922,6 +940,7 @@ class World:
 
     def failed_write(self, img, off, data, e, must, need):
         length = len(data)
+        self.note(f"  -> {errname(e.errnum)}")
         if e.errnum == errno.ENOSPC and not self.faults_on:
             if must:
                 self.fail(f"write of {img.name} {off}+{length} got ENOSPC, but it needs {need} new chunks "
@@ -931,12 +950,24 @@ class World:
             self.verify_range(img, off, length, what="after a write that got ENOSPC (it must change nothing)")
             return
         self.expect_error(f"write of {img.name} {off}+{length}", e, self.io_errors())
-        # A failed write maps no chunk; its range holds old or new bytes per sector.
-        got = self.handle(img).pread(length, off)
+        # Its range holds old or new bytes per sector. It should map no
+        # chunk (one whose FUA commit failed does): learn what it did.
+        h = self.handle(img)
+        got = h.pread(length, off)
         for o in range(0, length, SECTOR):
             if got[o:o + SECTOR] not in (data[o:o + SECTOR], bytes(img.cur[off + o:off + o + SECTOR])):
                 self.fail(f"after a failed write ({errname(e.errnum)}) byte {off + o} of {img.name} holds neither "
                           "the old nor the new data")
+        mapped = allocation(h, img.size)
+        after = bytearray(img.cur)
+        after[off:off + length] = got
+        for c, kind in self.m.plan_write(img, off, length)[0]:
+            if kind == "new" and mapped[c]:
+                self.m.set_state(img, c, self.m.label(), False)
+            elif kind == "cow" and img.chunk_bytes(c, after) != img.chunk_bytes(c):
+                self.m.cow(img, c)
+            elif kind == "unwritten" and img.range_of(c) is not None:
+                self.rereserve.add((img.name, c))     # written or not: a TRIM settles it
         img.record_failed(off, data, length, got)
         self.stats[f"write-{errname(e.errnum)}"] += 1
 
@@ -981,6 +1012,7 @@ class World:
 
     def failed_zero(self, img, off, length, plan, kind, e, must, need):
         self.stats[f"{kind}-{errname(e.errnum)}"] += 1
+        self.note(f"  -> {errname(e.errnum)}")
         if e.errnum == errno.ENOTSUP and "fast" in kind:
             # NBD: a fast zero that cannot be fast SHOULD NOT alter the export.
             self.verify_range(img, off, length, what=f"after {kind} answered ENOTSUP")
@@ -1033,8 +1065,9 @@ class World:
         try:
             self.handle(img).flush()
         except nbd.Error as e:
-            self.expect_error(f"FLUSH of {img.name}", e,
-                              (errno.EIO,) if self.faults_on or self.pool_degraded() else ())
+            # EIO, or ENOSPC while metadata commits find the state filesystem full.
+            self.note(f"  -> {errname(e.errnum)}")
+            self.expect_error(f"FLUSH of {img.name}", e, self.io_errors())
             self.stats["flush-EIO"] += 1
             return False
         self.m.flush(img)
@@ -1055,6 +1088,7 @@ class World:
         faults on (a metadata commit that failed: in effect, not durable)."""
         status, _, result = self.call(method, path, body)
         if status == 500 and self.faults_on:
+            self.note("  -> 500")
             self.stats["control-500"] += 1
             return status, result
         if status == 409 and self.pool_degraded() and result.get("code") == "pool-unavailable":
@@ -1094,14 +1128,13 @@ class World:
 
     def after_control(self, status, change):
         if status == 500:
-            self.undurable.append(change)
-            self.m.make_inexact("a control-plane change answered 500")
+            self.undurable.append(change)      # in effect; durable at the next commit that succeeds
         else:
             self.committed()
 
     def op_delete_snapshot(self, snap=None):
         snap = snap or self.pick(self.images("snapshot"))
-        if snap is None:
+        if snap is None or ("delete-500" in AVOID and self.faults_on):
             return
         self.close(snap)
         self.note(f"delete snapshot {snap.name}")
@@ -1312,13 +1345,15 @@ class World:
                 if verdict == "rereserve":
                     self.rereserve.add((img.name, c))
                 elif verdict != "ok":
-                    self.m.make_inexact(verdict)
+                    self.m.make_inexact(step=self.step, why=verdict)
                     self.m.unsure.add((img.name, c))
             for c in range(img.nchunks):
-                if c not in img.hist and (img.map[c] is not None) != mapped[c] and (img.name, c) not in self.m.unsure:
-                    self.m.make_inexact(f"chunk {c} of {img.name} is {'mapped' if mapped[c] else 'a hole'} "
+                if c not in img.hist and (img.map[c] is not None) != mapped[c]:
+                    self.m.make_inexact(step=self.step, why=f"chunk {c} of {img.name} is {'mapped' if mapped[c] else 'a hole'} "
                                         "after kill -9 and was not changed since the last commit")
                     self.m.unsure.add((img.name, c))
+                    img.map[c] = self.m.label() if mapped[c] else None
+                    img.unwritten.discard(c)
         # A copy on write that was lost took its draw on sticky space with it.
         for img, c, rid, label in self.m.cow_log:
             state = chosen.get((img.name, c))
@@ -1361,9 +1396,11 @@ class World:
                 if kind == "snapshot" and not there and snap.name in self.m.images:
                     self.note(f"snapshot {snap.name} (answered 500) did not survive the restart")
                     self.m.delete(snap)
+                    self.m.make_inexact(step=self.step, why=f"snapshot {snap.name} (answered 500) was lost")
                 elif kind == "delete" and there and snap.name not in self.m.images:
                     self.note(f"deleted snapshot {snap.name} (answered 500) is back after the restart")
                     self.m.images[snap.name] = snap
+                    self.m.make_inexact(step=self.step, why=f"snapshot {snap.name} (deleted, 500) came back")
             else:
                 vol, rid, first, count = change[1:]
                 if vol.name not in self.m.images or rid is None:
@@ -1372,6 +1409,7 @@ class World:
                 if kind == "reserve" and rid not in ids and rid in vol.ranges:
                     self.note(f"reservation {rid} (answered 500) did not survive the restart")
                     self.m.release(vol, rid)
+                    self.m.make_inexact(step=self.step, why=f"reservation {rid} (answered 500) was lost")
                 elif kind == "release" and rid in ids and rid not in vol.ranges:
                     self.note(f"released reservation {rid} (answered 500) is back after the restart")
                     mapped = allocation(self.handle(vol), vol.size)
@@ -1380,7 +1418,7 @@ class World:
                             vol.map[c] = self.m.label()
                             vol.unwritten.add(c)
                     vol.ranges[rid] = (first, count)
-            self.m.make_inexact("a control-plane change answered 500 before a crash")
+                    self.m.make_inexact(step=self.step, why=f"reservation {rid} (released, 500) came back")
         self.undurable.clear()
 
     # ------------------------------------------------------------ faults
@@ -1434,11 +1472,11 @@ class World:
             if not self.op_flush(img):
                 self.fail(f"FLUSH of {img.name} failed after the faults were cleared")
         self.pool_check(timeout=15.0, settled=True)
-        img = self.pick(self.writable())
-        if img is not None:
+        for img in self.writable():                  # writes work again
             off, length = self.pick_range(img, max_len=64 * KiB)
-            if not self.op_write(img, off, self.rng.randbytes(length), fua=True):
-                self.fail("a write failed after the faults were cleared")
+            self.free_hint = self.get_pool()["freeBytes"] // CHUNK
+            if self.m.plan_write(img, off, length)[1] <= self.free_hint:
+                self.op_write(img, off, self.rng.randbytes(length), fua=True)
 
 
 VOLUME_SIZES = (16 * MiB, 8 * MiB + 20 * KiB, 4 * MiB, 6 * MiB)

@@ -92,17 +92,16 @@ def walk(d, faults):
         elapsed = w.run(STEPS, SECONDS, min_steps=MIN_STEPS)
     except ModelFailure:
         raise
-    except Exception as e:
-        raise ModelFailure(f"{type(e).__name__}: {e}\nREMAP_MODEL_SEED={seed} (step {w.step}); last operations:\n  "
-                           + "\n  ".join(w.log)) from e
+    except Exception as e:  # an unexpected error: with the seed and the operations
+        w.fail(f"{type(e).__name__}: {e}")
     stats = dict(sorted(w.stats.items()))
-    print(f"REMAP_MODEL_SEED={seed}: {w.step} steps in {elapsed:.1f}s; exact accounting "
-          f"{'on' if w.m.inexact is None else 'off from ' + repr(w.m.inexact)}; {stats}")
+    exact = "on throughout" if w.m.inexact is None else f"off from step {w.m.inexact_step}: {w.m.inexact!r}"
+    print(f"REMAP_MODEL_SEED={seed}: {w.step} steps in {elapsed:.1f}s; exact accounting {exact}; {stats}")
     # The walk really did what it claims.
     least = {"write": 200, "trim": 30, "flush": 40, "snapshot": 15, "delete-snapshot": 8, "clone": 2,
              "revert": 4, "reserve": 10, "release": 3, "crash": 3}     # per 1000 steps
-    if faults:
-        least.update({"fault-phases": 3})
+    if faults:      # a degraded pool refuses changes that need its storage
+        least.update({"fault-phases": 3, "reserve": 5, "clone": 1, "revert": 2})
     short = {k: w.stats[k] for k, n in least.items() if w.stats[k] < n * w.step / 1000}
     if not w.stats["enospc"] and not faults and w.step >= 2000:
         short["enospc"] = 0
