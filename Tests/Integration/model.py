@@ -63,9 +63,11 @@ ZERO_CHUNK = bytes(CHUNK)
 #                   gives the volume the snapshot's chunks at once; writes
 #                   change them in place, and a kill -9 brings the snapshot
 #                   back with those bytes)
-#   failed-unwritten  model what the daemon does with the bytes a failed write
-#                   left in reserved-unwritten chunks (they stay unwritten:
-#                   a snapshot reads zeros there, a release makes them zeros)
+#   unwritten-bytes model what the daemon does with bytes that reached a
+#                   reserved-unwritten chunk without it becoming written (a
+#                   failed write, or a kill -9 before the commit): the volume
+#                   reads them, a snapshot reads zeros there, a release of
+#                   the reservation turns them into zeros
 AVOID = set(filter(None, os.environ.get("REMAP_MODEL_AVOID", "").split(",")))
 
 
@@ -445,7 +447,7 @@ class Model:
                 vol.sticky[rid] = max(vol.sticky.get(rid, 0), need)
         snap = Image(name, "snapshot", vol.size, vol.family, origin=vol)
         snap.cur = bytearray(vol.cur)
-        if "failed-unwritten" in AVOID:
+        if "unwritten-bytes" in AVOID:
             for c in vol.unwritten:
                 snap.cur[c * CHUNK:c * CHUNK + vol.chunk_len(c)] = bytes(vol.chunk_len(c))
         snap.base = vol.base
@@ -544,7 +546,7 @@ class Model:
             if c in vol.unwritten:
                 vol.unwritten.discard(c)
                 vol.map[c] = None
-                if "failed-unwritten" in AVOID:
+                if "unwritten-bytes" in AVOID:
                     vol.cur[c * CHUNK:c * CHUNK + vol.chunk_len(c)] = bytes(vol.chunk_len(c))
 
     # ------------------------------------------------------------ after a crash
@@ -581,7 +583,10 @@ class Model:
         state = fits[-1]
         verdict = "ok"
         if len({s[1] for s in fits}) > 1:
-            state, verdict = (state[0], False), "rereserve"
+            # Written, or reserved-unwritten (which reads zeros): bytes say
+            # written; zeros could be either, and a TRIM will settle it.
+            bytes_say_written = any(content) and "unwritten-bytes" not in AVOID
+            state, verdict = (state[0], False), "ok" if bytes_say_written else "rereserve"
         img.map[c] = state[0]
         img.unwritten.discard(c)
         if state[1]:
@@ -966,8 +971,10 @@ class World:
                 self.m.set_state(img, c, self.m.label(), False)
             elif kind == "cow" and img.chunk_bytes(c, after) != img.chunk_bytes(c):
                 self.m.cow(img, c)
-            elif kind == "unwritten" and img.range_of(c) is not None:
-                self.rereserve.add((img.name, c))     # written or not: a TRIM settles it
+            elif kind == "unwritten" and any(img.chunk_bytes(c, after)) and "unwritten-bytes" not in AVOID:
+                self.m.set_state(img, c, img.map[c], False)   # it holds bytes: written
+            elif kind == "unwritten":
+                self.rereserve.add((img.name, c))     # zeros: written or not, a TRIM settles it
         img.record_failed(off, data, length, got)
         self.stats[f"write-{errname(e.errnum)}"] += 1
 

@@ -50,7 +50,7 @@ import nbd  # noqa: E402
 
 VOLUMES = 3
 VOLUME_SIZE = 16 * MiB
-POOL_SIZE = "192M"          # never full: 3 volumes, 4 snapshots, 2 clones, ranges and their sticky space
+POOL_SIZE = "192M"          # never full: 3 volumes, 4 snapshots, 2 clones, 9 ranges and their sticky space
 CONNECTIONS = 2             # per volume
 DEPTH = 8                   # requests in flight per connection
 MAX_SNAPSHOTS = 4
@@ -105,6 +105,8 @@ class Soak:
         """One round; returns a dict of what happened, with "problems"."""
         stats = collections.Counter()
         problems = []
+        self.journal = []          # the round's control-plane changes, for failure messages
+        self.oplog = []            # every request of the round (written to a file if it fails)
         self.round_stats, self.round_problems = stats, problems
         conns = []
         for vol in self.volumes():
@@ -161,6 +163,7 @@ class Soak:
         if r < 0.07:
             op = Op("flush", vol, 0, 0, self.tick())
             c["inflight"][h.aio_flush()] = op
+            self.oplog.append(f"{op.issued} issue flush {vol.name}")
             stats["flush"] += 1
             return True
         kind = "write" if r < 0.7 else "read" if r < 0.82 else rng.choice(["trim", "zero", "zero-nohole"])
@@ -197,6 +200,7 @@ class Soak:
                     op.kind += "-fua"
         busy.append((off, off + length))
         c["inflight"][cookie] = op
+        self.oplog.append(f"{op.issued} issue {op.kind} {vol.name} {off}+{length}")
         stats[kind] += 1
         return True
 
@@ -232,6 +236,7 @@ class Soak:
             self.release(busy[op.vol.name], op)
             with self.lock:
                 done = self.tick()
+                self.oplog.append(f"{done} done {op.kind} {op.vol.name} {op.off}+{op.length} (issued {op.issued})")
                 if op.kind == "flush":
                     self.flushed(op.vol, op.issued)
                 elif op.kind == "read":
@@ -292,7 +297,8 @@ class Soak:
                     report["changed"] += 1
                 s, why = bad[0]
                 report["problems"].append(f"{img.kind} {img.name}: {len(bad)} sectors not allowed, first at byte "
-                                          f"{s * SECTOR}: {why}")
+                                          f"{s * SECTOR}: {why}; it reads {self.explain(got, s)}; this round: "
+                                          + ", ".join(self.journal))
         pool = self.api.ok("GET", "/v1/pools/default")
         try:
             check_space(pool)
@@ -316,6 +322,14 @@ class Soak:
         self.d.close_handles()
         self.created.clear()
         return report
+
+    def explain(self, got, s):
+        """What the bytes of sector s are, for a failure message."""
+        value = got[s * SECTOR:(s + 1) * SECTOR]
+        if not any(value):
+            return "zeros"
+        where = [img.name for img in self.images.values() if img.cur[s * SECTOR:(s + 1) * SECTOR] == value]
+        return f"what {', '.join(where)} held there" if where else "data no image held there"
 
     def settle_control(self, control, report):
         """Control-plane calls cut by the kill happened or not: follow the
@@ -412,6 +426,8 @@ class Control(threading.Thread):
             with s.lock:
                 snap.cur, snap.frozen = bytearray(got), True
             s.round_stats["snapshot"] += 1
+            s.journal.append(f"snapshot {name}")
+            s.oplog.append(f"{s.created[name]} snapshot {name} answered (asked at {sent})")
         elif op in ("delete", "delete-clone") and (snaps if op == "delete" else clones):
             img = rng.choice(snaps if op == "delete" else clones)
             self.unsure[img.name] = img
@@ -421,6 +437,7 @@ class Control(threading.Thread):
                       ok=(204,))
             del self.unsure[img.name]
             s.round_stats["delete-" + img.kind] += 1
+            s.journal.append(f"delete {img.name}")
         elif op == "clone" and snaps and len(clones) < MAX_CLONES:
             snap = rng.choice(snaps)
             s.counter += 1
@@ -435,20 +452,25 @@ class Control(threading.Thread):
                 s.images[name] = clone
             del self.unsure[name]
             s.round_stats["clone"] += 1
+            s.journal.append(f"clone {snap.name} as {name}")
         elif op == "reserve":
             vol = rng.choice(vols)
+            if len(self.call("GET", f"/v1/volumes/{vol.name}/reservations", ok=(200,))[1]["reservations"]) >= 3:
+                return            # a few per volume: the pool must never fill
             count = rng.randint(1, 16)
             first = rng.randrange(0, vol.nchunks - count + 1)
             self.call("POST", f"/v1/volumes/{vol.name}/reservations",
                       {"offsetBytes": first * CHUNK, "lengthBytes": count * CHUNK}, ok=(201, 507))
             s.round_stats["reserve"] += 1
+            s.journal.append(f"reserve {vol.name} chunks {first}+{count}")
         elif op == "release":
             vol = rng.choice(vols)
             _, body = self.call("GET", f"/v1/volumes/{vol.name}/reservations", ok=(200,))
             if body["reservations"]:
-                rid = rng.choice(body["reservations"])["id"]
-                self.call("DELETE", f"/v1/volumes/{vol.name}/reservations/{rid}", ok=(204,))
+                r = rng.choice(body["reservations"])
+                self.call("DELETE", f"/v1/volumes/{vol.name}/reservations/{r['id']}", ok=(204,))
                 s.round_stats["release"] += 1
+                s.journal.append(f"release {vol.name} chunks {r['offsetBytes'] // CHUNK}+{r['bytes'] // CHUNK}")
 
 
 def soak(d, rounds, seed, out=print):
@@ -469,6 +491,10 @@ def soak(d, rounds, seed, out=print):
         control = Control(s, threading.Event())
         report = s.verify(control)
         problems += report["problems"]
+        if problems:
+            path = d.log_path.parent / f"soak-round-{n}-requests.log"
+            path.write_text("\n".join(s.oplog) + "\n")
+            problems.append(f"every request of the round in {path}")
         summary["lost"] += report["lost"]
         summary["changed"] += report["changed"]
         summary["failures"] += bool(problems)
