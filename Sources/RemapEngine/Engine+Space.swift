@@ -285,6 +285,7 @@ extension Engine {
         let expiresAt = spec.ttlSeconds.map(leaseEnd)
         let reservation: Reservation
         var changes: [MetadataChange] = []
+        var sharedCount: UInt64 = 0
         switch spec.amount {
         case .pooled(let bytes):
             let chunks = (bytes + chunkSize - 1) / chunkSize
@@ -304,8 +305,12 @@ extension Engine {
             let count = (offset + length - 1) / chunkSize - first + 1
             // Decided at once, from the extents, before any per-chunk work.
             let holeCount = count - volume.map.mappedCount(in: first..<(first + count))
-            guard pool.unreservedFreeChunks >= holeCount else {
-                return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
+            // Chunks of the range that hold data shared with a snapshot or a
+            // clone need copy-on-write space as well (sticky), or a write
+            // the reservation covers could still find no space.
+            sharedCount = sharedChunks(volume, in: first..<(first + count))
+            guard pool.unreservedFreeChunks >= holeCount + sharedCount else {
+                return reply(.failure(.noSpace(requestedBytes: (holeCount + sharedCount) * chunkSize, availableBytes: pool.freeBytes)))
             }
             guard pool.cleanChunksAvailable >= holeCount else {
                 // Some are being prepared: try again once they are.
@@ -324,8 +329,26 @@ extension Engine {
             chunkCount: reservation.chunkCount, remaining: reservation.kind == .pooled ? reservation.remaining : 0,
             role: role.rawValue, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
         pending += [.createReservation(stored)] + changes
+        if sharedCount > 0 {
+            // The other range reservations keep what they hold.
+            var needs = volume.reservations.filter { $0.range != nil && !$0.released && $0 !== reservation }.map { range in
+                (range: range, chunks: volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.remaining ?? 0)
+            }
+            needs.append((reservation, sharedCount))
+            applyCopyOnWriteNeeds(volume, needs, growOnly: true)
+        }
         checkThresholds()
         commit { result in reply(result.map { (reservation.info, true) }) }
+    }
+
+    /// Mapped chunks of `range` a write would have to copy: counted one by
+    /// one for ranges up to 65,536 chunks; beyond, every mapped chunk counts
+    /// (an upper bound from the extents, so the engine thread never walks a
+    /// huge range).
+    func sharedChunks(_ volume: Volume, in range: Range<UInt64>) -> UInt64 {
+        guard volume.family.members.count > 1 else { return 0 }
+        if range.count > 1 << 16 { return volume.map.mappedCount(in: range) }
+        return UInt64(range.filter { chunk in volume.map.lookup(chunk).map { volume.isShared(chunk, $0) } ?? false }.count)
     }
 
     private func matches(_ reservation: Reservation, _ spec: ReservationSpec) -> Bool {

@@ -130,7 +130,7 @@ extension Engine {
         willWrite(volume, plan, drawnFrom: source, offset: offset, length: length)
         beginDrawing(source)
         for copy in plan.copies { copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = [] }
-        let progress = Progress(remaining: plan.segments.count + plan.copies.count)
+        let progress = Progress(pieces: plan.segments.count + plan.copies.count)
         let epoch = beginIO()
         let finish = { [self] in
             endIO(epoch)
@@ -145,8 +145,7 @@ extension Engine {
             let fd = supplierFD(pool: volume.pool, index: index)
             suppliers.writeFully(fd: fd, from: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
                 _ = owner  // the data lives until the write completes
-                progress.complete(result, fd: fd)
-                if progress.remaining == 0 { finish() }
+                if progress.complete(result, fd: fd) { finish() }
             }
         }
         for copy in plan.copies {
@@ -154,11 +153,10 @@ extension Engine {
                 // Undone before anyone waiting for the chunk plans on it.
                 if result < 0 { undoCopy(volume, copy.virtualChunk) }
                 copyLanded(ChunkKey(volume: volume.key, chunk: copy.virtualChunk))
-                progress.complete(result, fd: fd)
-                if progress.remaining == 0 { finish() }
+                if progress.complete(result, fd: fd) { finish() }
             }
         }
-        if progress.remaining == 0 { finish() }
+        if progress.issued() { finish() }
     }
 
     /// The error a failed write answers. A host filesystem full under a
@@ -313,7 +311,7 @@ extension Engine {
             return
         }
         let segments = volume.readPlan(offset: offset, length: length)
-        let progress = Progress(remaining: segments.count)
+        let progress = Progress(pieces: segments.count)
         let epoch = beginIO()
         let finish = { [self] in
             endIO(epoch)
@@ -323,16 +321,15 @@ extension Engine {
             switch segment.target {
             case .zeros:
                 memset(data + segment.bufferOffset, 0, segment.length)
-                progress.remaining -= 1
+                _ = progress.complete(0)
             case .supplier(let index, let supplierOffset):
                 let fd = supplierFD(pool: volume.pool, index: index)
                 suppliers.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
                     _ = owner  // the buffer lives until the read completes
-                    progress.complete(result)
-                    if progress.remaining == 0 { finish() }
+                    if progress.complete(result) { finish() }
                 }
             }
         }
-        if progress.remaining == 0 { finish() }
+        if progress.issued() { finish() }
     }
 }

@@ -238,7 +238,7 @@ extension NBDConnection {
                            !keepAllocated && !reserved && supplier.kind == .file && !supplier.preallocated,
                            piece.whole && reserved && !keepAllocated ? (piece.virtualChunk, physical) : nil))
         }
-        let progress = Progress(remaining: ranges.count + zeroWrites.count)
+        let progress = Progress(pieces: ranges.count + zeroWrites.count)
         let epoch = engine.beginIO()
         let fast = request.flags & NBD.commandFastZero != 0
         let finish = { [self] in
@@ -263,8 +263,7 @@ extension NBDConnection {
                 if result >= 0, let (virtual, physical) = range.rereserve {
                     engine.reserveAgain(volume, virtual, physical)
                 }
-                progress.complete(result, fd: range.fd)
-                if progress.remaining == 0 { finish() }
+                if progress.complete(result, fd: range.fd) { finish() }
             }
         }
         for piece in zeroWrites {
@@ -273,15 +272,16 @@ extension NBDConnection {
             let offset = piece.virtualChunk * volume.pool.chunkSize + piece.offsetInChunk
             engine.planWrite(volume, offset: offset, length: zeros.count, data: zeros.pointer, owner: zeros,
                              bound: boundReservation, deadline: deadline) { result in
+                let code: Int32
                 switch result {
-                case .success: progress.complete(0)
-                case .failure(.noSpace): progress.complete(-ENOSPC)
-                case .failure(let error): progress.complete(-(error.errno ?? EIO))
+                case .success: code = 0
+                case .failure(.noSpace): code = -ENOSPC
+                case .failure(let error): code = -(error.errno ?? EIO)
                 }
-                if progress.remaining == 0 { finish() }
+                if progress.complete(code) { finish() }
             }
         }
-        if progress.remaining == 0 { finish() }
+        if progress.issued() { finish() }
     }
 
     // MARK: - BLOCK_STATUS
@@ -345,21 +345,30 @@ extension NBDConnection {
 }
 
 /// Counts the pieces of one request still in flight and remembers the first
-/// failure.
+/// failure. The code issuing the pieces holds one more count, given up by
+/// `issued()` once all are issued: a piece that completes at once (an error
+/// found before any I/O) can never finish the request while others are still
+/// being issued, nor twice.
 final class Progress {
-    var remaining: Int
-    var failure: Int32 = 0
+    private var remaining: Int
+    private(set) var failure: Int32 = 0
     /// The supplier written or zeroed by the first failed piece, if known.
-    var failedFD: Int32?
-    init(remaining: Int) { self.remaining = remaining }
+    private(set) var failedFD: Int32?
 
-    func complete(_ result: Int32, fd: Int32? = nil) {
+    init(pieces: Int) { remaining = pieces + 1 }
+
+    /// One piece is done; true when it was the last (finish the request).
+    func complete(_ result: Int32, fd: Int32? = nil) -> Bool {
         remaining -= 1
         if result < 0 && failure == 0 {
             failure = result
             failedFD = fd
         }
+        return remaining == 0
     }
+
+    /// Every piece is issued; true when all are done already.
+    func issued() -> Bool { complete(0) }
 }
 
 /// Writes a structured reply chunk header into `base` (20 bytes).

@@ -12,7 +12,7 @@ from random import Random
 
 from conftest import MiB
 
-import nbd  # noqa: F401  (python3-libnbd; a missing package must fail, not skip)
+import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
 CHUNK = 64 * 1024
 
@@ -32,6 +32,19 @@ def bad_chunks(h, expected):
             if got[c:c + CHUNK] != expected[offset + c:offset + c + CHUNK]:
                 bad.append((offset + c) // CHUNK)
     return bad
+
+
+def snapshotted(make_remapd, pool_size, size, seed):
+    """A daemon whose volume v of `size` bytes is full of flushed random
+    data, with snapshot v@s sharing all of it."""
+    d = make_remapd(pool_size=pool_size)
+    d.create_volume("v", size)
+    h = d.nbd("v")
+    data = Random(seed).randbytes(size)
+    h.pwrite(data, 0)
+    h.flush()
+    snapshot(d, "v", "s")
+    return d, h, data
 
 
 def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
@@ -72,3 +85,67 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
     for name, expected in (("v@S1", p1), ("v@S2", bytes(p2)), ("v", p3)):
         got = hashlib.sha256(b"".join(d.nbd(name).pread(4 * MiB, o) for o in range(0, size, 4 * MiB))).hexdigest()
         assert got == hashlib.sha256(expected).hexdigest(), f"{name} changed across kill -9"
+
+
+def test_a_zeroing_that_finds_no_space_is_answered_once(make_remapd):
+    """Found by the model test: a TRIM or WRITE_ZEROES over part of a chunk
+    shared with a snapshot zeroes it through a copy on write; when that
+    found no space at once, the request was answered twice and the NBD
+    stream broke."""
+    import errno
+    d, h, data = snapshotted(make_remapd, "4M", 4 * MiB, 2)
+    for zero in (lambda: h.zero(100, 10), lambda: h.trim(100, CHUNK + 10), lambda: h.zero(CHUNK, 4000)):
+        try:
+            zero()
+        except nbd.Error as e:
+            assert e.errnum == errno.ENOSPC, e
+        else:
+            raise AssertionError("zeroing part of a shared chunk in a full pool succeeded")
+        # The stream is intact: the next requests are answered, each once.
+        assert h.pread(CHUNK, 0) == data[:CHUNK]
+    h.flush()
+    assert d.nbd("v@s").pread(4 * MiB, 0) == data
+
+
+def fill(d, name, size):
+    """Writes volume `name` until the pool has no space left (ENOSPC)."""
+    import errno
+    d.create_volume(name, size)
+    h = d.nbd(name)
+    for offset in range(0, size, CHUNK):
+        try:
+            h.pwrite(b"f" * CHUNK, offset)
+        except nbd.Error as e:
+            assert e.errnum == errno.ENOSPC, e
+            return
+    raise AssertionError("the pool never filled")
+
+
+def test_a_range_reserved_after_a_snapshot_covers_its_copies_on_write(make_remapd):
+    """Found by the model test: a range reservation made over chunks a
+    snapshot shares did not hold the space their copies on write need, so
+    a write it covers could fail with ENOSPC. Now it holds it (sticky, as a
+    snapshot of an already reserved range does), or is refused with 507."""
+    d, h, old = snapshotted(make_remapd, "8M", 2 * MiB, 3)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 2 * MiB})
+    assert status == 201, body
+    assert d.volume("v")["reservedBytes"] == 2 * MiB, d.volume("v")
+    fill(d, "filler", 8 * MiB)
+    new = Random(4).randbytes(2 * MiB)
+    for offset in range(0, 2 * MiB, 4096 * 3):
+        h.pwrite(new[offset:offset + 4096], offset)   # a write covered by the reservation never fails for space
+    h.flush()
+    assert d.nbd("v@s").pread(2 * MiB, 0) == old
+    pool = d.pool()
+    assert pool["capacityBytes"] == pool["allocatedBytes"] + pool["reservedBytes"] + pool["freeBytes"], pool
+
+
+def test_a_range_reservation_the_pool_cannot_copy_for_is_refused(make_remapd):
+    d, _, _ = snapshotted(make_remapd, "4M", 2 * MiB, 5)
+    fill(d, "filler", 4 * MiB)
+    before = d.pool()
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})
+    assert status == 507 and body["code"] == "insufficient-space", body
+    after = d.pool()
+    assert (after["reservedBytes"], after["freeBytes"]) == (before["reservedBytes"], before["freeBytes"])
+    assert d.api("GET", "/v1/volumes/v/reservations")[2]["reservations"] == []
