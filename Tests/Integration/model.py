@@ -530,14 +530,21 @@ class Model:
         self.unsure = {u for u in self.unsure if u[0] != vol.name}
         self.unsure |= {(vol.name, ch) for (n, ch) in self.unsure if n == snap.name and ch not in vol.unwritten}
 
-    def reserve_holes(self, vol, first, count):
-        return [c for c in range(first, first + count) if vol.map[c] is None]
+    def reserve_needs(self, vol, first, count):
+        """What a range reservation of chunks first+count needs: (holes to
+        back now, chunks shared with a snapshot or clone whose copy on write
+        it must hold space for)."""
+        chunks = range(first, first + count)
+        return [c for c in chunks if vol.map[c] is None], sum(self.shared(vol, c) for c in chunks)
 
     def reserve(self, vol, rid, first, count):
-        for c in self.reserve_holes(vol, first, count):
+        holes, shared = self.reserve_needs(vol, first, count)
+        for c in holes:
             vol.map[c] = self.label()
             vol.unwritten.add(c)
         vol.ranges[rid] = (first, count)
+        if shared:
+            vol.sticky[rid] = shared
 
     def release(self, vol, rid):
         first, count = vol.ranges.pop(rid)
@@ -1231,7 +1238,8 @@ class World:
         off = first * CHUNK + self.rng.choice([0, 512 * self.rng.randrange(0, CHUNK // 512)])
         end = min(vol.size, (first + count) * CHUNK) - self.rng.choice([0, 512 * self.rng.randrange(0, 8)])
         end = max(end, (first + count - 1) * CHUNK + 512, off + 512)
-        need = len(self.m.reserve_holes(vol, first, count))
+        holes, shared = self.m.reserve_needs(vol, first, count)
+        need = len(holes) + shared
         self.note(f"reserve {vol.name} chunks {first}+{count} ({off}+{end - off}) need {need} free>={self.free_hint}")
         status, body = self.control("reserve", "POST", f"/v1/volumes/{vol.name}/reservations",
                                     {"offsetBytes": off, "lengthBytes": end - off}, (201, 507))
