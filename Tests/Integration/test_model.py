@@ -21,7 +21,10 @@ switching random fault rules (EIO, ENOSPC, short writes, delays on
 supplier writes, syncs, allocations and metadata commits) on and off.
 
 Fixed cases run first: the copy-on-write scenario of issue 10 defect 1
-(P1/S1/P2/S2/P3 on a 64 MiB volume, also across kill -9).
+(P1/S1/P2/S2/P3 on a 64 MiB volume, also across kill -9). The
+test_found_* tests are the smallest scenarios of the defects the walk found
+(each fails until its defect is fixed; REMAP_MODEL_AVOID in model.py lets
+the walk look past them meanwhile).
 
 REMAP_MODEL_SEED=N replays a run (printed on failure); REMAP_MODEL_STEPS
 and REMAP_MODEL_SECONDS bound it (the walk stops at whichever comes first).
@@ -33,8 +36,10 @@ from random import Random
 
 import pytest
 
-from conftest import KiB, MiB
-from model import VOLUME_SIZES, ModelFailure, World
+from conftest import CHUNK, KiB, MiB
+from model import VOLUME_SIZES, ModelFailure, World, export_uri
+
+import nbd  # noqa: E402
 
 STEPS = int(os.environ.get("REMAP_MODEL_STEPS", "6000"))
 SECONDS = float(os.environ.get("REMAP_MODEL_SECONDS", "100"))
@@ -121,3 +126,172 @@ def test_random_walk_with_faults_matches_the_model(make_remapd):
     d = make_remapd(pool_size=POOL_SIZE, extra_args=["--fault-injection"])
     defect1_cow_after_two_snapshots(d)
     walk(d, faults=True)
+
+
+# ------------------------------------------------------------------ defects the walk found
+# Each is the smallest scenario that shows one; they fail until it is fixed.
+
+def connect(d, name):
+    h = nbd.NBD()
+    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    h.connect_uri(export_uri(d, name))
+    d._handles.append(h)
+    return h
+
+
+def faults(d, *rules):
+    status, _, body = d.api("PUT", "/v1/debug/faults", body={"rules": list(rules)})
+    assert status == 200, body
+
+
+def held(d, snapshot):
+    """Chunks of copy-on-write space the snapshot's volume holds."""
+    return d.get_ok(f"/v1/snapshots/{snapshot}")["reservedBytes"] // CHUNK
+
+
+def test_found_a_write_into_a_reserved_chunk_cut_by_kill9_leaves_it_reserved(make_remapd):
+    """A write into a reserved-unwritten chunk, then kill -9 before a
+    commit: the volume reads the write after the restart, and a FLUSH makes
+    it durable, but the chunk stays reserved-unwritten: a snapshot reads
+    zeros there and releasing the reservation turns the flushed bytes into
+    zeros."""
+    d = make_remapd(pool_size="16M")
+    d.create_volume("v", MiB)
+    status, _, r = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 4 * CHUNK})
+    assert status == 201, r
+    data = os.urandom(CHUNK)
+    connect(d, "v").pwrite(data, 0)
+    d.restart(kill9=True)
+    h = connect(d, "v")
+    got = h.pread(CHUNK, 0)
+    if got != data:
+        return      # the write was lost, which is allowed: nothing to check
+    h.flush()
+    assert d.volume("v")["reservedBytes"] == 3 * CHUNK, "a chunk that holds data still counts as reserved-unwritten"
+    status, _, body = d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})
+    assert status == 201, body
+    assert connect(d, "v@s").pread(CHUNK, 0) == data, "the snapshot does not read what its volume reads"
+    assert d.api("DELETE", f"/v1/volumes/v/reservations/{r['id']}")[0] == 204
+    assert h.pread(CHUNK, 0) == data, "releasing the reservation lost flushed data"
+
+
+def test_found_a_failed_write_leaves_bytes_in_reserved_chunks(make_remapd):
+    """A write into reserved-unwritten chunks that fails part way: the bytes
+    that landed are what the volume reads, so they are written; a snapshot
+    must read them too."""
+    d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
+    d.create_volume("v", MiB)
+    h = connect(d, "v")
+    h.pwrite(os.urandom(CHUNK), 4 * CHUNK)
+    status, _, r = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 8 * CHUNK})
+    assert status == 201, r
+    h.flush()
+    faults(d, {"target": "supplier-write", "error": "EIO", "after": 1, "count": 1})
+    with pytest.raises(nbd.Error):
+        h.pwrite(os.urandom(8 * CHUNK), 0)
+    d.api("DELETE", "/v1/debug/faults")
+    assert d.api("POST", "/v1/pools/default/clear-errors", body={})[0] == 200
+    volume = h.pread(8 * CHUNK, 0)
+    d.close_handles()
+    status, _, body = d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})
+    assert status == 201, body
+    assert connect(d, "v@s").pread(8 * CHUNK, 0) == volume, "the snapshot does not read what its volume reads"
+
+
+def test_found_a_snapshot_delete_answered_500_lets_writes_change_it(make_remapd):
+    """A snapshot delete whose commit fails (500) gives the volume the
+    snapshot's chunks at once; a write then goes in place into a chunk the
+    durable metadata still gives the snapshot; after kill -9 the snapshot
+    is back and must read what it held."""
+    d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
+    d.create_volume("v", MiB)
+    held_data = os.urandom(CHUNK)
+    h = connect(d, "v")
+    h.pwrite(held_data, 0)
+    h.flush()
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    faults(d, {"target": "metadata-commit", "error": "EIO"})
+    assert d.api("DELETE", "/v1/snapshots/v@s")[0] == 500
+    h.pwrite(b"\xee" * 4096, 0)
+    d.restart(kill9=True)
+    if d.api("GET", "/v1/snapshots/v@s")[0] == 200:
+        assert connect(d, "v@s").pread(CHUNK, 0) == held_data, "the snapshot came back with other bytes"
+
+
+def test_found_a_failed_copy_on_write_loses_sticky_space_over_kill9(make_remapd):
+    """A copy on write into a range reservation that fails draws on the
+    copy-on-write space the snapshot set aside; it comes back only once
+    the chunk is zeroed (not while the pool is degraded). A commit and a
+    kill -9 in between lose it: the range then holds less than it needs."""
+    d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
+    d.create_volume("v", MiB)
+    d.create_volume("w", MiB)
+    assert d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 4 * CHUNK})[0] == 201
+    h = connect(d, "v")
+    h.pwrite(os.urandom(4 * CHUNK), 0)
+    h.flush()
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    assert held(d, "v@s") == 4
+    faults(d, {"target": "supplier-write", "error": "EIO"})
+    with pytest.raises(nbd.Error):
+        h.pwrite(os.urandom(CHUNK), 0)
+    d.api("DELETE", "/v1/debug/faults")
+    assert d.api("POST", "/v1/volumes/w/snapshots", body={"name": "t"})[0] == 201   # a commit
+    d.restart(kill9=True)
+    assert held(d, "v@s") == 4, "the range reservation lost copy-on-write space to a write that failed"
+
+
+def test_found_a_short_write_that_fails_tears_a_sector(make_remapd):
+    """A supplier write cut short mid-sector, whose rest then fails: every
+    sector must hold its old or its new bytes, never a mix."""
+    d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
+    d.create_volume("v", MiB)
+    h = connect(d, "v")
+    old = os.urandom(CHUNK)
+    h.pwrite(old, 0)
+    h.flush()
+    faults(d, {"target": "supplier-write", "error": "short", "probability": 0.7, "seed": 3},
+           {"target": "supplier-write", "error": "ENOSPC", "probability": 0.3, "seed": 5})
+    for _ in range(40):
+        new = os.urandom(CHUNK)
+        try:
+            h.pwrite(new, 0)
+            old = new
+            continue
+        except nbd.Error:
+            pass
+        got = h.pread(CHUNK, 0)
+        torn = [s for s in range(0, CHUNK, 512) if got[s:s + 512] not in (old[s:s + 512], new[s:s + 512])]
+        assert not torn, f"sectors at {torn[:4]} hold part old, part new bytes"
+        old = got
+
+
+def test_found_sticky_space_stays_after_the_snapshot_and_clone_are_gone(make_remapd):
+    """A snapshot of a volume with a written range reservation sets aside
+    copy-on-write space; a clone of it shares the chunks too. Once both are
+    deleted nothing is shared, and the space must come back."""
+    d = make_remapd(pool_size="16M")
+    d.create_volume("v", MiB)
+    assert d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})[0] == 201
+    h = connect(d, "v")
+    h.pwrite(os.urandom(MiB), 0)
+    h.flush()
+    d.close_handles()
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    assert d.api("POST", "/v1/snapshots/v@s/clone", body={"name": "c"})[0] == 201
+    assert d.api("DELETE", "/v1/snapshots/v@s")[0] == 204
+    assert d.api("DELETE", "/v1/volumes/c")[0] == 204
+    assert d.volume("v")["reservedBytes"] == 0, "copy-on-write space held for chunks nothing shares any more"
+    assert d.pool()["reservedBytes"] == 0
+
+
+def test_found_a_fua_write_whose_commit_fails_keeps_its_chunk(make_remapd):
+    """docs: a write that fails maps no chunk. A FUA write whose commit
+    fails answers EIO but its new chunk stays mapped (and counted)."""
+    d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
+    d.create_volume("v", MiB)
+    h = connect(d, "v")
+    faults(d, {"target": "metadata-commit", "error": "EIO"})
+    with pytest.raises(nbd.Error):
+        h.pwrite(os.urandom(4096), 0, nbd.CMD_FLAG_FUA)
+    assert d.volume("v")["allocatedBytes"] == 0, "a write that failed mapped a chunk"
