@@ -50,13 +50,40 @@ public struct CopyOnWrite: Equatable, Sendable {
     public var whole: Bool
 }
 
+/// A write into a reserved-unwritten chunk that may hold bytes (see
+/// `Reservation.mayHoldData`). Until it is written the chunk reads zeros,
+/// whatever a crash or a failed fill left in it; so its first write is of
+/// the whole chunk — zeros with the write's part (`bufferOffset`, `length`,
+/// at `offsetInChunk`) laid over them, unless it covers all of it (`whole`)
+/// — and no other I/O touches the chunk until it is written. A clean
+/// unwritten chunk (the usual case) is written in place.
+public struct ChunkFill: Equatable, Sendable {
+    public var virtualChunk: UInt64
+    public var physicalChunk: UInt64
+    public var bufferOffset: Int
+    public var length: Int
+    public var offsetInChunk: UInt64
+    public var whole: Bool
+
+    public init(virtualChunk: UInt64, physicalChunk: UInt64, bufferOffset: Int, length: Int, offsetInChunk: UInt64,
+                whole: Bool) {
+        self.virtualChunk = virtualChunk
+        self.physicalChunk = physicalChunk
+        self.bufferOffset = bufferOffset
+        self.length = length
+        self.offsetInChunk = offsetInChunk
+        self.whole = whole
+    }
+}
+
 /// Phase 1 of a write: where its bytes go, the chunks it maps for the first
-/// time, and the chunks it copies on write (whose bytes are not in
+/// time, and the chunks it copies on write or fills (whose bytes are not in
 /// `segments`: each is written as one whole chunk).
 public struct WritePlan: Sendable {
     public var segments: [IOSegment] = []
     public var newMappings: [NewMapping] = []
     public var copies: [CopyOnWrite] = []
+    public var fills: [ChunkFill] = []
 }
 
 extension Volume {
@@ -66,7 +93,8 @@ extension Volume {
         var segments: [IOSegment] = []
         walk(offset: offset, length: length) { chunk, bufferOffset, inChunk, count in
             let target: IOSegment.Target
-            if let physical = map.lookup(chunk) {
+            // Reserved-unwritten chunks read zeros without I/O, whatever they hold.
+            if let physical = map.lookup(chunk), unwrittenOwner(of: chunk) == nil {
                 let location = pool.location(of: physical)
                 target = .supplier(index: location.supplier, offset: location.offset + inChunk)
             } else {
@@ -115,6 +143,11 @@ extension Volume {
                 plan.copies.append(CopyOnWrite(
                     virtualChunk: chunk, oldPhysical: old, newPhysical: new, bufferOffset: bufferOffset, length: count,
                     offsetInChunk: inChunk, whole: inChunk == 0 && UInt64(count) >= chunkEnd))
+                return
+            } else if let unwritten = physical, let owner = unwrittenOwner(of: chunk), owner.mayHoldData(chunk) {
+                plan.fills.append(ChunkFill(
+                    virtualChunk: chunk, physicalChunk: unwritten, bufferOffset: bufferOffset, length: count,
+                    offsetInChunk: inChunk, whole: inChunk == 0 && UInt64(count) >= min(chunkSize, sizeBytes - chunk * chunkSize)))
                 return
             }
             let location = pool.location(of: physical!)  // invariant: set just above

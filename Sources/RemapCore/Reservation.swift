@@ -44,6 +44,11 @@ public final class Reservation {
     public var drawnInFlight: UInt64 = 0
     /// Range reservations: which chunks of the range are reserved-unwritten.
     private var unwritten: [UInt64] = []
+    /// Which reserved-unwritten chunks may hold bytes (a kill -9 before the
+    /// write that reached them was committed, or a failed copy into them):
+    /// they still read zeros, and their first write fills them whole.
+    /// Allocated on first use.
+    private var maybeData: [UInt64] = []
 
     public init(id: String, name: String?, volume: Volume, kind: Kind, role: Role = .plain, chunkCount: UInt64,
                 ttlSeconds: UInt64? = nil, expiresAt: Int64? = nil) {
@@ -93,12 +98,14 @@ public final class Reservation {
         return unwritten[Int(bit / 64)] & (1 << (bit % 64)) != 0
     }
 
-    /// Marks a chunk of the range reserved-unwritten (owned by this reservation).
-    public func markUnwritten(_ virtual: UInt64) {
+    /// Marks a chunk of the range reserved-unwritten (owned by this
+    /// reservation); `clean` says it holds zeros (fresh, or just zeroed).
+    public func markUnwritten(_ virtual: UInt64, clean: Bool = true) {
         guard let range, range.contains(virtual), !isUnwritten(virtual) else { return }
         let bit = virtual - range.lowerBound
         unwritten[Int(bit / 64)] |= 1 << (bit % 64)
         remaining += 1
+        setMayHoldData(bit, !clean)
     }
 
     /// A reserved-unwritten chunk was written (or leaves the reservation).
@@ -107,6 +114,29 @@ public final class Reservation {
         let bit = virtual - range.lowerBound
         unwritten[Int(bit / 64)] &= ~(1 << (bit % 64))
         remaining -= 1
+        setMayHoldData(bit, false)
+    }
+
+    /// Whether reserved-unwritten chunk `virtual` may hold bytes (see `maybeData`).
+    public func mayHoldData(_ virtual: UInt64) -> Bool {
+        guard isUnwritten(virtual), let range else { return false }
+        let bit = virtual - range.lowerBound
+        return Int(bit / 64) < maybeData.count && maybeData[Int(bit / 64)] & (1 << (bit % 64)) != 0
+    }
+
+    /// A reserved-unwritten chunk may hold bytes now (it still reads zeros).
+    public func markMayHoldData(_ virtual: UInt64) {
+        guard isUnwritten(virtual), let range else { return }
+        setMayHoldData(virtual - range.lowerBound, true)
+    }
+
+    private func setMayHoldData(_ bit: UInt64, _ value: Bool) {
+        let word = Int(bit / 64)
+        if word >= maybeData.count {
+            guard value else { return }
+            maybeData.append(contentsOf: repeatElement(0, count: unwritten.count - maybeData.count))
+        }
+        if value { maybeData[word] |= 1 << (bit % 64) } else { maybeData[word] &= ~(1 << (bit % 64)) }
     }
 
     /// Every reserved-unwritten chunk, in order.
@@ -134,6 +164,7 @@ public final class Reservation {
         } else {
             unwritten.removeLast(unwritten.count - words)
         }
+        if maybeData.count > words { maybeData.removeLast(maybeData.count - words) }
         chunkCount = newCount
     }
 

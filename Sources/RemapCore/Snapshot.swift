@@ -139,8 +139,13 @@ extension Volume {
     /// Chunks this image maps that no other image of its family maps: what
     /// deleting it frees. Pages shared with another member are skipped whole.
     public func chunksOnlyHere() -> [UInt64] {
+        chunks(notMappedBy: family.members.filter { $0 !== self })
+    }
+
+    /// Chunks this image maps that none of `others` maps at the same
+    /// virtual chunk. Pages shared with one of them are skipped whole.
+    public func chunks(notMappedBy others: [Volume]) -> [UInt64] {
         var only: [UInt64] = []
-        let others = family.members.filter { $0 !== self }
         map.forEachMapping(skippingPagesSharedWith: others.map(\.map)) { virtual, physical in
             for other in others.reversed() where virtual < other.map.virtualChunks && other.map.lookup(virtual) == physical {
                 return

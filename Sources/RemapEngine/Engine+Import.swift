@@ -269,7 +269,8 @@ extension Engine {
         var tags = [UInt64](repeating: 0, count: capacity)
         var conflicts: [UInt64] = []
         var unbacked: [UInt64] = []
-        let images = (volumes.values.filter { $0.pool === pool } + snapshots.values.filter { $0.pool === pool })
+        let images = volumes.values.filter { $0.pool === pool } + snapshots.values.filter { $0.pool === pool }
+            + leaving.filter { $0.pool === pool }
         var familyIndex: [ObjectIdentifier: UInt64] = [:]
         for image in images {
             let family = familyIndex[ObjectIdentifier(image.family), default: UInt64(familyIndex.count + 1)]

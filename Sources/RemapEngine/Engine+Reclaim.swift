@@ -79,6 +79,10 @@ extension Engine {
         }
         guard let physical = volume.map.lookup(virtual) else { return }
         let shared = volume.isShared(virtual, physical)
+        // Left to images whose deletion is being committed: freed when they go.
+        if shared && leftToLeavingImages(volume, virtual, physical) {
+            pending.append(.markDirty(pool: volume.pool.name, physicalChunk: physical))
+        }
         volume.map.unmap(virtual)
         let key = ChunkKey(volume: volume.key, chunk: virtual)
         let settled = unsettled.removeValue(forKey: key) == nil
@@ -154,11 +158,26 @@ extension Engine {
     /// whose zeroing fails (or whose pool is offline) stay allocated and
     /// marked dirty, and are tried again later: never reused unzeroed,
     /// never leaked until a restart.
-    func zero(_ chunks: [UInt64], of pool: Pool) {
+    func zero(_ chunks: [UInt64], of pool: Pool, afterCommit: Bool = false) {
         guard pools[pool.name] === pool, !chunks.isEmpty else { return }
         guard pool.state != .offline else {
             reclaimRetries.append((pool, chunks, monotonicNanoseconds() + Self.reclaimRetryInterval))
             return
+        }
+        // A chunk left free by a copy on write (its other images deleted) may
+        // still be what a durable mapping points at, until the mapping that
+        // replaced it is committed; that mapping was settled when its write
+        // completed, before the chunk drained. Zeroing the chunk first could
+        // lose flushed data in a crash: commit what is pending, then zero.
+        if !afterCommit && (!pending.isEmpty || commitInFlight) {
+            reclaimJobs += 1
+            return commit { [self] result in
+                reclaimJobs -= 1
+                guard case .success = result else {
+                    return reclaimRetries.append((pool, chunks, monotonicNanoseconds() + Self.reclaimRetryInterval))
+                }
+                zero(chunks, of: pool, afterCommit: true)
+            }
         }
         reclaimJobs += 1
         submitJob(zeroJob(pool: pool, chunks: chunks)) { [self] outcome in

@@ -81,7 +81,9 @@ extension Engine {
                     map.map(virtual, to: physical)
                     if unwritten {
                         if let owner, let reservation = owner.rangeReservation(covering: virtual) {
-                            reservation.markUnwritten(virtual)
+                            // A write may have reached it before a crash without its mark
+                            // being committed: it reads zeros, and its first write fills it.
+                            reservation.markUnwritten(virtual, clean: false)
                             owner.pool.unwrittenReservedChunks += 1
                         } else {
                             orphans.append(.markWritten(volume: key, virtualChunk: virtual))
@@ -143,6 +145,80 @@ extension Engine {
             }
         }
         return changes
+    }
+
+    // MARK: - Images leaving
+
+    /// Starts deleting `image`: it leaves the API and NBD at once, but stays
+    /// in its family until the deletion is durable. Until then a crash (and
+    /// a failed commit, retried) would bring it back, so nobody may change
+    /// the chunks it shares in place: writes copy them as before. Returns the
+    /// chunks no image that stays maps; they are marked dirty in the
+    /// deleting transaction.
+    func beginLeaving(_ image: Volume) -> [UInt64] {
+        // Chunks it shares only with other leaving images are freed when the
+        // last of them goes: they must be dirty by then too.
+        let only = image.chunks(notMappedBy: image.family.members.filter { $0 !== image && !isLeaving($0) })
+        for chunk in only { pending.append(.markDirty(pool: image.pool.name, physicalChunk: chunk)) }
+        leaving.append(image)
+        return only
+    }
+
+    /// The deletion of `image` is durable: it leaves its family, and the
+    /// chunks only it maps now — those of `beginLeaving`, and those copies on
+    /// write left to it since (marked dirty with the copy, see `settle`) —
+    /// are freed.
+    func depart(_ image: Volume, marked: [UInt64]) {
+        leaving.removeAll { $0 === image }
+        let only = image.chunksOnlyHere()
+        image.leaveFamily()
+        let durable = Set(marked)
+        // Those marked dirty by the deletion itself are durable: zeroed once
+        // older I/O has drained. The others need their mark committed first.
+        let ready = only.filter { durable.contains($0) }
+        let later = only.filter { !durable.contains($0) }
+        if !ready.isEmpty {
+            draining.append((epoch, image.pool, ready))
+            epoch += 1
+        }
+        freeChunks(later, of: image.pool)
+        for member in image.family.members where !member.isSnapshot && !isLeaving(member) {
+            applyCopyOnWriteNeeds(member, copyOnWriteNeeds(member, assumingAllShared: false), growOnly: false)
+        }
+        if !later.isEmpty { commit { _ in } }
+        reclaimDrained()
+        checkThresholds(image.pool)
+    }
+
+    func isLeaving(_ image: Volume) -> Bool {
+        !leaving.isEmpty && leaving.contains { $0 === image }
+    }
+
+    /// Whether the chunk `virtual` of `volume` replaced by a copy on write,
+    /// `old`, is now mapped only by images that are leaving: it becomes free
+    /// when they go, so it is marked dirty with the mapping that replaced it.
+    func leftToLeavingImages(_ volume: Volume, _ virtual: UInt64, _ old: UInt64) -> Bool {
+        guard !leaving.isEmpty else { return false }
+        var leavers = false
+        for other in volume.family.members where other !== volume && virtual < other.map.virtualChunks && other.map.lookup(virtual) == old {
+            guard isLeaving(other) else { return false }
+            leavers = true
+        }
+        return leavers
+    }
+
+    /// `volume` is about to drop mappings (all of them in a revert, those
+    /// past the new end in a shrink): the chunks it shares only with leaving
+    /// images are freed when those go, so they are marked dirty with this
+    /// change. (Marking one it keeps does no harm: a mapped chunk just loses
+    /// the mark at the next start.)
+    func markLeftToLeavingImages(_ volume: Volume) {
+        guard volume.family.members.contains(where: isLeaving) else { return }
+        let stay = volume.family.members.filter { $0 !== volume && !isLeaving($0) }
+        let alone = Set(volume.chunksOnlyHere())
+        for chunk in volume.chunks(notMappedBy: stay) where !alone.contains(chunk) {
+            pending.append(.markDirty(pool: volume.pool.name, physicalChunk: chunk))
+        }
     }
 
     /// Chunks only `image` maps go back to the pool after the next commit
@@ -414,17 +490,14 @@ extension Engine {
             if let readers = snapshotReaders[snapshot.key], readers > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' is being read (\(readers) content stream(s))")))
             }
-            let freed = snapshot.chunksOnlyHere()
-            snapshot.leaveFamily()
+            let freed = beginLeaving(snapshot)
             snapshots[snapshot.id] = nil
             layers[snapshot.layer]?.images -= 1
             var changes: [MetadataChange] = [.deleteSnapshot(key: snapshot.key)]
             changes += collectLayers(from: snapshot.layer)
-            freeChunks(freed, of: snapshot.pool)
-            for member in snapshot.family.members where !member.isSnapshot {
-                applyCopyOnWriteNeeds(member, copyOnWriteNeeds(member, assumingAllShared: false), growOnly: false)
-            }
-            commit(extra: changes) { [self] result in
+            // A failed commit keeps the deletion (retried); until it is durable
+            // the snapshot's chunks stay shared, so nobody changes them in place.
+            commit(extra: changes, onDurable: { [self] in depart(snapshot, marked: freed) }) { [self] result in
                 if case .success = result {
                     events.record(.snapshotDeleted, pool: snapshot.pool.name, volume: snapshot.name,
                                   detail: "snapshot '\(snapshot.exportName)' deleted; \(UInt64(freed.count) * snapshot.pool.chunkSize) bytes freed")
@@ -549,6 +622,7 @@ extension Engine {
             }
             let kept = Set(keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) }
+            markLeftToLeavingImages(volume)
             for (owner, chunk) in dropUnwritten {
                 owner.markWritten(chunk)
                 pool.unwrittenReservedChunks -= 1

@@ -119,15 +119,23 @@ extension Engine {
     }
 
     /// Writes into reserved-unwritten chunks make them data.
-    func markWritten(_ volume: Volume, offset: UInt64, length: Int) {
+    /// With `cleanOnly` (a failed write) only the chunks written in place,
+    /// which held zeros: they hold zeros still, or bytes of the failed write
+    /// inside its range. Those that may hold other bytes stay unwritten.
+    func markWritten(_ volume: Volume, offset: UInt64, length: Int, cleanOnly: Bool = false) {
         guard length > 0, volume.reservations.contains(where: { $0.range != nil }) else { return }
         let chunkSize = volume.pool.chunkSize
         for chunk in (offset / chunkSize)...((offset + UInt64(length) - 1) / chunkSize) {
-            guard let owner = volume.unwrittenOwner(of: chunk) else { continue }
-            owner.markWritten(chunk)
-            volume.pool.unwrittenReservedChunks -= 1
-            pending.append(.markWritten(volume: volume.layer, virtualChunk: chunk))
+            if cleanOnly, volume.unwrittenOwner(of: chunk)?.mayHoldData(chunk) == true { continue }
+            markWritten(volume, chunk: chunk)
         }
+    }
+
+    func markWritten(_ volume: Volume, chunk: UInt64) {
+        guard let owner = volume.unwrittenOwner(of: chunk) else { return }
+        owner.markWritten(chunk)
+        volume.pool.unwrittenReservedChunks -= 1
+        pending.append(.markWritten(volume: volume.layer, virtualChunk: chunk))
     }
 
     /// A write found no chunk. Decides, per the pool's policy, whether it
@@ -251,9 +259,10 @@ extension Engine {
                 release(sticky)
             }
             for chunk in reservation.unwrittenChunks {
+                let clean = !reservation.mayHoldData(chunk)
                 reservation.markWritten(chunk)
                 if let heir = volume.rangeReservation(covering: chunk) {
-                    heir.markUnwritten(chunk)
+                    heir.markUnwritten(chunk, clean: clean)
                 } else {
                     pool.unwrittenReservedChunks -= 1
                     unmapChunk(volume, chunk)

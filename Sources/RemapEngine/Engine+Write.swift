@@ -130,13 +130,16 @@ extension Engine {
         willWrite(volume, plan, drawnFrom: source, offset: offset, length: length)
         beginDrawing(source)
         for copy in plan.copies { copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = [] }
-        let progress = Progress(pieces: plan.segments.count + plan.copies.count)
+        for fill in plan.fills { copying[ChunkKey(volume: volume.key, chunk: fill.virtualChunk)] = [] }
+        let progress = Progress(pieces: plan.segments.count + plan.copies.count + plan.fills.count)
         let epoch = beginIO()
         let finish = { [self] in
             endIO(epoch)
             let succeeded = progress.failure == 0
             didWrite(volume, offset: offset, length: length, succeeded: succeeded)
-            if succeeded { markWritten(volume, offset: offset, length: length) }
+            // A failed write into a clean reserved chunk makes it data too: its
+            // bytes are zeros, or the failed write's inside its own range.
+            markWritten(volume, offset: offset, length: length, cleanOnly: !succeeded)
             endDrawing(source)
             completion(succeeded ? .success(()) : .failure(writeFailed(volume, error: -progress.failure, fd: progress.failedFD)))
         }
@@ -156,7 +159,40 @@ extension Engine {
                 if progress.complete(result, fd: fd) { finish() }
             }
         }
+        for fill in plan.fills {
+            self.fill(volume, fill, data: data, owner: owner) { [self] result, fd in
+                // Written before the writes waiting for the chunk plan on it:
+                // they go in place, never fill it again over this one.
+                if result >= 0 { markWritten(volume, chunk: fill.virtualChunk) }
+                copyLanded(ChunkKey(volume: volume.key, chunk: fill.virtualChunk))
+                if progress.complete(result, fd: fd) { finish() }
+            }
+        }
         if progress.issued() { finish() }
+    }
+
+    /// Writes a reserved-unwritten chunk whole: the write's part, laid over
+    /// zeros unless it covers the chunk (see `ChunkFill`). If it fails the
+    /// chunk stays unwritten and reads zeros.
+    private func fill(_ volume: Volume, _ fill: ChunkFill, data: UnsafeMutableRawPointer, owner: AnyObject,
+                      _ handler: @escaping (_ result: Int32, _ writtenFD: Int32) -> Void) {
+        let pool = volume.pool
+        let target = pool.location(of: fill.physicalChunk)
+        let fd = supplierFD(pool: pool, index: target.supplier)
+        if fill.whole {
+            return suppliers.writeFully(fd: fd, from: data + fill.bufferOffset, count: fill.length, offset: target.offset) { result in
+                _ = owner  // the data lives until the write completes
+                handler(result, fd)
+            }
+        }
+        let buffer = IOBuffer(count: Int(min(pool.chunkSize, volume.sizeBytes - fill.virtualChunk * pool.chunkSize)))
+        memset(buffer.pointer, 0, buffer.count)
+        memcpy(buffer.pointer + Int(fill.offsetInChunk), data + fill.bufferOffset, fill.length)
+        _ = owner
+        suppliers.writeFully(fd: fd, from: buffer.pointer, count: buffer.count, offset: target.offset) { result in
+            _ = buffer  // lives until the write completes
+            handler(result, fd)
+        }
     }
 
     /// The error a failed write answers. A host filesystem full under a
@@ -254,8 +290,13 @@ extension Engine {
     }
 
     private func settle(_ volume: Volume, _ chunk: UInt64, _ entry: UnsettledChunk) {
-        // Copy-on-write mappings replace durable data: their commit syncs the pool first.
-        if entry.replaced != nil { copyPools.insert(volume.pool.name) }
+        if let old = entry.replaced {
+            // Copy-on-write mappings replace durable data: their commit syncs the pool first.
+            copyPools.insert(volume.pool.name)
+            if leftToLeavingImages(volume, chunk, old) {
+                pending.append(.markDirty(pool: volume.pool.name, physicalChunk: old))
+            }
+        }
         pending.append(.map(volume: entry.layer, virtualChunk: chunk, physicalChunk: entry.physical))
         pending.append(.clearDirty(pool: volume.pool.name, physicalChunk: entry.physical))
     }

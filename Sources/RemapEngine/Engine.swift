@@ -61,6 +61,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     var unsettled: [ChunkKey: UnsettledChunk] = [:]
     /// Snapshots by id.
     var snapshots: [String: Volume] = [:]
+    /// Deleted volumes and snapshots whose deletion is not durable yet: gone
+    /// from the API and NBD, still in their families (see `beginLeaving`).
+    var leaving: [Volume] = []
     /// The mapping layers (see RemapCore's Snapshot.swift), by key.
     var layers: [Int64: LayerNode] = [:]
     /// Chunks being copied on write: reads and writes of them wait.
@@ -658,18 +661,19 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             volume.reservations = []
             for (exportName, export) in extraExports where export.volume === volume { extraExports[exportName] = nil }
             // Chunks a snapshot or clone still maps stay theirs; the others are
-            // zeroed and freed once the deletion is durable.
-            let chunks = volume.chunksOnlyHere()
-            volume.leaveFamily()
+            // zeroed and freed once the deletion is durable. A failed commit
+            // keeps the deletion (retried; the error says it is not durable
+            // yet), and until then the volume's chunks stay shared.
+            let marked = beginLeaving(volume)
             layers[volume.layer]?.images -= 1
-            freeChunks(chunks, of: volume.pool)
-            // A failed commit keeps the deletion: it is retried, and the error
-            // says it is not durable yet.
-            commit(extra: [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer)) { [self] result in
+            commit(extra: [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
+                   onDurable: { [self] in depart(volume, marked: marked) }) { [self] result in
                 guard case .success = result else { return reply(result) }
-                // The zeroing of its chunks was queued as the commit came back:
-                // answer after it, so the space shows as free.
-                submit(CommitJob(syncFDs: [], changes: []) { _ in }) { _ in reply(.success(())) }
+                // Its chunks' zeroing was queued as the commit came back (after
+                // one more commit when others have changes pending): answer
+                // after it, so the space shows as free.
+                let answer = { [self] in submit(CommitJob(syncFDs: [], changes: []) { _ in }) { _ in reply(.success(())) } }
+                if reclaimJobs > 0 { commit { _ in answer() } } else { answer() }
             }
         }
     }
@@ -753,6 +757,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
             // A snapshot or clone keeps the chunks it shares.
+            if newChunks < oldChunks { markLeftToLeavingImages(volume) }
             let resized = volume.resize(to: size)
             // Copy-on-write space follows what is left of the range reservations:
             // that of a range cut off ends, that of one cut short shrinks.
@@ -859,6 +864,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             // Snapshots outlive their volume; their chunks are in the pool too.
             let kept = snapshots.values.filter { $0.pool === pool }.count
             guard kept == 0 else { return reply(.failure(.inUse("pool '\(name)' still has \(kept) snapshot(s)"))) }
+            guard !leaving.contains(where: { $0.pool === pool }) else {
+                return reply(.failure(.inUse("pool '\(name)' has deletions whose commit is still being retried")))
+            }
             pools[name] = nil
             let fds = supplierFDs.removeValue(forKey: name) ?? []
             submit(CommitJob(syncFDs: [], changes: [.deletePool(name: name)]) { _ in }) { [self] result in

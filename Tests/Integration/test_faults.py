@@ -373,3 +373,66 @@ def test_bad_fault_rules_are_refused(faulty):
         status, _, answer = d.api("PUT", "/v1/debug/faults", body=body)
         assert status == 400 and answer["code"] == "invalid-argument", (body, status, answer)
     assert d.get_ok("/v1/debug/faults")["rules"] == []
+
+
+def test_a_deletion_whose_commit_failed_leaves_what_it_shares_untouched(faulty):
+    """Found by the model test: a snapshot delete answered 500 (its commit
+    failed, kept and retried) gave the volume the snapshot's chunks at once;
+    the volume's writes then changed them in place, and a kill -9 brought the
+    snapshot back with those bytes. Until a deletion is durable the deleted
+    image's chunks stay shared: writes copy them."""
+    d = faulty
+    d.create_volume("v", 4 * MiB)
+    h = d.nbd("v")
+    old = os.urandom(4 * MiB)
+    h.pwrite(old, 0)
+    h.flush()
+    for name in ("s", "t"):
+        assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": name})[0] == 201
+    # A clone of t shares t's chunks with v; delete t for good so that v and
+    # the clone share them directly.
+    assert d.api("POST", "/v1/snapshots/v@t/clone", body={"name": "c"})[0] == 201
+    assert d.api("DELETE", "/v1/snapshots/v@t")[0] == 204
+    faults(d, {"target": "metadata-commit", "error": "EIO"})
+    status, _, body = d.api("DELETE", "/v1/snapshots/v@s")
+    assert status == 500 and "retried" in body["detail"], (status, body)
+    d.close_handles()
+    status, _, body = d.api("DELETE", "/v1/volumes/v")
+    assert status == 500, (status, body)
+    c = d.nbd("c")
+    for offset in range(0, 4 * MiB, 3 * CHUNK):
+        c.pwrite(b"n" * 4096, offset + 100)   # acknowledged, not flushed (commits fail)
+    d.restart(kill9=True)
+    # Neither deletion became durable: both come back as they were.
+    assert d.nbd("v@s").pread(4 * MiB, 0) == old, "a snapshot whose deletion failed came back changed"
+    assert d.nbd("v").pread(4 * MiB, 0) == old, "a volume whose deletion failed came back changed"
+    assert pool_check(d)["ok"]
+    check_space(d.pool())
+
+
+def test_a_failed_write_into_a_reserved_chunk_leaves_it_reading_the_same_everywhere(faulty):
+    """A reserved-unwritten chunk reads zeros. A write into it that fails
+    may leave bytes inside its own range; the volume, a snapshot of it and
+    the chunk after the reservation's release must all read the same."""
+    d = faulty
+    d.create_volume("v", 4 * MiB)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})
+    assert status == 201, body
+    h = d.nbd("v")
+    faults(d, {"target": "supplier-write", "error": "short", "count": 1},
+           {"target": "supplier-write", "error": "EIO", "count": 1})
+    assert nbd_errno(h.pwrite, b"x" * 8192, 4096) == errno.EIO
+    assert d.api("POST", "/v1/pools/default/clear-errors")[0] == 200
+    seen = h.pread(CHUNK, 0)
+    assert seen[:4096] == bytes(4096) and seen[4096 + 8192:] == bytes(CHUNK - 4096 - 8192), \
+        "bytes outside the failed write's range changed"
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    assert d.nbd("v@s").pread(CHUNK, 0) == seen
+    h.pwrite(b"y" * 512, 0)
+    h.flush()
+    expected = bytearray(seen)
+    expected[:512] = b"y" * 512
+    assert h.pread(CHUNK, 0) == expected
+    d.restart(kill9=True)
+    assert d.nbd("v").pread(CHUNK, 0) == expected
+    assert d.nbd("v@s").pread(CHUNK, 0) == seen

@@ -149,3 +149,31 @@ def test_a_range_reservation_the_pool_cannot_copy_for_is_refused(make_remapd):
     after = d.pool()
     assert (after["reservedBytes"], after["freeBytes"]) == (before["reservedBytes"], before["freeBytes"])
     assert d.api("GET", "/v1/volumes/v/reservations")[2]["reservations"] == []
+
+
+def test_a_reserved_chunk_reads_the_same_in_the_volume_its_snapshot_and_after_release(remapd):
+    """Found by the model test: a write into a reserved-unwritten chunk that
+    was not committed before a kill -9 left its bytes in the chunk, which
+    stayed unwritten: the volume read those bytes, a snapshot of it read
+    zeros, and a later partial write exposed them. Unwritten chunks read
+    zeros now, and their first partial write fills the whole chunk."""
+    d = remapd
+    d.create_volume("v", 4 * MiB)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})
+    assert status == 201, body
+    reservation = body["id"]
+    h = d.nbd("v")
+    h.pwrite(b"A" * 4096, 0)          # not flushed: the chunk's "written" mark is not durable
+    d.restart(kill9=True)
+    h = d.nbd("v")
+    seen = h.pread(CHUNK, 0)
+    snapshot(d, "v", "s")
+    assert d.nbd("v@s").pread(CHUNK, 0) == seen, "the snapshot reads other bytes than its volume did"
+    h.pwrite(b"B" * 4096, 8192)       # a partial write into the same chunk
+    h.flush()
+    expected = bytearray(seen)
+    expected[8192:8192 + 4096] = b"B" * 4096
+    assert h.pread(CHUNK, 0) == expected, "a partial write exposed bytes the chunk did not read before"
+    status, _, _ = d.api("DELETE", f"/v1/volumes/v/reservations/{reservation}")
+    assert status == 204
+    assert h.pread(CHUNK, 0) == expected

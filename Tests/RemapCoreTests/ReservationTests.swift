@@ -61,4 +61,39 @@ import Testing
         #expect(utcTimestamp(unixSeconds: 1_795_634_379) == "2026-11-25T19:19:39Z")
         #expect(utcTimestamp(unixSeconds: 951_782_400) == "2000-02-29T00:00:00Z")
     }
+
+    /// Found by the model test: bytes a kill -9 before the commit left in a
+    /// reserved-unwritten chunk were read by the volume, while a snapshot or
+    /// a release of the reservation read zeros there.
+    @Test func unwritten_chunks_read_zeros_and_the_first_write_fills_one_that_may_hold_bytes() throws {
+        let (pool, volume) = try setup(chunks: 10)
+        let reservation = Reservation(id: "r", name: nil, volume: volume, kind: .range(firstChunk: 0), chunkCount: 3)
+        volume.reservations.append(reservation)
+        for virtual in UInt64(0)..<3 {
+            volume.map.map(virtual, to: pool.takeCleanChunk()!)
+            reservation.markUnwritten(virtual, clean: virtual == 2)  // as loaded after a crash, but chunk 2
+        }
+        #expect(reservation.mayHoldData(0) && !reservation.mayHoldData(2))
+        // A clean unwritten chunk is written in place.
+        let clean = try volume.plannedWrite(offset: 2 * chunk + 10, length: 10)
+        #expect(clean.fills.isEmpty && clean.segments.count == 1)
+        #expect(volume.readPlan(offset: 0, length: Int(2 * chunk)) == [IOSegment(bufferOffset: 0, length: Int(2 * chunk), target: .zeros)])
+        // Part of chunk 0 and all of chunk 1.
+        let plan = try volume.plannedWrite(offset: 100, length: Int(2 * chunk - 100))
+        #expect(plan.newMappings.isEmpty && plan.copies.isEmpty)
+        #expect(plan.fills == [
+            ChunkFill(virtualChunk: 0, physicalChunk: volume.map.lookup(0)!, bufferOffset: 0, length: Int(chunk - 100),
+                      offsetInChunk: 100, whole: false),
+            ChunkFill(virtualChunk: 1, physicalChunk: volume.map.lookup(1)!, bufferOffset: Int(chunk - 100),
+                      length: Int(chunk), offsetInChunk: 0, whole: true),
+        ])
+        #expect(plan.segments.isEmpty)
+        reservation.markWritten(0)
+        #expect(!reservation.mayHoldData(0))
+        let location = pool.location(of: volume.map.lookup(0)!)
+        #expect(volume.readPlan(offset: 0, length: 10)
+            == [IOSegment(bufferOffset: 0, length: 10, target: .supplier(index: 0, offset: location.offset))])
+        // A written chunk is written in place again.
+        #expect(try volume.plannedWrite(offset: 10, length: 10).fills.isEmpty)
+    }
 }
