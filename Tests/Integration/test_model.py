@@ -266,10 +266,9 @@ def test_found_a_short_write_that_fails_tears_a_sector(make_remapd):
         old = got
 
 
-def test_found_sticky_space_stays_after_the_snapshot_and_clone_are_gone(make_remapd):
-    """A snapshot of a volume with a written range reservation sets aside
-    copy-on-write space; a clone of it shares the chunks too. Once both are
-    deleted nothing is shared, and the space must come back."""
+def written_range_and_snapshot(make_remapd):
+    """Volume v (1 MiB) all written under a range reservation, flushed, and
+    its snapshot s (which holds copy-on-write space for the whole range)."""
     d = make_remapd(pool_size="16M")
     d.create_volume("v", MiB)
     assert d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})[0] == 201
@@ -278,6 +277,14 @@ def test_found_sticky_space_stays_after_the_snapshot_and_clone_are_gone(make_rem
     h.flush()
     d.close_handles()
     assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    return d
+
+
+def test_found_sticky_space_stays_after_the_snapshot_and_clone_are_gone(make_remapd):
+    """A snapshot of a volume with a written range reservation sets aside
+    copy-on-write space; a clone of it shares the chunks too. Once both are
+    deleted nothing is shared, and the space must come back."""
+    d = written_range_and_snapshot(make_remapd)
     assert d.api("POST", "/v1/snapshots/v@s/clone", body={"name": "c"})[0] == 201
     assert d.api("DELETE", "/v1/snapshots/v@s")[0] == 204
     assert d.api("DELETE", "/v1/volumes/c")[0] == 204
@@ -295,3 +302,40 @@ def test_found_a_fua_write_whose_commit_fails_keeps_its_chunk(make_remapd):
     with pytest.raises(nbd.Error):
         h.pwrite(os.urandom(4096), 0, nbd.CMD_FLAG_FUA)
     assert d.volume("v")["allocatedBytes"] == 0, "a write that failed mapped a chunk"
+
+
+def test_found_copy_on_write_space_a_snapshot_delete_gave_back_returns_after_kill9(make_remapd):
+    """Deleting the only snapshot of a volume with a written range
+    reservation gives its copy-on-write space back (204); after kill -9
+    the volume holds it again, for chunks nothing shares."""
+    d = written_range_and_snapshot(make_remapd)
+    assert d.api("DELETE", "/v1/snapshots/v@s")[0] == 204
+    assert d.volume("v")["reservedBytes"] == 0
+    d.restart(kill9=True)
+    assert d.volume("v")["reservedBytes"] == 0, "the copy-on-write space came back with the restart"
+    assert d.pool()["reservedBytes"] == 0
+
+
+def test_found_a_copy_on_write_lost_in_kill9_brings_back_the_other_images_bytes(make_remapd):
+    """A chunk shared by a volume and a clone only (their snapshot is
+    deleted): the volume copies it on write; the clone, now its only
+    holder, writes into it in place; a kill -9 before the copy's mapping is
+    committed gives the volume the old chunk back, and it must read its
+    own bytes, never the clone's."""
+    d = make_remapd(pool_size="16M")
+    d.create_volume("v", MiB)
+    old = os.urandom(CHUNK)
+    h = connect(d, "v")
+    h.pwrite(old, 0)
+    h.flush()
+    d.close_handles()
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
+    assert d.api("POST", "/v1/snapshots/v@s/clone", body={"name": "c"})[0] == 201
+    assert d.api("DELETE", "/v1/snapshots/v@s")[0] == 204
+    connect(d, "v").pwrite(os.urandom(4096), 0)
+    clone_bytes = os.urandom(4096)
+    connect(d, "c").pwrite(clone_bytes, 8192)
+    d.restart(kill9=True)
+    got = connect(d, "v").pread(4096, 8192)
+    assert got != clone_bytes, "after kill -9 the volume reads the clone's write"
+    assert got == old[8192:12288]
