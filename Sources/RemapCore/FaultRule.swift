@@ -17,8 +17,10 @@ public struct FaultRule: Codable, Sendable, Equatable {
     public enum Effect: String, Codable, Sendable, CaseIterable {
         case eio = "EIO"
         case enospc = "ENOSPC"
-        /// A read or write that moves fewer bytes than asked (the caller
-        /// must resubmit the rest); other calls fail with EIO.
+        /// A read or write that moves fewer bytes than asked (about half,
+        /// cut at a 512-byte boundary as the kernel cuts file I/O at a block
+        /// boundary; the caller must resubmit the rest); other calls fail
+        /// with EIO.
         case short
         /// The call succeeds after `delayMs`.
         case delay

@@ -42,6 +42,12 @@ public final class Reservation {
     /// Writes in flight that drew on it, and the chunks they drew.
     public var inFlight = 0
     public var drawnInFlight: UInt64 = 0
+    /// Chunks drawn by writes that failed: they come back once zeroed and
+    /// free (not before: pooled space is always backed by free chunks).
+    public var owed: UInt64 = 0
+    /// What metadata keeps as its remaining chunks: what a restart gives
+    /// back, counting chunks drawn by writes not yet durable or owed back.
+    public var durableRemaining: UInt64 { remaining + drawnInFlight + owed }
     /// Range reservations: which chunks of the range are reserved-unwritten.
     private var unwritten: [UInt64] = []
     /// Which reserved-unwritten chunks may hold bytes (a kill -9 before the

@@ -201,9 +201,10 @@ extension Engine {
         for chunk in chunks {
             guard let heir = reclaimHeirs.removeValue(forKey: ReclaimKey(pool: pool.name, chunk: chunk)),
                   !heir.released, heir.kind == .pooled else { continue }
+            heir.owed -= min(heir.owed, 1)
             heir.undraw()
             pool.pooledReservedChunks += 1
-            pending.append(.setReservationRemaining(id: heir.id, remaining: heir.remaining + heir.drawnInFlight))
+            pending.append(.setReservationRemaining(id: heir.id, remaining: heir.durableRemaining))
         }
     }
 

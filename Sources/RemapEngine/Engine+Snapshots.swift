@@ -368,7 +368,7 @@ extension Engine {
                 guard target != sticky.remaining else { continue }
                 pool.pooledReservedChunks = pool.pooledReservedChunks + target - sticky.remaining
                 sticky.setRemaining(target)
-                pending.append(.setReservationRemaining(id: sticky.id, remaining: target + sticky.drawnInFlight))
+                pending.append(.setReservationRemaining(id: sticky.id, remaining: sticky.durableRemaining))
             } else if chunks > 0 && growOnly {
                 let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
                                          role: .copyOnWrite, chunkCount: chunks)
@@ -498,12 +498,12 @@ extension Engine {
             // A failed commit keeps the deletion (retried); until it is durable
             // the snapshot's chunks stay shared, so nobody changes them in place.
             commit(extra: changes, onDurable: { [self] in depart(snapshot, marked: freed) }) { [self] result in
-                if case .success = result {
-                    events.record(.snapshotDeleted, pool: snapshot.pool.name, volume: snapshot.name,
-                                  detail: "snapshot '\(snapshot.exportName)' deleted; \(UInt64(freed.count) * snapshot.pool.chunkSize) bytes freed")
-                    checkThresholds(snapshot.pool)
-                }
-                reply(result)
+                guard case .success = result else { return reply(result) }
+                events.record(.snapshotDeleted, pool: snapshot.pool.name, volume: snapshot.name,
+                              detail: "snapshot '\(snapshot.exportName)' deleted; \(UInt64(freed.count) * snapshot.pool.chunkSize) bytes freed")
+                // What its departure changed (the copy-on-write space its volume
+                // no longer needs) is durable before the answer too.
+                commit { _ in reply(result) }
             }
         }
     }

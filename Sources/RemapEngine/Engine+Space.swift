@@ -113,7 +113,7 @@ extension Engine {
             reservation.drawnInFlight -= count
             // Chunks drawn by writes still in flight are not durable yet: a
             // crash gives them back to the reservation.
-            pending.append(.setReservationRemaining(id: reservation.id, remaining: reservation.remaining + reservation.drawnInFlight))
+            pending.append(.setReservationRemaining(id: reservation.id, remaining: reservation.durableRemaining))
             if reservation.released && reservation.inFlight == 0 { finishRelease(reservation) }
         }
     }

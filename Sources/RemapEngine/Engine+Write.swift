@@ -324,6 +324,9 @@ extension Engine {
         pending.append(.markDirty(pool: volume.pool.name, physicalChunk: entry.physical))
         unmapped.append((volume.pool, entry.physical))
         if let reservation = entry.reservation {
+            // Owed back once the chunk is zeroed; kept in what metadata says
+            // remains, so a crash meanwhile gives it back too.
+            reservation.owed += 1
             reclaimHeirs[ReclaimKey(pool: volume.pool.name, chunk: entry.physical)] = reservation
         }
     }

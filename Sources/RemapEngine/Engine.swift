@@ -669,11 +669,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             commit(extra: [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
                    onDurable: { [self] in depart(volume, marked: marked) }) { [self] result in
                 guard case .success = result else { return reply(result) }
-                // Its chunks' zeroing was queued as the commit came back (after
-                // one more commit when others have changes pending): answer
-                // after it, so the space shows as free.
-                let answer = { [self] in submit(CommitJob(syncFDs: [], changes: []) { _ in }) { _ in reply(.success(())) } }
-                if reclaimJobs > 0 { commit { _ in answer() } } else { answer() }
+                // What its departure changed is committed next, and its chunks'
+                // zeroing queued: answer after both, so the space shows as free.
+                commit { [self] _ in submit(CommitJob(syncFDs: [], changes: []) { _ in }) { _ in reply(.success(())) } }
             }
         }
     }

@@ -31,7 +31,10 @@ final class SupplierIO {
         case nil:
             run(count)
         case .short:
-            run(count > 1 ? count / 2 : count)
+            // As the kernel cuts a file write short: at a block boundary (here
+            // a sector), never inside one.
+            let half = count / 2 & ~511
+            run(half > 0 ? half : count)
         case .fail(let error):
             let box = UncheckedBox(handler)
             later { box.value(-error) }
