@@ -292,18 +292,6 @@ def test_found_sticky_space_stays_after_the_snapshot_and_clone_are_gone(make_rem
     assert d.pool()["reservedBytes"] == 0
 
 
-def test_found_a_fua_write_whose_commit_fails_keeps_its_chunk(make_remapd):
-    """docs: a write that fails maps no chunk. A FUA write whose commit
-    fails answers EIO but its new chunk stays mapped (and counted)."""
-    d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
-    d.create_volume("v", MiB)
-    h = connect(d, "v")
-    faults(d, {"target": "metadata-commit", "error": "EIO"})
-    with pytest.raises(nbd.Error):
-        h.pwrite(os.urandom(4096), 0, nbd.CMD_FLAG_FUA)
-    assert d.volume("v")["allocatedBytes"] == 0, "a write that failed mapped a chunk"
-
-
 def test_found_copy_on_write_space_a_snapshot_delete_gave_back_returns_after_kill9(make_remapd):
     """Deleting the only snapshot of a volume with a written range
     reservation gives its copy-on-write space back (204); after kill -9
