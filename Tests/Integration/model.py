@@ -564,6 +564,7 @@ class Model:
         for c in holes:
             vol.map[c] = self.label()
             vol.unwritten.add(c)
+            vol.hist.pop(c, None)            # the reservation is durable: so is its backing
         vol.ranges[rid] = (first, count)
         if shared:
             vol.sticky[rid] = shared
@@ -575,6 +576,7 @@ class Model:
             if c in vol.unwritten:
                 vol.unwritten.discard(c)
                 vol.map[c] = None
+                vol.hist.pop(c, None)
 
     # ------------------------------------------------------------ after a crash
 
