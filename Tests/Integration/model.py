@@ -1281,7 +1281,7 @@ class World:
         end = min(vol.size, (first + count) * CHUNK) - self.rng.choice([0, 512 * self.rng.randrange(0, 8)])
         end = max(end, (first + count - 1) * CHUNK + 512, off + 512)
         holes, shared = self.m.reserve_needs(vol, first, count)
-        need = len(holes) + shared
+        need = len(holes) + shared + sum((vol.name, c) in self.m.unsure for c in range(first, first + count))
         self.note(f"reserve {vol.name} chunks {first}+{count} ({off}+{end - off}) need {need} free>={self.free_hint}")
         status, body = self.control("reserve", "POST", f"/v1/volumes/{vol.name}/reservations",
                                     {"offsetBytes": off, "lengthBytes": end - off}, (201, 507))
