@@ -36,7 +36,6 @@ import bisect
 import collections
 import errno
 import itertools
-import os
 import random
 import select
 import time
@@ -51,20 +50,6 @@ import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip
 SECTOR = 512
 ZERO_SECTOR = bytes(SECTOR)
 ZERO_CHUNK = bytes(CHUNK)
-
-
-# REMAP_MODEL_AVOID=name,...: steer around known daemon bugs to look past
-# them while they are being fixed (never set in `make test`; each has a
-# test_found_* test in test_model.py):
-#   failed-draw     a copy on write that failed drew on its range's sticky
-#                   space, given back only once the chunk is zeroed: a
-#                   commit and a kill -9 in between lose it for good (exact
-#                   figures stop after such a kill)
-#   torn-sector     a failed write that was short part way may leave a
-#                   sector half new, half old (accept it)
-#   delete-sticky   the copy-on-write space a delete gives back is given back
-#                   durably only by a later commit: FLUSH after each delete
-AVOID = set(filter(None, os.environ.get("REMAP_MODEL_AVOID", "").split(",")))
 
 
 class ModelFailure(AssertionError):
@@ -221,8 +206,6 @@ class Image:
         for s in undecided:
             if self.base[s * SECTOR:(s + 1) * SECTOR] != observed[s * SECTOR:(s + 1) * SECTOR]:
                 problems.append((s, "a value never written there since the last FLUSH"))
-        if "torn-sector" in AVOID:
-            problems = [(s, why) for s, why in problems if not self.torn(s, observed)]
         return sorted(problems)
 
     def allowed(self, s):
@@ -235,11 +218,6 @@ class Image:
                     return values
         return values + [bytes(self.base[s * SECTOR:(s + 1) * SECTOR])]
 
-    def torn(self, s, observed):
-        """Sector s holds, byte by byte, bytes of values it may hold (a
-        write cut part way through a sector)."""
-        values = self.allowed(s) if self.base is not None else [bytes(self.cur[s * SECTOR:(s + 1) * SECTOR])]
-        return all(any(v[i] == b for v in values) for i, b in enumerate(observed[s * SECTOR:(s + 1) * SECTOR]))
 
 
 def pieces(img, off, length):
@@ -721,7 +699,6 @@ class World:
         self.faults_on = False
         self.undurable = []            # control-plane changes answered 500 (not durable yet)
         self.rereserve = set()         # (image, chunk): data or reserved-unwritten, settle with a TRIM
-        self.draws_pending = False     # a failed copy on write's draw on sticky space not given back yet
         self.last_pool = pool_info
 
     # ------------------------------------------------------------ helpers
@@ -990,8 +967,6 @@ class World:
         got = h.pread(length, off)
         for o in range(0, length, SECTOR):
             new, old = data[o:o + SECTOR], bytes(img.cur[off + o:off + o + SECTOR])
-            if "torn-sector" in AVOID and all(g in (n, p) for g, n, p in zip(got[o:o + SECTOR], new, old)):
-                continue
             if got[o:o + SECTOR] not in (new, old):
                 torn = next((i for i in range(1, SECTOR) if got[o:o + i] == new[:i] and got[o + i:o + SECTOR] == old[i:]),
                             None)
@@ -1001,7 +976,6 @@ class World:
         mapped = allocation(h, img.size)
         after = bytearray(img.cur)
         after[off:off + length] = got
-        self.note_draws(img, [c for c, kind in self.m.plan_write(img, off, length)[0] if kind == "cow"])
         for c, kind in self.m.plan_write(img, off, length)[0]:
             if kind == "new" and mapped[c]:
                 self.m.set_state(img, c, self.m.label(), False)
@@ -1050,12 +1024,6 @@ class World:
         self.stats[kind] += 1
         return True
 
-    def note_draws(self, img, copies):
-        """A failed request that copied `copies` on write may have drawn on
-        sticky space that comes back only once its chunks are zeroed."""
-        if any(img.range_of(c) is not None and img.sticky.get(img.range_of(c), 0) > 0 for c in copies):
-            self.draws_pending = True
-
     def failed_zero(self, img, off, length, plan, kind, e, must, need):
         self.stats[f"{kind}-{errname(e.errnum)}"] += 1
         self.note(f"  -> {errname(e.errnum)}")
@@ -1083,8 +1051,6 @@ class World:
         if space and any(k == "clean" and not mapped[c] for c, _, _, k in plan):
             self.verify_range(img, off, length, what=f"after {kind} found no space for its holes")
             return
-        if not space:      # a copy on write that found no space drew on nothing
-            self.note_draws(img, [c for c, _, _, k in plan if k == "zcow"])
         for c, s, e_, k in plan:
             if k == "zcow":
                 done = not any(got[s - off:e_ - off])   # it had bytes: a copy of zeros shows
@@ -1192,13 +1158,7 @@ class World:
         self.m.delete(snap)
         self.after_control(status, ("delete", snap))
         self.stats["delete-snapshot"] += 1
-        self.flush_after_delete()
 
-    def flush_after_delete(self):
-        if "delete-sticky" in AVOID and not self.faults_on:
-            img = self.pick(self.writable())
-            if img is not None:
-                self.op_flush(img)
 
     def op_clone(self, snap=None):
         snap = snap or self.pick(self.images("snapshot"))
@@ -1218,7 +1178,6 @@ class World:
         self.control("delete volume", "DELETE", f"/v1/volumes/{img.name}", None, (204,))
         self.m.delete(img)
         self.committed()
-        self.flush_after_delete()
 
     def op_delete_clone(self):
         img = self.pick(self.images("clone"))
@@ -1384,9 +1343,6 @@ class World:
         return time.monotonic() - start
 
     def after_restart(self):
-        if self.draws_pending and "failed-draw" in AVOID:
-            self.m.make_inexact(step=self.step, why="kill -9 before a failed copy on write's draw came back")
-        self.draws_pending = False
         self.last_pool = {}
         self.faults_on = False                 # a restart starts without rules
         if self.undurable:
@@ -1557,7 +1513,6 @@ class World:
             if not self.op_flush(img):
                 self.fail(f"FLUSH of {img.name} failed after the faults were cleared")
         self.pool_check(timeout=15.0, settled=True)
-        self.draws_pending = False                   # the zeroing is done: draws came back
         for img in self.writable():                  # writes work again
             off, length = self.pick_range(img, max_len=64 * KiB)
             self.free_hint = self.get_pool()["freeBytes"] // CHUNK

@@ -23,8 +23,7 @@ supplier writes, syncs, allocations and metadata commits) on and off.
 Fixed cases run first: the copy-on-write scenario of issue 10 defect 1
 (P1/S1/P2/S2/P3 on a 64 MiB volume, also across kill -9). The
 test_found_* tests are the smallest scenarios of the defects the walk found
-(each fails until its defect is fixed; REMAP_MODEL_AVOID in model.py lets
-the walk look past them meanwhile).
+(each fails until its defect is fixed).
 
 REMAP_MODEL_SEED=N replays a run (printed on failure); REMAP_MODEL_STEPS
 and REMAP_MODEL_SECONDS bound it (the walk stops at whichever comes first).
