@@ -22,7 +22,6 @@ What was read after a restart is the starting point of the next round.
 
 import os
 import random
-import select
 import struct
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ from collections import defaultdict
 import pytest
 
 from conftest import CHUNK, MiB, assert_accounting
+from model import aio_wait
 
 import nbd  # noqa: E402
 
@@ -245,30 +245,13 @@ class Workload:
                             c.dead = True
                             self.errors.append(f"{c.vol.name}: issuing failed before the kill: {e}")
                             break
-            rd, wr = [], []
-            fds = {}
-            for c in live:
-                try:
-                    fd, direction = c.h.aio_get_fd(), c.h.aio_get_direction()
-                except nbd.Error:
-                    c.dead = True
-                    continue
-                fds[fd] = c
-                if direction & nbd.AIO_DIRECTION_READ:
-                    rd.append(fd)
-                if direction & nbd.AIO_DIRECTION_WRITE:
-                    wr.append(fd)
-            r, w, _ = select.select(rd, wr, [], 0.02)
-            for fd in set(r) | set(w):
-                c = fds[fd]
-                try:
-                    if fd in r:
-                        c.h.aio_notify_read()
-                    if fd in w and not c.h.aio_is_dead():
-                        c.h.aio_notify_write()
-                except nbd.Error as e:
-                    if not self.killed:
-                        self.errors.append(f"{c.vol.name}: connection failed before the kill: {e}")
+            by_handle = {c.h: c for c in live}
+            gone, failed = aio_wait(list(by_handle))
+            for h in gone:
+                by_handle[h].dead = True
+            for h, e in failed:
+                if not self.killed:
+                    self.errors.append(f"{by_handle[h].vol.name}: connection failed before the kill: {e}")
             for c in live:
                 self.complete(c)
                 if c.h.aio_is_dead() or c.h.aio_is_closed():
