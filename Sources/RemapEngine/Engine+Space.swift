@@ -119,9 +119,8 @@ extension Engine {
     }
 
     /// Writes into reserved-unwritten chunks make them data.
-    /// With `cleanOnly` (a failed write) only the chunks written in place,
-    /// which held zeros: they hold zeros still, or bytes of the failed write
-    /// inside its range. Those that may hold other bytes stay unwritten.
+    /// With `cleanOnly` only the chunks that held zeros (written in place);
+    /// those that may hold other bytes are filled, and marked as they land.
     func markWritten(_ volume: Volume, offset: UInt64, length: Int, cleanOnly: Bool = false) {
         guard length > 0, volume.reservations.contains(where: { $0.range != nil }) else { return }
         let chunkSize = volume.pool.chunkSize
@@ -263,6 +262,10 @@ extension Engine {
                 reservation.markWritten(chunk)
                 if let heir = volume.rangeReservation(covering: chunk) {
                     heir.markUnwritten(chunk, clean: clean)
+                } else if copying[ChunkKey(volume: volume.key, chunk: chunk)] != nil {
+                    // A write is filling it: it is data, not a hole to give back.
+                    pool.unwrittenReservedChunks -= 1
+                    pending.append(.markWritten(volume: volume.layer, virtualChunk: chunk))
                 } else {
                     pool.unwrittenReservedChunks -= 1
                     unmapChunk(volume, chunk)

@@ -128,6 +128,11 @@ extension Engine {
                 fail: { completion(.failure(error)) })
         }
         willWrite(volume, plan, drawnFrom: source, offset: offset, length: length)
+        // Reserved chunks the write reaches in place are data from now on, so
+        // a release meanwhile cannot unmap what it is writing (if it fails
+        // they hold zeros, or its bytes in its own range). Those it fills
+        // (they may hold other bytes) become data when the fill lands.
+        markWritten(volume, offset: offset, length: length, cleanOnly: true)
         beginDrawing(source)
         for copy in plan.copies {
             copying[ChunkKey(volume: volume.key, chunk: copy.virtualChunk)] = []
@@ -141,9 +146,6 @@ extension Engine {
             endIO(epoch)
             let succeeded = progress.failure == 0
             didWrite(volume, offset: offset, length: length, succeeded: succeeded)
-            // A failed write into a clean reserved chunk makes it data too: its
-            // bytes are zeros, or the failed write's inside its own range.
-            markWritten(volume, offset: offset, length: length, cleanOnly: !succeeded)
             endDrawing(source)
             completion(succeeded ? .success(()) : .failure(writeFailed(volume, error: -progress.failure, fd: progress.failedFD)))
         }

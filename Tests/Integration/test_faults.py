@@ -436,3 +436,29 @@ def test_a_failed_write_into_a_reserved_chunk_leaves_it_reading_the_same_everywh
     d.restart(kill9=True)
     assert d.nbd("v").pread(CHUNK, 0) == expected
     assert d.nbd("v@s").pread(CHUNK, 0) == seen
+
+
+def test_a_release_while_a_write_into_the_range_is_in_flight_keeps_the_write(faulty):
+    """Found by the soak: a range reservation released (or expired) while a
+    write into one of its reserved-unwritten chunks was in flight unmapped
+    the chunk under the write; the write was acknowledged, a FLUSH too, and
+    the volume read zeros there. A write makes the chunks it reaches data
+    when it is planned."""
+    d = faulty
+    d.create_volume("v", 4 * MiB)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})
+    assert status == 201, body
+    h = d.nbd("v")
+    faults(d, {"target": "supplier-write", "error": "delay", "delayMs": 800, "count": 2})
+    data = os.urandom(2 * CHUNK)
+    buffer = nbd.Buffer.from_bytearray(bytearray(data))
+    cookie = h.aio_pwrite(buffer, CHUNK - 4096)
+    time.sleep(0.2)
+    assert d.api("DELETE", f"/v1/volumes/v/reservations/{body['id']}")[0] == 204
+    while not h.aio_command_completed(cookie):
+        h.poll(1)
+    h.flush()
+    assert h.pread(2 * CHUNK, CHUNK - 4096) == data
+    d.restart(kill9=True)
+    assert d.nbd("v").pread(2 * CHUNK, CHUNK - 4096) == data, "an acknowledged, flushed write was lost"
+    assert pool_check(d)["ok"]

@@ -350,6 +350,13 @@ class Soak:
                         capture(img, img.origin, img.sent)
                     self.images[name] = img
         control.unsure.clear()
+        # Anything the soak no longer follows (a call that failed after it let
+        # go of the image, in a failed round) is deleted, so images never pile
+        # up and fill the pool over a long soak.
+        for name in sorted(snaps - set(self.images)):
+            self.api.ok("DELETE", f"/v1/snapshots/{name}", expect=204)
+        for name in sorted(vols - set(self.images)):
+            self.api.ok("DELETE", f"/v1/volumes/{name}", expect=204)
 
 
 def capture(snap, vol, sent):
