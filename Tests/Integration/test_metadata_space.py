@@ -27,12 +27,16 @@ def small_filesystem(tmp_path):
         subprocess.run(["umount", "-l", str(mount)])
 
 
+def free_bytes(filesystem):
+    stat = os.statvfs(filesystem)
+    return stat.f_bavail * stat.f_frsize
+
+
 def fill_leaving(filesystem, name, bytes_left):
     """A file taking all of `filesystem`'s free space but `bytes_left`."""
-    stat = os.statvfs(filesystem)
     filler = filesystem / name
     with open(filler, "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, stat.f_bavail * stat.f_frsize - bytes_left)
+        os.posix_fallocate(f.fileno(), 0, free_bytes(filesystem) - bytes_left)
     return filler
 
 
@@ -47,6 +51,8 @@ def volume_on_a_filling_filesystem(make_remapd, filesystem):
     h.flush()
     filler = fill_leaving(filesystem, "filler", 16 * MiB)
     assert wait_until(lambda: not (d.state_dir / "metadata.reserve").exists(), timeout=5)
+    # The name goes before the space does: wait for the filesystem to get it back.
+    assert wait_until(lambda: free_bytes(filesystem) > 64 * MiB, timeout=5), free_bytes(filesystem)
     return d, h, filler
 
 
