@@ -6,6 +6,8 @@ import RemapCore
 public protocol ControlPlane: Sendable {
     /// Which data-path engine runs ("io_uring" or "threads").
     var engineName: String { get }
+    /// The bounds in force (`GET /v1/limits`).
+    var limits: Limits { get }
     func poolInfos() -> [PoolInfo]
     func poolInfo(named name: String) throws(RemapError) -> PoolInfo
     /// Durable when it returns; `created` is false when an identical pool existed.

@@ -53,6 +53,11 @@ public struct Router: Sendable {
             try allow(request, ["GET"])
             try noQuery(request)
             return Self.json(200, ["version": remapVersion, "api": "v1", "engine": control.engineName])
+        case 1 where path[0] == "limits":
+            route = "/v1/limits"
+            try allow(request, ["GET"])
+            try noQuery(request)
+            return Self.json(200, control.limits)
         case 1 where path[0] == "pools":
             route = "/v1/pools"
             try allow(request, ["GET", "POST"])

@@ -351,7 +351,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Clients that have not finished the handshake by then are dropped,
     /// so idle or stuck connections cannot pile up.
-    public var handshakeTimeout: Int64 = 30_000_000_000
+    var handshakeTimeout: Int64 { Int64(limits.nbdHandshakeTimeoutSeconds) * 1_000_000_000 }
+    /// The bounds in force; set before start(), read-only after.
+    public var limits = Limits()
     private var lastSpaceCheck: Int64 = 0
 
     private func tick() {

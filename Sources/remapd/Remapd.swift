@@ -37,7 +37,34 @@ struct Remapd: ParsableCommand {
     var defaultPoolSize: String = "4G"
 
     @Option(help: "Seconds an NBD client may take to choose an export before it is dropped.")
-    var nbdHandshakeTimeout: Int = 30
+    var nbdHandshakeTimeout: Int = Limits().nbdHandshakeTimeoutSeconds
+
+    @Option(help: "NBD connections served at once (unix and TCP); more are closed at once.")
+    var nbdMaxConnections: Int = Limits().nbdMaxConnections
+
+    @Option(help: "Reply bytes queued on one NBD connection before remapd stops reading its requests (a size: 64M).")
+    var nbdReplyQueue: String = "\(Limits().nbdReplyQueueBytes >> 20)M"
+
+    @Option(help: "Options one NBD client may send before choosing an export.")
+    var nbdMaxOptions: Int = Limits().nbdMaxOptions
+
+    @Option(help: "Seconds an NBD request's payload may stay incomplete before the connection is dropped.")
+    var nbdRequestTimeout: Int = Limits().nbdRequestTimeoutSeconds
+
+    @Option(help: "HTTP connections served at once, per API listener.")
+    var httpMaxConnections: Int = Limits().httpMaxConnections
+
+    @Option(help: "HTTP connections from one IP address at once (TCP API).")
+    var httpMaxConnectionsPerIp: Int = Limits().httpMaxConnectionsPerIP
+
+    @Option(help: "Seconds an HTTP client may take to send a complete request.")
+    var httpRequestTimeout: Int = Limits().httpRequestTimeoutSeconds
+
+    @Option(help: "Event streams (GET /v1/events followers) open at once, per API listener.")
+    var httpMaxEventStreams: Int = Limits().httpMaxEventStreams
+
+    @Option(help: "Chunks one pool may have (capacity / chunk size).")
+    var maxChunksPerPool: UInt64 = Limits().maxChunksPerPool
 
     @Option(help: "I/O engine: io_uring, threads (portable), or auto (io_uring when the kernel allows it).")
     var engine: String = "auto"
@@ -57,9 +84,7 @@ struct Remapd: ParsableCommand {
     var faultInjection = false
 
     func validate() throws {
-        guard (1...3600).contains(nbdHandshakeTimeout) else {
-            throw ValidationError("--nbd-handshake-timeout must be from 1 to 3600 seconds")
-        }
+        _ = try limits()
         guard Engine.Kind(rawValue: engine) != nil else {
             throw ValidationError("--engine must be one of: \(Engine.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -154,7 +179,7 @@ struct Remapd: ParsableCommand {
             // Pinged from the engine thread: if the data path hangs, so do the pings.
             engine.setHeartbeat(every: interval / 3) { Systemd.notify("WATCHDOG=1") }
         }
-        engine.handshakeTimeout = Int64(nbdHandshakeTimeout) * 1_000_000_000
+        engine.limits = try! limits()  // invariant: checked in validate()
         // Room for metadata commits on the state directory's filesystem.
         engine.metadataReserve = try MetadataReserve(path: stateDirectory + "/metadata.reserve")
         engine.start()
@@ -185,6 +210,32 @@ struct Remapd: ParsableCommand {
         for server in servers { server.stop() }
         engine.stop()
         log("stopped cleanly")
+    }
+
+    /// The bounds the flags set, each checked for a sensible range.
+    func limits() throws(ValidationError) -> Limits {
+        func within<T: BinaryInteger>(_ flag: String, _ value: T, _ range: ClosedRange<T>, _ unit: String = "") throws(ValidationError) -> T {
+            guard range.contains(value) else {
+                throw ValidationError("--\(flag) must be from \(range.lowerBound) to \(range.upperBound)\(unit)")
+            }
+            return value
+        }
+        var limits = Limits()
+        limits.nbdHandshakeTimeoutSeconds = try within("nbd-handshake-timeout", nbdHandshakeTimeout, 1...3600, " seconds")
+        limits.nbdRequestTimeoutSeconds = try within("nbd-request-timeout", nbdRequestTimeout, 1...3600, " seconds")
+        limits.nbdMaxConnections = try within("nbd-max-connections", nbdMaxConnections, 1...1_000_000)
+        limits.nbdMaxOptions = try within("nbd-max-options", nbdMaxOptions, 16...1_000_000)
+        guard let queue = ByteCount.parse(nbdReplyQueue) else {
+            throw ValidationError("--nbd-reply-queue '\(nbdReplyQueue)' is not a size (examples: 64M, 1G)")
+        }
+        // At least one largest read (32 MiB) must fit, or such a read could never be answered.
+        limits.nbdReplyQueueBytes = try within("nbd-reply-queue", queue, (32 << 20)...(1 << 40), " bytes")
+        limits.httpMaxConnections = try within("http-max-connections", httpMaxConnections, 4...65536)
+        limits.httpMaxConnectionsPerIP = try within("http-max-connections-per-ip", httpMaxConnectionsPerIp, 1...65536)
+        limits.httpRequestTimeoutSeconds = try within("http-request-timeout", httpRequestTimeout, 1...3600, " seconds")
+        limits.httpMaxEventStreams = try within("http-max-event-streams", httpMaxEventStreams, 1...65536)
+        limits.maxChunksPerPool = try within("max-chunks-per-pool", maxChunksPerPool, 1...(1 << 40))
+        return limits
     }
 
     private var environmentStateDirectory: String? { environmentDirectory("STATE_DIRECTORY") }

@@ -130,6 +130,11 @@ def test_default_pool_size_formats(make_remapd, arg, size):
 
 @pytest.mark.parametrize("args", [["--default-pool-size", "banana"],
                                   ["--default-pool-size", "0"],
+                                  ["--nbd-max-connections", "0"],
+                                  ["--nbd-reply-queue", "1M"],
+                                  ["--nbd-reply-queue", "lots"],
+                                  ["--http-request-timeout", "0"],
+                                  ["--max-chunks-per-pool", "-1"],
                                   ["--no-such-flag"]])
 def test_bad_flags_fail_clearly(tmp_path, args):
     if not REMAPD.exists():

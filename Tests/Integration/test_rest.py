@@ -43,6 +43,24 @@ def test_version(remapd):
         assert body[key], body
 
 
+def test_limits_are_reported_with_their_defaults(remapd):
+    body = remapd.get_ok("/v1/limits")
+    assert body == {
+        "nbdMaxConnections": 1024, "nbdReplyQueueBytes": 64 * 1024 * 1024, "nbdMaxOptions": 16384,
+        "nbdHandshakeTimeoutSeconds": 30, "nbdRequestTimeoutSeconds": 30,
+        "httpMaxConnections": 512, "httpMaxConnectionsPerIP": 32, "httpRequestTimeoutSeconds": 10,
+        "httpMaxEventStreams": 64, "maxChunksPerPool": 1 << 28,
+    }
+
+
+def test_limits_follow_the_flags(make_remapd):
+    d = make_remapd(extra_args=["--nbd-max-connections", "7", "--nbd-reply-queue", "40M",
+                                "--http-max-event-streams", "3", "--max-chunks-per-pool", "1000"])
+    body = d.get_ok("/v1/limits")
+    assert (body["nbdMaxConnections"], body["nbdReplyQueueBytes"], body["httpMaxEventStreams"],
+            body["maxChunksPerPool"]) == (7, 40 * 1024 * 1024, 3, 1000)
+
+
 def test_default_pool(remapd):
     body = remapd.get_ok("/v1/pools")
     assert isinstance(body.get("pools"), list), body
