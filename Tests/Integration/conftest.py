@@ -29,7 +29,8 @@ GiB = 1024 * MiB
 CHUNK = 64 * KiB
 DEFAULT_POOL_SIZE = 512 * MiB
 DEFAULT_POOL_SIZE_ARG = "512M"
-HEALTH_TIMEOUT = 30.0
+# Generous: a loaded CI machine can be slow to start; a healthy start returns at once.
+HEALTH_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 
 
@@ -179,8 +180,28 @@ class Remapd:
                     return
             if time.monotonic() > deadline:
                 pytest.fail(f"remapd not healthy after {timeout}s\n"
+                            f"--- where it is ---\n{self.whereabouts()}\n"
                             f"--- remapd log ---\n{self.log()}")
             time.sleep(0.05)
+
+    def whereabouts(self):
+        """Each thread of the running daemon: name, state, CPU ticks, what it waits in (kernel stack)."""
+        lines = []
+        task = Path(f"/proc/{self.proc.pid}/task")
+        try:
+            for tid in sorted(task.iterdir(), key=lambda p: int(p.name)):
+                def read(name):
+                    try:
+                        return (tid / name).read_text().strip()
+                    except OSError as e:
+                        return f"({e.strerror})"
+                stat = read("stat").rsplit(")", 1)[-1].split()
+                state, ticks = (stat[0], int(stat[11]) + int(stat[12])) if len(stat) > 12 else ("?", 0)
+                lines.append(f"thread {tid.name} {read('comm')}: state {state}, {ticks} CPU ticks, in {read('wchan')}")
+                lines += ["    " + frame for frame in read("stack").splitlines()[:12]]
+        except OSError as e:
+            lines.append(f"cannot read {task}: {e.strerror}")
+        return "\n".join(lines)
 
     @property
     def running(self):
@@ -269,7 +290,7 @@ class Remapd:
                                    f"{_text(p.stderr)}")
         return report
 
-    def cleanup(self):
+    def cleanup(self, keep_pools=False):
         self.close_handles()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -283,7 +304,7 @@ class Remapd:
         # Pool files are fallocated (really take disk space) and pytest keeps
         # the last three runs' temp dirs: remove them, keep metadata and logs.
         pools = self.state_dir / "pools"
-        if pools.is_dir():
+        if pools.is_dir() and not keep_pools:
             for f in pools.iterdir():
                 if f.is_file():
                     f.unlink()

@@ -537,7 +537,7 @@ def main(argv=None):
     try:
         summary = soak(d, args.rounds, seed)
     finally:
-        d.cleanup()
+        d.cleanup(keep_pools=args.keep)  # --keep: the state can be started again to look at it
         print(f"log: {d.log_path}" if args.keep else "", end="\n" if args.keep else "")
         if not args.keep and not args.dir:
             import shutil
