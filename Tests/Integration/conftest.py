@@ -58,21 +58,65 @@ def clean_env():
 
 
 def run(cmd, timeout=120, check=False, input=None, **kw):
-    """subprocess.run with text output captured and a time limit."""
-    proc = subprocess.run(
-        [str(c) for c in cmd],
-        input=input,
-        capture_output=True,
-        timeout=timeout,
-        env=clean_env(),
-        **kw,
-    )
+    """subprocess.run with text output captured and a time limit; a command
+    that overruns it is described (its threads' states and stacks) before it
+    is killed, in the TimeoutExpired raised."""
+    cmd = [str(c) for c in cmd]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else None,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), **kw) as child:
+        try:
+            stdout, stderr = child.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            where = whereabouts(child.pid)
+            child.kill()
+            stdout, stderr = child.communicate()
+            raise Overran(cmd, timeout, stdout, stderr, where) from None
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"command failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n"
             f"stdout: {_text(proc.stdout)}\nstderr: {_text(proc.stderr)}"
         )
     return proc
+
+
+class Overran(subprocess.TimeoutExpired):
+    """A command past its time limit, with where its threads were."""
+
+    def __init__(self, cmd, timeout, output, stderr, where):
+        super().__init__(cmd, timeout, output, stderr)
+        self.where = where
+
+    def __str__(self):
+        return f"{super().__str__()}\n--- where it was ---\n{self.where}"
+
+
+def whereabouts(pid):
+    """Each thread of process `pid`: name, state, CPU ticks, the kernel
+    stack it waits in, and (when gdb is installed) its user stack."""
+    lines = []
+    task = Path(f"/proc/{pid}/task")
+    try:
+        for tid in sorted(task.iterdir(), key=lambda p: int(p.name)):
+            def read(name):
+                try:
+                    return (tid / name).read_text().strip()
+                except OSError as e:
+                    return f"({e.strerror})"
+            stat = read("stat").rsplit(")", 1)[-1].split()
+            state, ticks = (stat[0], int(stat[11]) + int(stat[12])) if len(stat) > 12 else ("?", 0)
+            lines.append(f"thread {tid.name} {read('comm')}: state {state}, {ticks} CPU ticks, in {read('wchan')}")
+            lines += ["    " + frame for frame in read("stack").splitlines()[:12]]
+    except OSError as e:
+        lines.append(f"cannot read {task}: {e.strerror}")
+    if shutil.which("gdb"):
+        try:
+            p = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 12"],
+                               capture_output=True, text=True, timeout=30)
+            lines += [line for line in p.stdout.splitlines() if line.startswith(("#", "Thread"))]
+        except subprocess.TimeoutExpired:
+            lines.append("gdb did not answer in 30 s")
+    return "\n".join(lines)
 
 
 def _text(b):
@@ -185,23 +229,7 @@ class Remapd:
             time.sleep(0.05)
 
     def whereabouts(self):
-        """Each thread of the running daemon: name, state, CPU ticks, what it waits in (kernel stack)."""
-        lines = []
-        task = Path(f"/proc/{self.proc.pid}/task")
-        try:
-            for tid in sorted(task.iterdir(), key=lambda p: int(p.name)):
-                def read(name):
-                    try:
-                        return (tid / name).read_text().strip()
-                    except OSError as e:
-                        return f"({e.strerror})"
-                stat = read("stat").rsplit(")", 1)[-1].split()
-                state, ticks = (stat[0], int(stat[11]) + int(stat[12])) if len(stat) > 12 else ("?", 0)
-                lines.append(f"thread {tid.name} {read('comm')}: state {state}, {ticks} CPU ticks, in {read('wchan')}")
-                lines += ["    " + frame for frame in read("stack").splitlines()[:12]]
-        except OSError as e:
-            lines.append(f"cannot read {task}: {e.strerror}")
-        return "\n".join(lines)
+        return whereabouts(self.proc.pid)
 
     @property
     def running(self):
