@@ -53,9 +53,6 @@ final class TLSTunnel: @unchecked Sendable {  // after start, touched by its own
         var pair: [Int32] = [-1, -1]
         do throws(RemapError) {
             try systemCall("socketpair for TLS") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) }
-            for fd in [socket, pair[1]] {
-                try systemCall("making a TLS socket non-blocking") { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-            }
             let tunnel = TLSTunnel(session: try credentials.makeSession(socket: socket), network: socket, plaintext: pair[1])
             let rc = tryStartThread(name: "remap-tls") { tunnel.run() }
             guard rc == 0 else {
@@ -75,6 +72,9 @@ final class TLSTunnel: @unchecked Sendable {  // after start, touched by its own
             close(network)
             close(plaintext)
         }
+        // Only this thread uses them from now on (the engine's end of the
+        // pair stays as the socket was).
+        for fd in [network, plaintext] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
         guard handshake() else { return }
         while !finished {
             if !advance() { wait() }
@@ -117,68 +117,81 @@ final class TLSTunnel: @unchecked Sendable {  // after start, touched by its own
     private func advance() -> Bool {
         wantNetwork = 0
         wantPlaintext = 0
+        let moved = [decryptFromClient(), passToEngine(), takeFromEngine(), encryptToClient()]
+        return failed || moved.contains(true)
+    }
+
+    /// Decrypts records until the window is full or the socket has no more.
+    private func decryptFromClient() -> Bool {
         var moved = false
-        // Client → engine.
-        if !clientEnded && !engineInputEnded && toEngine.hasRoom {
+        while !failed && !clientEnded && !engineInputEnded && toEngine.hasRoom {
             let count = gnutls_record_recv(session, toEngine.free, toEngine.room)
             if count > 0 {
                 toEngine.filled(Int(count))
-                moved = true
             } else if count == 0 || count == GNUTLS_E_PREMATURE_TERMINATION {
                 clientEnded = true
-                moved = true
             } else if count == GNUTLS_E_AGAIN || count == GNUTLS_E_INTERRUPTED {
                 wantNetwork |= networkEvents()
-            } else if gnutls_error_is_fatal(Int32(count)) == 0 {
-                moved = true  // a warning alert, or a renegotiation GnuTLS refused: read on
-            } else {
+                return moved
+            } else if gnutls_error_is_fatal(Int32(count)) != 0 {
                 fail("receiving", Int(count))
-                return true
-            }
+            }  // else a warning alert, or a renegotiation GnuTLS refused: read on
+            moved = true
         }
+        return moved
+    }
+
+    private func passToEngine() -> Bool {
         if !toEngine.isEmpty && !engineInputEnded {
             let count = send(plaintext, toEngine.data, toEngine.count, Int32(MSG_NOSIGNAL))
             if count > 0 {
                 toEngine.drained(count)
-                moved = true
             } else if errno == EAGAIN || errno == EINTR {
                 wantPlaintext |= Int16(POLLOUT)
+                return false
             } else {
-                // The engine stopped reading requests; replies may still come.
-                engineInputEnded = true
-                moved = true
+                engineInputEnded = true  // it stopped reading requests; replies may still come
             }
+            return true
         }
         if clientEnded && toEngine.isEmpty && !engineInputEnded {
             shutdown(plaintext, Int32(SHUT_WR))
             engineInputEnded = true
+            return true
         }
-        // Engine → client.
-        if !engineEnded && toClient.isEmpty {
-            let count = recv(plaintext, toClient.free, toClient.room, 0)
-            if count > 0 {
-                toClient.filled(count)
-                moved = true
-            } else if count < 0 && (errno == EAGAIN || errno == EINTR) {
-                wantPlaintext |= Int16(POLLIN)
-            } else {
-                engineEnded = true
-                moved = true
-            }
+        return false
+    }
+
+    private func takeFromEngine() -> Bool {
+        guard !engineEnded && toClient.isEmpty else { return false }
+        let count = recv(plaintext, toClient.free, toClient.room, 0)
+        if count > 0 {
+            toClient.filled(count)
+        } else if count < 0 && (errno == EAGAIN || errno == EINTR) {
+            wantPlaintext |= Int16(POLLIN)
+            return false
+        } else {
+            engineEnded = true
         }
-        if !toClient.isEmpty {
+        return true
+    }
+
+    /// Sends records until the window is empty or the socket is full.
+    private func encryptToClient() -> Bool {
+        var moved = false
+        while !failed && !toClient.isEmpty {
             // After GNUTLS_E_AGAIN the same bytes are offered again: the
             // window's front does not move until they are taken.
             let count = gnutls_record_send(session, toClient.data, toClient.count)
             if count > 0 {
                 toClient.drained(count)
-                moved = true
             } else if count == GNUTLS_E_AGAIN || count == GNUTLS_E_INTERRUPTED {
                 wantNetwork |= networkEvents()
+                return moved
             } else {
                 fail("sending", Int(count))
-                return true
             }
+            moved = true
         }
         return moved
     }
