@@ -177,6 +177,11 @@ struct Remapd: ParsableCommand {
         }
         let nbdUnix: Int32
         if let fd = activated.removeValue(forKey: "nbd") {
+            // It is served plain: TCP would bypass the TLS that --nbd-listen demands.
+            guard SocketListener.isUnix(fd) else {
+                throw .invalidArgument("the socket-activated 'nbd' socket is not a unix socket: NBD on TCP is served "
+                                       + "with --nbd-listen and TLS credentials, not by socket activation")
+            }
             nbdUnix = fd
             nbdWhere = "socket-activated fd \(fd)"
         } else {

@@ -9,12 +9,14 @@ certificates from certtool (gnutls-bin), made fresh for each module.
 
 import hashlib
 import os
+import socket
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REMAPD, MiB, free_port, run, wait_until
+from conftest import REMAPD, MiB, clean_env, free_port, run, wait_until
 from test_nbd_protocol import OPT_ABORT, OPT_EXPORT_NAME, OPT_LIST, REP_ACK, Raw
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
@@ -199,6 +201,44 @@ def test_bad_tls_settings_refuse_to_start_clearly(tmp_path, keys, pki, args, say
     err = p.stderr.decode()
     assert p.returncode != 0, f"{args}: remapd started\n{err}"
     assert says in err, f"{args}: {err}"
+
+
+def test_socket_activated_tcp_nbd_is_refused(tmp_path):
+    """systemd could hand remapd a TCP socket named 'nbd': it would be served
+    like the unix socket, without TLS. remapd refuses to start instead."""
+    port = free_port()
+    launcher = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=nbd", str(REMAPD),
+         "--state-dir", str(tmp_path / "s"), "--api-socket", str(tmp_path / "api.sock"),
+         "--default-pool-size", "64M"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    s = None
+    try:
+        # The first connection starts remapd.
+        s = wait_until(lambda: _connect(port), timeout=10)
+        assert s, "systemd-socket-activate did not listen"
+        greeting = b""
+        try:
+            greeting = s.recv(18)
+        except OSError:
+            pass
+        assert not greeting.startswith(b"NBDMAGIC"), "plain NBD served on an activated TCP socket"
+        rc = launcher.wait(timeout=30)
+        err = launcher.stderr.read().decode()
+        assert rc != 0 and "not a unix socket" in err, (rc, err)
+    finally:
+        if s:
+            s.close()
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def _connect(port):
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError:
+        return None
 
 
 def test_insecure_serves_plain_tcp_and_says_so_loudly(make_remapd):
