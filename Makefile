@@ -9,9 +9,9 @@ STATE_DIR ?= .remap
 POOL_SIZE ?= 4G
 
 # Debian packages: what the build links against, and what the tests drive.
-BUILD_PACKAGES := pkg-config libmicrohttpd-dev liburing-dev libsystemd-dev libsqlite3-dev
+BUILD_PACKAGES := pkg-config libmicrohttpd-dev liburing-dev libsystemd-dev libsqlite3-dev libgnutls28-dev
 RUN_PACKAGES := curl qemu-utils libnbd-bin
-TEST_PACKAGES := $(RUN_PACKAGES) python3 python3-pytest python3-pytest-timeout python3-libnbd nbdkit fio xfsprogs fuse3 \
+TEST_PACKAGES := $(RUN_PACKAGES) python3 python3-pytest python3-pytest-timeout python3-libnbd nbdkit fio xfsprogs fuse3 gnutls-bin \
 	sqlite3 systemd systemd-container
 
 APT_INSTALL = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

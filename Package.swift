@@ -37,10 +37,11 @@ let package = Package(
         ),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd"),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3"),
+        .systemLibrary(name: "CGnuTLS", pkgConfig: "gnutls"),
 
         .target(name: "RemapCore", swiftSettings: upcoming),
         .target(name: "RemapStore", dependencies: ["RemapCore", "CSQLite"], swiftSettings: swiftGnuSource),
-        .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapStore", "CURing"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
+        .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapStore", "CURing", "CGnuTLS"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
         .target(name: "RemapAPI", dependencies: ["RemapCore", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
         .executableTarget(
             name: "remapd",

@@ -315,11 +315,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
     }
 
-    /// Serves NBD on a listening socket.
-    public func serveNBD(listener fd: Int32) {
+    /// Serves NBD on a listening socket; with `tls`, clients must start TLS
+    /// before anything else (NBDConnection+TLS.swift).
+    public func serveNBD(listener fd: Int32, tls: TLSCredentials? = nil) {
         post { [self] in
             listeners.append(fd)
-            accept(on: fd)
+            accept(on: fd, tls: tls)
         }
     }
 
@@ -394,7 +395,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         retryReclaims(now: monotonicNanoseconds())
     }
 
-    private func accept(on fd: Int32) {
+    private func accept(on fd: Int32, tls: TLSCredentials?) {
         ring.accept(fd: fd) { [self] result in
             if result >= 0 {
                 if stopping {
@@ -402,7 +403,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 } else {
                     var one: Int32 = 1
                     setsockopt(result, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-                    let connection = NBDConnection(fd: result, engine: self)
+                    let connection = NBDConnection(fd: result, engine: self, credentials: tls)
                     connections[ObjectIdentifier(connection)] = connection
                     connection.greet()
                 }
@@ -411,7 +412,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 if !stopping { log("NBD accept failed: \(String(cString: strerror(-result)))") }
                 return
             }
-            if !stopping { accept(on: fd) }
+            if !stopping { accept(on: fd, tls: tls) }
         }
     }
 

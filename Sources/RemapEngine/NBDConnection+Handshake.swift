@@ -3,6 +3,7 @@ import RemapCore
 /// The fixed-newstyle option haggling.
 extension NBDConnection {
     func handleOption(_ code: UInt32, _ data: [UInt8]) {
+        guard admitBeforeTLS(code) else { return }
         switch NBD.Option(rawValue: code) {
         case .exportName:
             let name = String(decoding: data, as: UTF8.self)
@@ -39,6 +40,8 @@ extension NBDConnection {
             send(encodeOptionReply(option: code, reply: .ack))
         case .listMetaContext, .setMetaContext:
             handleMetaContext(code, data, set: code == NBD.Option.setMetaContext.rawValue)
+        case .startTLS:
+            handleStartTLS(code, data)
         default:
             optionError(code, .errorUnsupported, "option \(code) is not supported")
         }

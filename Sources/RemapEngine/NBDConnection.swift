@@ -32,8 +32,13 @@ final class NBDConnection {
     /// Requests in flight beyond which the connection stops reading.
     private static let maximumInFlight = 256
 
-    let fd: Int32
+    /// The client's socket, or after STARTTLS the plaintext end of its TLS
+    /// tunnel (NBDConnection+TLS.swift).
+    var fd: Int32
     unowned let engine: Engine
+    /// What the listener demands TLS with (nil: no TLS offered), and how far it is.
+    let credentials: TLSCredentials?
+    var tlsState = TLSState.off
     var ring: any IOQueue { engine.ring }
     var phase = Phase.clientFlags
     private let input = IOBuffer(count: NBDConnection.inputCapacity)
@@ -74,9 +79,10 @@ final class NBDConnection {
     /// When the client connected, for the handshake deadline.
     let connectedAt = monotonicNanoseconds()
 
-    init(fd: Int32, engine: Engine) {
+    init(fd: Int32, engine: Engine, credentials: TLSCredentials?) {
         self.fd = fd
         self.engine = engine
+        self.credentials = credentials
     }
 
     /// Whether the client is still haggling options.
@@ -102,7 +108,9 @@ final class NBDConnection {
     // MARK: - Input
 
     func receive() {
-        guard !processing, !receiving, !inputEnded, !closed, requestsInFlight < Self.maximumInFlight else { return }
+        guard !processing, !receiving, !inputEnded, !closed, requestsInFlight < Self.maximumInFlight,
+              tlsState != .starting
+        else { return }
         receiving = true
         socketOperations += 1
         if let payload {
@@ -273,6 +281,7 @@ final class NBDConnection {
                     }
                 }
                 pump()
+                if outgoing.isEmpty && !inputEnded && tlsState == .starting { startTLSTunnel() }
             }
             finishIfDone()
         }

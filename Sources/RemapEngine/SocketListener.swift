@@ -45,6 +45,16 @@ public enum SocketListener {
         return fd
     }
 
+    /// Whether `fd` is a unix socket (and not TCP), for sockets remapd did not bind itself.
+    public static func isUnix(_ fd: Int32) -> Bool {
+        var address = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, __SOCKADDR_ARG(__sockaddr__: $0), &length) }
+        }
+        return rc == 0 && address.ss_family == sa_family_t(AF_UNIX)
+    }
+
     /// Gives `path` to group `group` (for the API socket's 0660 mode).
     public static func setGroup(of path: String, to group: String) throws(RemapError) {
         guard let entry = getgrnam(group) else { throw .invalidArgument("no such group '\(group)'") }

@@ -30,8 +30,20 @@ struct Remapd: ParsableCommand {
     @Option(help: "Unix socket for NBD (default: STATE_DIR/nbd.sock).")
     var nbdSocket: String?
 
-    @Option(help: "Also serve NBD on TCP HOST:PORT (off unless given; 10809 is NBD's port).")
+    @Option(help: "Also serve NBD on TCP HOST:PORT (off unless given; 10809 is NBD's port). Needs TLS credentials or --nbd-insecure.")
     var nbdListen: String?
+
+    @Option(help: "TLS pre-shared keys for NBD on TCP: a file of USERNAME:HEXKEY lines (psktool -u NAME -p FILE makes one).")
+    var nbdTlsPsk: String?
+
+    @Option(help: "TLS certificate for NBD on TCP: a directory with server-cert.pem, server-key.pem and ca-cert.pem.")
+    var nbdTlsCertificates: String?
+
+    @Flag(help: "With --nbd-tls-certificates: require client certificates signed by the directory's ca-cert.pem.")
+    var nbdTlsVerifyPeer = false
+
+    @Flag(help: "Serve NBD on TCP without TLS: anyone who reaches --nbd-listen can read and write every volume.")
+    var nbdInsecure = false
 
     @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1073741824.")
     var defaultPoolSize: String = "4G"
@@ -97,6 +109,7 @@ struct Remapd: ParsableCommand {
         guard size >= Pool.defaultChunkSize else {
             throw ValidationError("--default-pool-size must be at least one chunk (\(Pool.defaultChunkSize) bytes)")
         }
+        try validateNBDSecurity()
         if faultInjection && !FaultInjector.isAvailable {
             throw ValidationError("--fault-injection is for tests and only exists in debug builds")
         }
@@ -112,6 +125,8 @@ struct Remapd: ParsableCommand {
     }
 
     private func serve() throws(RemapError) {
+        // Bad credentials stop remapd before it touches anything.
+        let nbdTLS = try nbdTLSCredentials()
         let stateDirectory = absolute(stateDir ?? environmentStateDirectory ?? "/var/lib/remap")
         try SupplierFile.makeDirectories(stateDirectory, mode: 0o750)
         let lock = try lockStateDirectory(stateDirectory)
@@ -162,6 +177,11 @@ struct Remapd: ParsableCommand {
         }
         let nbdUnix: Int32
         if let fd = activated.removeValue(forKey: "nbd") {
+            // It is served plain: TCP would bypass the TLS that --nbd-listen demands.
+            guard SocketListener.isUnix(fd) else {
+                throw .invalidArgument("the socket-activated 'nbd' socket is not a unix socket: NBD on TCP is served "
+                                       + "with --nbd-listen and TLS credentials, not by socket activation")
+            }
             nbdUnix = fd
             nbdWhere = "socket-activated fd \(fd)"
         } else {
@@ -184,7 +204,7 @@ struct Remapd: ParsableCommand {
         engine.metadataReserve = try MetadataReserve(path: stateDirectory + "/metadata.reserve")
         engine.start()
         engine.serveNBD(listener: nbdUnix)
-        if let nbdTCP { engine.serveNBD(listener: nbdTCP) }
+        if let nbdTCP { engine.serveNBD(listener: nbdTCP, tls: nbdTLS) }
 
         let router = Router(control: engine)
         var servers: [HTTPServer] = []
@@ -200,7 +220,15 @@ struct Remapd: ParsableCommand {
         }
         log("serving \(engine.volumeInfos().count) volume(s) with the \(engine.name) engine; state in \(stateDirectory)")
         log("REST API on \(apiWhere)" + (apiListen.map { " and http://\($0)" } ?? ""))
-        log("NBD on \(nbdWhere)" + (nbdListen.map { " and nbd://\($0)" } ?? ""))
+        log("NBD on \(nbdWhere)" + (nbdListen.map { nbdTLS == nil ? " and nbd://\($0)" : " and nbds://\($0)" } ?? ""))
+        if let nbdListen {
+            if let nbdTLS {
+                log("NBD on \(nbdListen) requires \(nbdTLS.summary)")
+                for warning in nbdTLS.warnings { log("WARNING: \(warning)") }
+            } else {
+                log("WARNING: NBD on TCP \(nbdListen) WITHOUT TLS (--nbd-insecure): anyone who can reach it can list, read and write every volume and snapshot")
+            }
+        }
         Systemd.notify("READY=1\nSTATUS=serving \(engine.volumeInfos().count) volume(s)")
 
         var received: Int32 = 0
@@ -236,6 +264,39 @@ struct Remapd: ParsableCommand {
         limits.httpMaxEventStreams = try within("http-max-event-streams", httpMaxEventStreams, 1...65536)
         limits.maxChunksPerPool = try within("max-chunks-per-pool", maxChunksPerPool, 1...(1 << 40))
         return limits
+    }
+
+    /// --nbd-listen needs a credential, or the explicit --nbd-insecure;
+    /// credentials are for TCP only, and one kind at a time.
+    private func validateNBDSecurity() throws(ValidationError) {
+        let credentials = [nbdTlsPsk.map { _ in "--nbd-tls-psk" }, nbdTlsCertificates.map { _ in "--nbd-tls-certificates" }].compactMap { $0 }
+        if credentials.count > 1 {
+            throw ValidationError("give one of --nbd-tls-psk and --nbd-tls-certificates, not both")
+        }
+        if nbdTlsVerifyPeer && nbdTlsCertificates == nil {
+            throw ValidationError("--nbd-tls-verify-peer checks client certificates: it needs --nbd-tls-certificates")
+        }
+        if nbdInsecure && !credentials.isEmpty {
+            throw ValidationError("--nbd-insecure turns TLS off, and \(credentials[0]) turns it on: give one")
+        }
+        if nbdListen == nil, let flag = credentials.first ?? (nbdInsecure ? "--nbd-insecure" : nil) {
+            throw ValidationError("\(flag) is about NBD on TCP: give --nbd-listen HOST:PORT too (the unix socket is always plain)")
+        }
+        if let nbdListen, credentials.isEmpty && !nbdInsecure {
+            throw ValidationError("""
+                --nbd-listen \(nbdListen) needs TLS credentials: give --nbd-tls-psk FILE or --nbd-tls-certificates DIR \
+                (or --nbd-insecure to serve NBD on TCP without any: anyone who can reach it could read and write every volume)
+                """)
+        }
+    }
+
+    /// The credentials TCP NBD clients must present, loaded (nil under --nbd-insecure or without --nbd-listen).
+    private func nbdTLSCredentials() throws(RemapError) -> TLSCredentials? {
+        if let nbdTlsPsk { return try TLSCredentials(pskFile: absolute(nbdTlsPsk)) }
+        if let nbdTlsCertificates {
+            return try TLSCredentials(certificateDirectory: absolute(nbdTlsCertificates), verifyPeer: nbdTlsVerifyPeer)
+        }
+        return nil
     }
 
     private var environmentStateDirectory: String? { environmentDirectory("STATE_DIRECTORY") }

@@ -135,6 +135,14 @@ def wait_until(predicate, timeout=5.0, interval=0.05):
     return value
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def fuse_loop_unavailable():
     """Why a FUSE file cannot be made a loop device on this machine (not
     root, no /dev/fuse, no loop devices), or None. Tests that need one skip

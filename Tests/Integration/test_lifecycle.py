@@ -162,7 +162,7 @@ def test_state_dir_that_is_a_file_fails_clearly(tmp_path):
 def test_tcp_listeners(make_remapd):
     api_port, nbd_port = free_port(), free_port()
     d = make_remapd(extra_args=["--api-listen", f"127.0.0.1:{api_port}",
-                                "--nbd-listen", f"127.0.0.1:{nbd_port}"])
+                                "--nbd-listen", f"127.0.0.1:{nbd_port}", "--nbd-insecure"])
     d.create_volume("t", 8 * MiB)
     base = f"http://127.0.0.1:{api_port}"
     # TCP needs the bearer token from the state dir's api.token (mode 0600).

@@ -42,9 +42,13 @@ class Raw:
     """A hand-driven NBD client connection."""
 
     def __init__(self, path, no_zeroes=True):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(10)
-        self.s.connect(str(path))
+        """`path` is the unix socket, or (host, port) for TCP."""
+        if isinstance(path, tuple):
+            self.s = socket.create_connection(path, timeout=10)
+        else:
+            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.s.settimeout(10)
+            self.s.connect(str(path))
         greeting = self.recv(18)
         assert greeting[:8] == INIT_MAGIC, greeting
         assert struct.unpack(">Q", greeting[8:16])[0] == OPT_MAGIC, greeting
