@@ -208,8 +208,9 @@ struct Remapd: ParsableCommand {
 
         let router = Router(control: engine)
         var servers: [HTTPServer] = []
-        // The unix socket's permissions are its access control; TCP needs the token.
-        for (fd, needsToken) in [(apiUnix, false)] + (apiTCP.map { [($0, true)] } ?? []) {
+        // The unix socket's permissions are its access control; TCP needs the
+        // token, also when systemd passed a TCP socket as "api".
+        for (fd, needsToken) in [(apiUnix, !SocketListener.isUnix(apiUnix))] + (apiTCP.map { [($0, true)] } ?? []) {
             let server = HTTPServer(router: router, token: needsToken ? token : nil)
             try server.start(listenFD: fd)
             servers.append(server)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import GiB, MiB, REMAPD, check_space, curl_api, run
+from conftest import GiB, MiB, REMAPD, CurlError, check_space, clean_env, curl_api, run, wait_until
 
 
 def free_port():
@@ -191,6 +191,38 @@ def test_tcp_listeners(make_remapd):
         with pytest.raises(OSError):
             s.connect(("127.0.0.1", port))
         s.close()
+
+
+def test_socket_activated_tcp_api_needs_the_token(tmp_path):
+    """systemd may hand remapd a TCP socket named 'api': it is served like
+    --api-listen, with the bearer token, never open like the unix socket."""
+    port = free_port()
+    state = tmp_path / "s"
+    launcher = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=api", str(REMAPD),
+         "--state-dir", str(state), "--nbd-socket", str(tmp_path / "nbd.sock"), "--default-pool-size", "64M"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+    try:
+        base = f"http://127.0.0.1:{port}"
+        # The first connection starts remapd; it answers once it is up.
+        def answers():
+            try:
+                return curl_api([], base, "GET", "/v1/health", timeout=5)
+            except CurlError:
+                return None
+        assert wait_until(answers, timeout=30), "remapd did not answer on the activated socket"
+        status, _, body = curl_api([], base, "GET", "/v1/volumes")
+        assert status == 401 and body["code"] == "unauthorized", (status, body)
+        token = (state / "api.token").read_text().strip()
+        status, _, body = curl_api(["-H", f"Authorization: Bearer {token}"], base, "GET", "/v1/volumes")
+        assert status == 200, (status, body)
+    finally:
+        launcher.terminate()
+        try:
+            launcher.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
 
 
 def test_api_socket_group_and_mode(make_remapd):
