@@ -349,9 +349,6 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
     }
 
-    /// Clients that have not finished the handshake by then are dropped,
-    /// so idle or stuck connections cannot pile up.
-    var handshakeTimeout: Int64 { Int64(limits.nbdHandshakeTimeoutSeconds) * 1_000_000_000 }
     /// The bounds in force; set before start(), read-only after.
     public var limits = Limits()
     private var lastSpaceCheck: Int64 = 0
@@ -368,9 +365,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 for pool in pools.values { retrySpaceWaiters(pool) }
             }
         }
-        for connection in connections.values where connection.inHandshake && now - connection.connectedAt > handshakeTimeout {
-            connection.protocolError("no export chosen within \(handshakeTimeout / 1_000_000_000) s")
-        }
+        // Idle or stuck clients cannot pile up.
+        for connection in connections.values { connection.enforceDeadlines(now: now) }
         if let beat = heartbeat {
             let now = monotonicNanoseconds()
             if now - beat.last >= beat.interval {
