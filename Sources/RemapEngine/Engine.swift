@@ -112,6 +112,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     private var listeners: [Int32] = []
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
+    private var admission = NBDAdmission()
     var exportUsers: [Int64: Int] = [:]
     /// Extra NBD exports: name → the volume and the reservation writes draw on.
     var extraExports: [String: (volume: Volume, reservation: String?)] = [:]
@@ -308,7 +309,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         startThread(name: "remap-engine") { [self] in
             ring.activate()
             while !finished {
-                ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
+                var wait = heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000
+                if let resume = admission.untilNextResume(now: monotonicNanoseconds()) { wait = min(wait, resume) }
+                ring.run(timeoutNanoseconds: wait)
                 tick()
             }
             stopped.signal()
@@ -318,6 +321,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Serves NBD on a listening socket.
     public func serveNBD(listener fd: Int32) {
         post { [self] in
+            if listeners.isEmpty && admission.descriptorRoom < limits.nbdMaxConnections {
+                log("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
+            }
             listeners.append(fd)
             accept(on: fd)
         }
@@ -367,6 +373,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
         // Idle or stuck clients cannot pile up.
         for connection in connections.values { connection.enforceDeadlines(now: now) }
+        if !stopping {
+            for listener in admission.resumable(now: now) { accept(on: listener) }
+        }
         if let beat = heartbeat {
             let now = monotonicNanoseconds()
             if now - beat.last >= beat.interval {
@@ -393,7 +402,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private func accept(on fd: Int32) {
         ring.accept(fd: fd) { [self] result in
             if result >= 0 {
-                if stopping {
+                if stopping || !admission.admits(result, serving: connections.count, limit: limits.nbdMaxConnections) {
                     close(result)
                 } else {
                     var one: Int32 = 1
@@ -402,7 +411,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     connections[ObjectIdentifier(connection)] = connection
                     connection.greet()
                 }
-            } else if result != -EINTR && result != -ECONNABORTED && result != -EMFILE && result != -ENFILE {
+            } else if result == -EMFILE || result == -ENFILE {
+                // Trying again at once would spin: the listener pauses.
+                if !stopping { admission.outOfDescriptors(listener: fd, error: -result, now: monotonicNanoseconds()) }
+                return
+            } else if result != -EINTR && result != -ECONNABORTED {
                 // The listener was shut down (stop) or is broken: stop accepting on it.
                 if !stopping { log("NBD accept failed: \(String(cString: strerror(-result)))") }
                 return

@@ -1,7 +1,10 @@
 """Abusive NBD clients that are well-formed: each is held to a bound (reply
-bytes queued, options, an incomplete payload's time) while every other
-client, and the REST API, keeps being served."""
+bytes queued, options, an incomplete payload's time, connections, file
+descriptors) while every other client, and the REST API, keeps being
+served."""
 
+import os
+import socket
 import struct
 import threading
 import time
@@ -19,6 +22,20 @@ def rss(d):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+def cpu_share(d, seconds=1.0):
+    """The share of one core the daemon used over `seconds` (utime + stime)."""
+    def ticks():
+        fields = open(f"/proc/{d.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    before = ticks()
+    time.sleep(seconds)
+    return (ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def open_fds(d):
+    return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
 
 
 def watch_rss(d, bound, seconds, done=lambda: False):
@@ -167,3 +184,120 @@ def test_slow_but_moving_payload_is_not_a_stall(served):
     r.s.sendall(b"a" * 4096)
     assert r.simple_reply() == (0, 7, b"")
     r.close()
+
+
+# ------------------------------------------------------------------ connections
+
+def test_connections_over_the_cap_are_closed(make_remapd):
+    """Beyond --nbd-max-connections a client is closed before the greeting,
+    with one log line for the whole burst; the others are served."""
+    d = make_remapd(extra_args=["--nbd-max-connections", "8"])
+    d.create_volume("v", 64 * MiB)
+    held = [Raw(d.nbd_sock) for _ in range(7)]
+    held.append(Raw(d.nbd_sock))
+    held[-1].export_name("v")
+    refused = []
+    for _ in range(20):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(d.nbd_sock))
+        refused.append(s)
+    for s in refused:
+        assert closes(s, timeout=5)  # no greeting: closed at once
+        s.close()
+    # Still served: the eight held, and a ninth once one of them leaves.
+    handle = held[-1].request(CMD_READ, 0, 512)
+    assert held[-1].simple_reply(512)[:2] == (0, handle)
+    held.pop(0).close()
+    assert wait_until(lambda: _greeted(d), timeout=5)
+    log = d.last_output()
+    assert log.count("connection limit (8) reached") == 1, log
+    for r in held:
+        r.close()
+
+
+def _greeted(d):
+    try:
+        raw_socket(d).close()
+        return True
+    except (OSError, AssertionError):
+        return False
+
+
+# ------------------------------------------------------------------ file descriptors
+
+@pytest.fixture
+def few_fds(make_remapd):
+    """A daemon limited to 256 file descriptors (prlimit)."""
+    d = make_remapd(start=False, extra_args=["--nbd-handshake-timeout", "60"])
+    command = d.command
+    d.command = lambda: ["prlimit", "--nofile=256", "--", *command()]
+    d.start()
+    d.create_volume("v", 64 * MiB)
+    return d
+
+
+def api_answers(d):
+    status, _, body = d.api("GET", "/v1/health", timeout=3)
+    return status == 200 and body == {"status": "ok"}
+
+
+def test_nbd_connections_cannot_take_the_last_descriptors(few_fds):
+    """300 NBD clients at a 256-descriptor limit: remapd keeps descriptors
+    for the API and its files, closes the clients beyond, and does not spin."""
+    d = few_fds
+    clients = []
+    for _ in range(300):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(d.nbd_sock))
+        clients.append(s)
+    time.sleep(0.5)
+    assert api_answers(d)
+    share = cpu_share(d)
+    print(f"CPU share with NBD at the descriptor ceiling {share:.1%}")
+    assert share < 0.1, f"remapd used {share:.0%} of a core with its descriptors used up"
+    assert open_fds(d) < 256
+    greeted = sum(1 for s in clients if _greeted_not_closed(s))
+    assert 100 < greeted < 256, greeted
+    for s in clients:
+        s.close()
+    assert wait_until(lambda: _greeted(d), timeout=5)
+    healthy(d)
+
+
+def _greeted_not_closed(s):
+    """True if the server greeted this client, False if it closed it; a
+    client left hanging fails the test (socket.timeout)."""
+    s.settimeout(5)
+    try:
+        return s.recv(18)[:8] == b"NBDMAGIC"
+    except ConnectionResetError:
+        return False
+
+
+def test_descriptor_exhaustion_backs_off(few_fds):
+    """When something else holds every descriptor (here: idle API clients),
+    NBD's accept backs off instead of spinning, a waiting client is closed
+    rather than left hanging, and service resumes once descriptors are free."""
+    d = few_fds
+    idle = []
+    # One at a time, each accepted before the next: none is left waiting on
+    # the API's listener once the last descriptor is taken (libmicrohttpd
+    # spins on a client it cannot accept, which is no part of this test).
+    while open_fds(d) < 256:
+        before = open_fds(d)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(d.api_sock))
+        idle.append(s)
+        assert wait_until(lambda: open_fds(d) > before, timeout=5, interval=0.002), open_fds(d)
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting.connect(str(d.nbd_sock))
+    share = cpu_share(d, 1.5)
+    print(f"CPU share at EMFILE {share:.1%}")
+    assert share < 0.1, f"remapd used {share:.0%} of a core at EMFILE"
+    assert closes(waiting, timeout=3)  # closed, not left in the backlog
+    assert d.last_output().count("out of file descriptors") == 1, d.last_output()
+    for s in idle:
+        s.close()
+    assert wait_until(lambda: api_answers(d), timeout=10)
+    assert wait_until(lambda: _greeted(d), timeout=5)
+    healthy(d)
