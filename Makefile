@@ -62,6 +62,7 @@ unit-test: build-debug
 # the full suite (io_uring where the kernel allows it) runs last, so the
 # output ends with its summary.
 DATA_PATH_TESTS := Tests/Integration/test_nbd_data.py Tests/Integration/test_nbd_protocol.py Tests/Integration/test_nbd_robustness.py \
+	Tests/Integration/test_nbd_bounds.py \
 	Tests/Integration/test_space.py Tests/Integration/test_snapshots.py Tests/Integration/test_integrity.py Tests/Integration/test_faults.py \
 	Tests/Integration/test_model.py
 

@@ -111,7 +111,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     static let stashLowWater = 512
 
     private var listeners: [Int32] = []
+    /// The credentials a TCP listener demands (STARTTLS); none on the unix socket.
+    private var listenerCredentials: [Int32: TLSCredentials] = [:]
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
+    private var admission = NBDAdmission()
     var exportUsers: [Int64: Int] = [:]
     /// Extra NBD exports: name → the volume and the reservation writes draw on.
     var extraExports: [String: (volume: Volume, reservation: String?)] = [:]
@@ -308,7 +311,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         startThread(name: "remap-engine") { [self] in
             ring.activate()
             while !finished {
-                ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
+                var wait = heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000
+                if let resume = admission.untilNextResume(now: monotonicNanoseconds()) { wait = min(wait, resume) }
+                ring.run(timeoutNanoseconds: wait)
                 tick()
             }
             stopped.signal()
@@ -319,7 +324,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// before anything else (NBDConnection+TLS.swift).
     public func serveNBD(listener fd: Int32, tls: TLSCredentials? = nil) {
         post { [self] in
+            if listeners.isEmpty && admission.descriptorRoom < limits.nbdMaxConnections {
+                log("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
+            }
             listeners.append(fd)
+            listenerCredentials[fd] = tls
             accept(on: fd, tls: tls)
         }
     }
@@ -350,9 +359,6 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         }
     }
 
-    /// Clients that have not finished the handshake by then are dropped,
-    /// so idle or stuck connections cannot pile up.
-    var handshakeTimeout: Int64 { Int64(limits.nbdHandshakeTimeoutSeconds) * 1_000_000_000 }
     /// The bounds in force; set before start(), read-only after.
     public var limits = Limits()
     private var lastSpaceCheck: Int64 = 0
@@ -369,8 +375,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 for pool in pools.values { retrySpaceWaiters(pool) }
             }
         }
-        for connection in connections.values where connection.inHandshake && now - connection.connectedAt > handshakeTimeout {
-            connection.protocolError("no export chosen within \(handshakeTimeout / 1_000_000_000) s")
+        // Idle or stuck clients cannot pile up.
+        for connection in connections.values { connection.enforceDeadlines(now: now) }
+        if !stopping {
+            for listener in admission.resumable(now: now) { accept(on: listener, tls: listenerCredentials[listener]) }
         }
         if let beat = heartbeat {
             let now = monotonicNanoseconds()
@@ -398,7 +406,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private func accept(on fd: Int32, tls: TLSCredentials?) {
         ring.accept(fd: fd) { [self] result in
             if result >= 0 {
-                if stopping {
+                if stopping || !admission.admits(result, serving: connections.count, limit: limits.nbdMaxConnections) {
                     close(result)
                 } else {
                     var one: Int32 = 1
@@ -407,7 +415,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     connections[ObjectIdentifier(connection)] = connection
                     connection.greet()
                 }
-            } else if result != -EINTR && result != -ECONNABORTED && result != -EMFILE && result != -ENFILE {
+            } else if result == -EMFILE || result == -ENFILE {
+                // Trying again at once would spin: the listener pauses.
+                if !stopping { admission.outOfDescriptors(listener: fd, error: -result, now: monotonicNanoseconds()) }
+                return
+            } else if result != -EINTR && result != -ECONNABORTED {
                 // The listener was shut down (stop) or is broken: stop accepting on it.
                 if !stopping { log("NBD accept failed: \(String(cString: strerror(-result)))") }
                 return

@@ -6,9 +6,11 @@ final class IOBuffer {
     let pointer: UnsafeMutableRawPointer
     let count: Int
 
-    init(count: Int) {
+    /// Page-aligned from a page up unless `pageAligned` is false; a small
+    /// one (a reply header) never is: aligning it would cost most of a page.
+    init(count: Int, pageAligned: Bool = true) {
         self.count = count
-        pointer = .allocate(byteCount: max(count, 1), alignment: 4096)
+        pointer = .allocate(byteCount: max(count, 1), alignment: pageAligned && count >= 4096 ? 4096 : 16)
     }
 
     init(copying bytes: [UInt8]) {

@@ -47,6 +47,7 @@ extension NBDConnection {
         case .write:
             guard length <= NBD.maximumPayload else { return refuse(.invalid, "writes are limited to \(NBD.maximumPayload) bytes") }
             let buffer = IOBuffer(count: length)
+            hold(length)
             let ready = takeInput(into: buffer.pointer, count: length)
             if ready == length {
                 write(request, buffer, started)
@@ -77,16 +78,23 @@ extension NBDConnection {
 
     private func read(_ request: NBDRequest, _ volume: Volume, _ started: Int64) {
         let length = Int(request.length)
-        let buffer = IOBuffer(count: Self.headroom + length)
+        // The data starts after the headroom: aligning the buffer would only
+        // waste most of a page per small read.
+        let buffer = IOBuffer(count: Self.headroom + length, pageAligned: false)
+        hold(length)
         engine.readData(volume, offset: request.offset, length: length, data: buffer.pointer + Self.headroom,
                         owner: buffer) { [self] failure, segments in
-            if failure != 0 { return reply(request, started, error: .io, message: "reading the supplier failed") }
+            if failure != 0 {
+                release(length)
+                return reply(request, started, error: .io, message: "reading the supplier failed")
+            }
             if structuredReplies {
                 sendStructuredRead(request, buffer, segments, dontFragment: request.flags & NBD.commandDF != 0)
             } else {
                 encodeSimpleReply(into: buffer.pointer + Self.headroom - NBD.simpleReplyHeaderSize, error: 0, cookie: request.cookie)
                 send(buffer, offset: Self.headroom - NBD.simpleReplyHeaderSize, count: NBD.simpleReplyHeaderSize + length)
             }
+            release(length)  // counted in the reply queue now
             engine.record(command: "read", bytes: length, error: nil, started: started)
             answered()
         }
@@ -144,6 +152,7 @@ extension NBDConnection {
         guard let volume = export else { return }
         engine.writeData(volume, offset: request.offset, length: Int(request.length), data: buffer.pointer, owner: buffer,
                          bound: boundReservation) { [self] result in
+            release(Int(request.length))
             switch result {
             case .success:
                 completeWithFUA(request, started)
@@ -336,10 +345,10 @@ extension NBDConnection {
         answered()
     }
 
-    /// One request fewer in flight: maybe read more, maybe close.
+    /// One request fewer in flight: maybe take more, maybe close.
     private func answered() {
         requestsInFlight -= 1
-        receive()
+        resume()
         finishIfDone()
     }
 }

@@ -12,6 +12,13 @@ import RemapCore
 /// sendmsg when several are waiting. The connection closes once the client
 /// is gone or said goodbye, every request in flight has been answered and no
 /// socket operation is outstanding.
+///
+/// A client cannot make it hold more than its bounds (`Engine.limits`): it
+/// takes no more requests or options while `heldBytes` (replies not yet
+/// sent, and the buffers of reads and writes in flight) is at the reply
+/// queue's cap, and goes on as the client reads its replies; it drops a
+/// client that sends too many options before choosing an export, or
+/// leaves a WRITE's payload incomplete for too long (`enforceDeadlines`).
 final class NBDConnection {
     enum Phase { case clientFlags, options, transmission }
 
@@ -29,8 +36,12 @@ final class NBDConnection {
     }
 
     private static let inputCapacity = 128 * 1024
-    /// Requests in flight beyond which the connection stops reading.
+    /// Requests in flight beyond which the connection takes no more.
     private static let maximumInFlight = 256
+    /// What a queued reply part costs beyond its bytes (its buffer object,
+    /// the allocation, the queue entry), counted so that many small
+    /// replies are held to the cap too.
+    private static let partCost = 128
 
     /// The client's socket, or after STARTTLS the plaintext end of its TLS
     /// tunnel (NBDConnection+TLS.swift).
@@ -65,9 +76,25 @@ final class NBDConnection {
     /// The export the selected metadata context was negotiated for.
     var allocationContextFor: String?
 
-    /// Parts of replies: a buffer and the range of it to send.
-    private var outgoing: [(buffer: IOBuffer, offset: Int, count: Int)] = []
+    /// A part of a reply: the range of a buffer to send. The buffer is let
+    /// go as soon as the part is sent.
+    private struct Part {
+        var buffer: IOBuffer?
+        let offset: Int
+        let count: Int
+    }
+
+    /// Parts of replies, in order. Those before `sentParts` are sent; their
+    /// entries are removed in batches, so many small replies stay linear.
+    private var outgoing: [Part] = []
+    private var sentParts = 0
     private var sentOfFirst = 0
+    /// Bytes of replies queued and not sent yet (with `partCost` each),
+    /// plus the buffers of reads and writes in flight (`hold`): what the
+    /// client makes remapd keep.
+    private(set) var heldBytes = 0
+    /// Options received before an export was chosen.
+    private var optionsReceived = 0
     private var sending = false
     private var receiving = false
     private var socketOperations = 0
@@ -105,10 +132,53 @@ final class NBDConnection {
         finishIfDone()
     }
 
+    // MARK: - Bounds
+
+    /// Whether the connection takes more requests (or options): under
+    /// both its cap on requests in flight and its reply queue's cap.
+    private var takesRequests: Bool {
+        requestsInFlight < Self.maximumInFlight && UInt64(heldBytes) < engine.limits.nbdReplyQueueBytes
+    }
+
+    /// Counts `bytes` of a request's buffer against the reply queue's cap
+    /// until `release`d (the request's reply resumes the input).
+    func hold(_ bytes: Int) { heldBytes += bytes }
+
+    func release(_ bytes: Int) { heldBytes -= bytes }
+
+    /// Drops the client if it overstays: in the handshake (no export
+    /// chosen), or with a WRITE whose payload is still incomplete.
+    func enforceDeadlines(now: Int64) {
+        guard !broken else { return }  // dropped already
+        let limits = engine.limits
+        if inHandshake && now - connectedAt > Int64(limits.nbdHandshakeTimeoutSeconds) * 1_000_000_000 {
+            protocolError("no export chosen within \(limits.nbdHandshakeTimeoutSeconds) s")
+        } else if let payload, now - payload.started > Int64(limits.nbdRequestTimeoutSeconds) * 1_000_000_000 {
+            protocolError("a WRITE's payload still incomplete after \(limits.nbdRequestTimeoutSeconds) s")
+        }
+    }
+
     // MARK: - Input
 
+    /// Takes requests again once under the bounds: those already in
+    /// `input` first, then more from the socket. Not while a receive is
+    /// outstanding: its completion parses what it brings.
+    func resume() {
+        guard !processing, !receiving, !closed else { return }
+        if !inputEnded && payload == nil && available > 0 {
+            processing = true
+            process()
+            processing = false
+        }
+        receive()
+        finishIfDone()
+    }
+
     func receive() {
-        guard !processing, !receiving, !inputEnded, !closed, requestsInFlight < Self.maximumInFlight,
+        // A payload being received is one request already taken: it goes on
+        // whatever the bounds (its buffer is counted already). Nothing is
+        // read between STARTTLS's reply and the switch to the tunnel.
+        guard !processing, !receiving, !inputEnded, !closed, payload != nil || takesRequests,
               tlsState != .starting
         else { return }
         receiving = true
@@ -132,9 +202,10 @@ final class NBDConnection {
         receiving = false
         guard result > 0 else {
             inputEnded = true
-            if payload != nil {
+            if let payload {
                 // The client left in the middle of a WRITE: nothing to answer.
-                payload = nil
+                self.payload = nil
+                heldBytes -= payload.buffer.count
                 requestsInFlight -= 1
             }
             if refusal != nil {
@@ -164,9 +235,10 @@ final class NBDConnection {
 
     var available: Int { end - start }
 
-    /// Consumes every complete message in `input`.
+    /// Consumes every complete message in `input`, as long as the
+    /// connection takes requests.
     private func process() {
-        while !inputEnded && payload == nil {
+        while !inputEnded && payload == nil && takesRequests {
             let base = input.pointer + start
             switch phase {
             case .clientFlags:
@@ -190,6 +262,10 @@ final class NBDConnection {
                 guard available >= NBD.optionHeaderSize + length else { return }
                 let data = reader.bytes(length)
                 start += NBD.optionHeaderSize + length
+                optionsReceived += 1
+                guard optionsReceived <= engine.limits.nbdMaxOptions else {
+                    return protocolError("more than \(engine.limits.nbdMaxOptions) options before choosing an export")
+                }
                 handleOption(option, data)
             case .transmission:
                 if discarding > 0 {
@@ -233,7 +309,11 @@ final class NBDConnection {
         guard !closed else { return }
         shutdown(fd, Int32(SHUT_RDWR))
         broken = true
+        for part in unsent { heldBytes -= part.count + Self.partCost }
+        heldBytes += sentOfFirst
         outgoing.removeAll()
+        sentParts = 0
+        sentOfFirst = 0
         endInput()
     }
 
@@ -247,17 +327,20 @@ final class NBDConnection {
     /// Queues `count` bytes of `buffer` from `offset`; the buffer lives until sent.
     func send(_ buffer: IOBuffer, offset: Int = 0, count: Int) {
         guard !broken, !closed, count > 0 else { return }
-        outgoing.append((buffer, offset, count))
+        outgoing.append(Part(buffer: buffer, offset: offset, count: count))
+        heldBytes += count + Self.partCost
         pump()
     }
+
+    private var unsent: ArraySlice<Part> { outgoing[sentParts...] }
 
     /// Sends everything queued in one sendmsg; one send is in flight at a time
     /// so replies never interleave.
     private func pump() {
-        guard !sending, !outgoing.isEmpty, !broken else { return }
-        let batch = Gather(outgoing.prefix(64).enumerated().map { index, entry in
+        guard !sending, !unsent.isEmpty, !broken else { return }
+        let batch = Gather(unsent.prefix(64).enumerated().compactMap { index, part in
             let skip = index == 0 ? sentOfFirst : 0
-            return (entry.buffer, entry.offset + skip, entry.count - skip)
+            return part.buffer.map { ($0, part.offset + skip, part.count - skip) }  // unsent parts have theirs
         })
         sending = true
         socketOperations += 1
@@ -267,21 +350,35 @@ final class NBDConnection {
             sending = false
             if result < 0 {
                 drop()
-            } else {
+            } else if !broken {  // once broken, nothing queued is counted
                 var sent = Int(result)
-                while sent > 0, let first = outgoing.first {
+                heldBytes -= sent
+                while sent > 0, let first = unsent.first {
                     let left = first.count - sentOfFirst
                     if sent >= left {
                         sent -= left
-                        outgoing.removeFirst()
+                        heldBytes -= Self.partCost
+                        outgoing[sentParts].buffer = nil
+                        sentParts += 1
                         sentOfFirst = 0
                     } else {
                         sentOfFirst += sent
                         sent = 0
                     }
                 }
+                if sentParts == outgoing.count {
+                    outgoing.removeAll()
+                    sentParts = 0
+                } else if sentParts >= 64 && sentParts * 2 >= outgoing.count {
+                    outgoing.removeFirst(sentParts)
+                    sentParts = 0
+                }
                 pump()
-                if outgoing.isEmpty && !inputEnded && tlsState == .starting { startTLSTunnel() }
+                if outgoing.isEmpty && !inputEnded && tlsState == .starting {
+                    startTLSTunnel()  // receives on the tunnel
+                } else {
+                    resume()
+                }
             }
             finishIfDone()
         }
@@ -289,7 +386,7 @@ final class NBDConnection {
 
     func finishIfDone() {
         guard inputEnded, !closed, requestsInFlight == 0, socketOperations == 0,
-              outgoing.isEmpty || broken
+              unsent.isEmpty || broken
         else { return }
         closed = true
         if let export { engine.detach(export, exportName: exportName) }
