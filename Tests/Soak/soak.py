@@ -276,7 +276,9 @@ class Soak:
         """Offline check, restart, then every image against the model."""
         report = {"lost": 0, "changed": 0, "problems": []}
         if self.check_available:
-            p = run([REMAPD, "check", "--state-dir", self.d.state_dir])
+            # Milliseconds normally; the limit only catches a hang (a machine
+            # short of memory once made it take minutes).
+            p = run([REMAPD, "check", "--state-dir", self.d.state_dir], timeout=600)
             if p.returncode != 0:
                 report["problems"].append(f"remapd check exited {p.returncode}: "
                                           f"{(p.stdout + p.stderr).decode(errors='replace')[:2000]}")
