@@ -23,10 +23,13 @@ extension Engine {
 
     /// Keeps a stash of prepared chunks: free chunks durably marked dirty,
     /// so writes can take them without a commit of their own and a crash
-    /// before their mapping commits still gets them zeroed.
-    func prepareChunks(_ pool: Pool) {
-        guard !preparingPools.contains(pool.name), pool.preparedCount < Self.stashLowWater, pool.state != .offline else { return }
-        let chunks = pool.startPreparing(Self.stashTarget - pool.preparedCount)
+    /// before their mapping commits still gets them zeroed. `want`: a
+    /// waiting request needs the stash to hold that many.
+    func prepareChunks(_ pool: Pool, want: Int = 0) {
+        guard !preparingPools.contains(pool.name), pool.preparedCount < max(Self.stashLowWater, want),
+              pool.state != .offline
+        else { return }
+        let chunks = pool.startPreparing(max(Self.stashTarget, want) - pool.preparedCount)
         guard !chunks.isEmpty else { return }
         preparingPools.insert(pool.name)
         let job = CommitJob(syncFDs: [], changes: chunks.map { .markDirty(pool: pool.name, physicalChunk: $0) }) { _ in }
@@ -45,8 +48,8 @@ extension Engine {
 
     /// Whether a write that found no prepared chunk should wait (chunks are
     /// coming) rather than fail with ENOSPC.
-    func chunksComing(_ pool: Pool) -> Bool {
-        prepareChunks(pool)
+    func chunksComing(_ pool: Pool, want: Int = 0) -> Bool {
+        prepareChunks(pool, want: want)
         return preparingPools.contains(pool.name)
     }
 
@@ -236,9 +239,17 @@ extension Engine {
     }
 
     /// A megabyte of zeros, never written to, shared by every zeroing write.
-    nonisolated(unsafe) static let zeros: IOBuffer = {
-        let buffer = IOBuffer(count: 1 << 20)
+    nonisolated(unsafe) static let zeros: IOBuffer = zeroed(1 << 20)
+
+    /// At least `count` bytes of zeros, never to be written to: the shared
+    /// megabyte, or for larger chunks (up to 4 MiB) a buffer of their own.
+    static func zeros(count: Int) -> IOBuffer {
+        count <= zeros.count ? zeros : zeroed(count)
+    }
+
+    private static func zeroed(_ count: Int) -> IOBuffer {
+        let buffer = IOBuffer(count: count)
         memset(buffer.pointer, 0, buffer.count)
         return buffer
-    }()
+    }
 }

@@ -19,6 +19,9 @@ extension Engine {
         private(set) var taken: [(chunk: UInt64, reservation: Reservation?)] = []
         /// A chunk was there to draw but not prepared yet: wait, don't fail.
         private(set) var waitingForPreparation = false
+        /// How many chunks the write had taken when the prepared ones ran
+        /// out, plus one: the stash must grow to at least that for it.
+        private(set) var wanted = 0
         let metadataShort: Bool
 
         init(volume: Volume, reservations: [Reservation], metadataShort: Bool) {
@@ -33,22 +36,22 @@ extension Engine {
             // copy-on-write space a snapshot set aside for it (sticky).
             let sticky = copyOnWrite ? copyOnWriteReservations(covering: virtual) : []
             for reservation in sticky + reservations where !reservation.released && reservation.remaining > 0 {
-                guard let chunk = pool.takeChunk() else {
-                    waitingForPreparation = true
-                    return nil
-                }
+                guard let chunk = pool.takeChunk() else { return outOfPrepared() }
                 _ = reservation.draw()
                 pool.pooledReservedChunks -= 1
                 taken.append((chunk, reservation))
                 return chunk
             }
             guard pool.unreservedFreeChunks > 0 else { return nil }
-            guard let chunk = pool.takeChunk() else {
-                waitingForPreparation = true
-                return nil
-            }
+            guard let chunk = pool.takeChunk() else { return outOfPrepared() }
             taken.append((chunk, nil))
             return chunk
+        }
+
+        private func outOfPrepared() -> UInt64? {
+            waitingForPreparation = true
+            wanted = max(wanted, taken.count + 1)
+            return nil
         }
 
         private func copyOnWriteReservations(covering virtual: UInt64) -> [Reservation] {
@@ -141,7 +144,10 @@ extension Engine {
     /// waits (`retry` runs later) or fails now (`fail` runs).
     func noChunk(for volume: Volume, offset: UInt64, source: WriteChunks, deadline: Int64?,
                  retry: @escaping (_ deadline: Int64?) -> Void, fail: @escaping () -> Void) {
-        if source.waitingForPreparation && chunksComing(volume.pool) {
+        // A request may need more chunks than the stash holds (a 16 MiB
+        // write of 4 KiB chunks, a large WRITE_ZEROES keeping holes
+        // allocated): the stash grows for it, doubling until it fits.
+        if source.waitingForPreparation && chunksComing(volume.pool, want: 2 * source.wanted) {
             return waitForChunks { retry(deadline) }
         }
         let pool = volume.pool

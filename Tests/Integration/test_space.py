@@ -1331,3 +1331,31 @@ def test_events_stream_resumes_with_last_event_id(make_remapd):
     for bad in ("x", "-1", ""):
         status, headers, problem = d.api("GET", f"/v1/events?since={bad}")
         assert_problem(status, headers, problem, 400, "invalid-argument")
+
+
+def test_a_request_needing_more_chunks_than_the_stash_is_served(make_remapd):
+    """Writes draw on a stash of prepared chunks (1,024). A request needing
+    more used to fail with ENOSPC though the pool had plenty: a 16 MiB write
+    into a pool of 4 KiB chunks (4,096 chunks), a 64 MiB WRITE_ZEROES with
+    NO_HOLE over holes. The stash grows for the request instead."""
+    d = make_remapd(pool_size="256M")
+    status, _, body = d.api("POST", "/v1/pools", body={
+        "name": "small", "chunkSizeBytes": 4096,
+        "suppliers": [{"kind": "file", "path": str(d.state_dir / "pools" / "small.img"), "sizeBytes": 256 * MiB}]})
+    assert status == 201, body
+    status, _, body = d.api("POST", "/v1/volumes", body={"name": "w", "sizeBytes": 128 * MiB, "pool": "small"})
+    assert status == 201, body
+    h = d.nbd("w")
+    data = os.urandom(32 * MiB)
+    h.pwrite(data, 0)
+    h.zero(64 * MiB, 64 * MiB, nbd.CMD_FLAG_NO_HOLE)
+    h.flush()
+    assert h.pread(32 * MiB, 0) == data
+    assert d.volume("w")["allocatedBytes"] == 96 * MiB
+    # Past the pool's free space it is still ENOSPC, at once.
+    status, _, body = d.api("POST", "/v1/volumes", body={"name": "big", "sizeBytes": 512 * MiB, "pool": "small"})
+    assert status == 201, body
+    with pytest.raises(nbd.Error) as failure:
+        d.nbd("big").zero(256 * MiB, 0, nbd.CMD_FLAG_NO_HOLE)
+    assert failure.value.errnum == errno.ENOSPC
+    check_space(d.pool("small"))
