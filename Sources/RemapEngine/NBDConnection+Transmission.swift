@@ -179,6 +179,9 @@ extension NBDConnection {
     /// the next commit) unless `keepAllocated` (NO_HOLE), which instead
     /// maps holes to clean chunks; parts of mapped chunks are zeroed on the
     /// supplier.
+    /// Bytes of zeros written into shared chunks at once by one request.
+    static let zeroWriteWindowBytes = 32 << 20
+
     private func zero(_ request: NBDRequest, _ volume: Volume, _ started: Int64, keepAllocated: Bool, deadline: Int64? = nil) {
         if let refusal = engine.ioRefusal(volume.pool) {
             engine.endVolumeWrite(volume)
@@ -275,21 +278,38 @@ extension NBDConnection {
                 if progress.complete(result, fd: range.fd) { finish() }
             }
         }
-        for piece in zeroWrites {
-            let zeros = IOBuffer(count: Int(piece.length))
-            memset(zeros.pointer, 0, zeros.count)
-            let offset = piece.virtualChunk * volume.pool.chunkSize + piece.offsetInChunk
-            engine.planWrite(volume, offset: offset, length: zeros.count, data: zeros.pointer, owner: zeros,
-                             bound: boundReservation, deadline: deadline) { result in
-                let code: Int32
-                switch result {
-                case .success: code = 0
-                case .failure(.noSpace): code = -ENOSPC
-                case .failure(let error): code = -(error.errno ?? EIO)
+        // Shared chunks get zeros written (copied on write): a window at a
+        // time, as each copy holds a chunk-sized buffer and one request may
+        // span 4 GiB of them. A loop, not recursion: a write can complete
+        // at once (a refused one), and there may be 65,536 of them.
+        var next = 0
+        var room = max(1, Self.zeroWriteWindowBytes / Int(volume.pool.chunkSize))
+        var issuing = false
+        func writeZeros() {
+            guard !issuing else { return }
+            issuing = true
+            defer { issuing = false }
+            while room > 0 && next < zeroWrites.count {
+                let piece = zeroWrites[next]
+                next += 1
+                room -= 1
+                let zeros = Engine.zeros(count: Int(piece.length))
+                let offset = piece.virtualChunk * volume.pool.chunkSize + piece.offsetInChunk
+                engine.planWrite(volume, offset: offset, length: Int(piece.length), data: zeros.pointer, owner: zeros,
+                                 bound: boundReservation, deadline: deadline) { result in
+                    let code: Int32
+                    switch result {
+                    case .success: code = 0
+                    case .failure(.noSpace): code = -ENOSPC
+                    case .failure(let error): code = -(error.errno ?? EIO)
+                    }
+                    if progress.complete(code) { return finish() }
+                    room += 1
+                    writeZeros()
                 }
-                if progress.complete(code) { finish() }
             }
         }
+        writeZeros()
         if progress.issued() { finish() }
     }
 
