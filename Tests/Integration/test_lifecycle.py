@@ -7,15 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import GiB, MiB, REMAPD, check_space, curl_api, run
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from conftest import GiB, MiB, REMAPD, check_space, curl_api, free_port, run
 
 
 def test_ready_means_both_sockets_exist(remapd):
