@@ -1,8 +1,6 @@
-import Foundation
-
 /// A parsed JSON document, so request bodies can be checked field by field
 /// and every mistake named precisely.
-enum JSONValue: Decodable, Equatable {
+enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     case integer(Int64)
@@ -11,24 +9,14 @@ enum JSONValue: Decodable, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() { self = .null; return }
-        if let value = try? container.decode(Bool.self) { self = .bool(value); return }
-        if let value = try? container.decode(Int64.self) { self = .integer(value); return }
-        if let value = try? container.decode(Double.self) { self = .number(value); return }
-        if let value = try? container.decode(String.self) { self = .string(value); return }
-        if let value = try? container.decode([JSONValue].self) { self = .array(value); return }
-        self = .object(try container.decode([String: JSONValue].self))
-    }
-
-    /// Parses a request body that must be a JSON object.
+    /// Parses a request body that must be a JSON object (strictly: see
+    /// `JSONParser`).
     static func object(from body: [UInt8]) throws(Problem) -> [String: JSONValue] {
         let value: JSONValue
         do {
-            value = try JSONDecoder().decode(JSONValue.self, from: Data(body))
+            value = try JSONParser.parse(body)
         } catch {
-            throw .invalidArgument("request body is not valid JSON")
+            throw .invalidArgument("request body is not valid JSON: \(error.description)")
         }
         guard case .object(let object) = value else { throw .invalidArgument("request body must be a JSON object") }
         return object
@@ -48,6 +36,9 @@ enum JSONValue: Decodable, Equatable {
 }
 
 /// Reads the fields of a JSON object body, rejecting unknown ones.
+///
+/// No string may hold a NUL (`\u0000`): paths and names reach C calls and
+/// SQLite, which would cut them there.
 struct JSONFields {
     let object: [String: JSONValue]
     /// Put before field names in messages (`suppliers[0].`).
@@ -69,7 +60,9 @@ struct JSONFields {
     func optionalString(_ key: String) throws(Problem) -> String? {
         switch object[key] {
         case nil: return nil
-        case .string(let value): return value
+        case .string(let value):
+            try Self.refuseNUL(value, "field '\(prefix)\(key)'")
+            return value
         case let other?: throw .invalidArgument("field '\(prefix)\(key)' must be a string, got \(other.typeName)")
         }
     }
@@ -114,10 +107,17 @@ struct JSONFields {
                 guard case .string(let text) = value else {
                     throw .invalidArgument("label '\(name)' must have a string value, got \(value.typeName)")
                 }
+                try Self.refuseNUL(name, "a label key")
+                try Self.refuseNUL(text, "label '\(name)'")
                 labels[name] = text
             }
             return labels
         case let other?: throw .invalidArgument("field '\(prefix)\(key)' must be an object of strings, got \(other.typeName)")
         }
+    }
+
+    private static func refuseNUL(_ text: String, _ what: String) throws(Problem) {
+        guard text.utf8.contains(0) else { return }
+        throw .invalidArgument("\(what) must not contain a NUL character (\\u0000)")
     }
 }

@@ -58,7 +58,8 @@ final class SQLiteDatabase {
             let position = Int32(index + 1)
             switch value {
             case .integer(let number): sqlite3_bind_int64(statement, position, number)
-            case .text(let text): sqlite3_bind_text(statement, position, text, -1, sqliteTransient)
+            // With its length, so text is stored whole even if it held a NUL.
+            case .text(let text): sqlite3_bind_text(statement, position, text, Int32(text.utf8.count), sqliteTransient)
             case .null: sqlite3_bind_null(statement, position)
             }
         }
@@ -86,8 +87,11 @@ final class SQLiteDatabase {
     struct Row {
         let statement: OpaquePointer
         func integer(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+        /// The whole text, by its length (as it was bound).
         func text(_ column: Int32) -> String {
-            sqlite3_column_text(statement, column).map { String(cString: $0) } ?? ""
+            guard let characters = sqlite3_column_text(statement, column) else { return "" }
+            let count = Int(sqlite3_column_bytes(statement, column))
+            return String(decoding: UnsafeBufferPointer(start: characters, count: count), as: UTF8.self)
         }
         func optionalText(_ column: Int32) -> String? {
             sqlite3_column_type(statement, column) == SQLITE_NULL ? nil : text(column)
