@@ -26,6 +26,23 @@ def create_pool(d, name, path, size=64 * MiB):
 
 # ------------------------------------------------------------------ supplier paths
 
+def test_no_directory_is_made_outside_the_supplier_dir(remapd, tmp_path):
+    """A symlink in --supplier-dir pointing outside: a supplier under a new
+    directory below it is refused before anything is created there."""
+    d = remapd
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (d.state_dir / "pools" / "link").symlink_to(outside)
+    status, headers, body = create_pool(d, "esc", d.state_dir / "pools" / "link" / "new" / "deeper" / "esc.img")
+    assert_problem(status, headers, body, 400, "invalid-argument")
+    assert "outside the supplier directory" in body["detail"], body
+    assert list(outside.iterdir()) == [], f"created outside --supplier-dir: {list(outside.iterdir())}"
+    # New directories inside the supplier directory are still made.
+    status, _, body = create_pool(d, "inside", d.state_dir / "pools" / "a" / "b" / "in.img")
+    assert status == 201, (status, body)
+    assert (d.state_dir / "pools" / "a" / "b" / "in.img").exists()
+
+
 def test_nul_in_a_supplier_path_is_refused(remapd):
     d = remapd
     pools = d.state_dir / "pools"
