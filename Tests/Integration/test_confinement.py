@@ -74,6 +74,28 @@ def test_nul_in_a_label_is_refused(remapd):
     assert d.volume("v")["labels"] == {}
 
 
+# ------------------------------------------------------------------ imports
+
+@pytest.mark.timeout(60)
+def test_import_from_a_fifo_is_refused_at_once(remapd):
+    """Opening a FIFO for reading blocks until a writer comes: the source is
+    opened non-blocking and must be a regular file."""
+    d = remapd
+    fifo = d.state_dir / "pools" / "pipe"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    status, headers, body = d.api("POST", "/v1/volumes", body={"name": "f", "source": {"file": str(fifo)}}, timeout=10)
+    assert_problem(status, headers, body, 400, "invalid-argument")
+    assert "not a regular file" in body["detail"], body
+    assert time.monotonic() - started < 3
+    assert d.api("GET", "/v1/volumes/f")[0] == 404
+    # A regular file still imports.
+    image = d.state_dir / "pools" / "disk.raw"
+    image.write_bytes(b"\x01" * MiB)
+    status, _, body = d.api("POST", "/v1/volumes", body={"name": "r", "source": {"file": str(image)}})
+    assert status == 202, (status, body)
+
+
 # ------------------------------------------------------------------ logs
 
 def test_client_text_cannot_forge_log_lines(remapd):
