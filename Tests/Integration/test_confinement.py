@@ -153,3 +153,25 @@ def test_json_numbers_keep_their_meaning(rd_shared):
     d.delete_volume("n1")
 
 
+# ------------------------------------------------------------------ metadata files
+
+def test_metadata_files_are_private(make_remapd):
+    """metadata.db, -wal and -shm are mode 0600 under umask 022, and files
+    left more open by an older remapd are tightened at start."""
+    old = os.umask(0o022)
+    try:
+        d = make_remapd()
+        d.create_volume("v", MiB)
+        files = [d.state_dir / name for name in ("metadata.db", "metadata.db-wal", "metadata.db-shm")]
+        modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files if f.exists()}
+        assert modes == {f.name: "0o600" for f in files}, modes
+        d.terminate()
+        for f in files:
+            if f.exists():
+                f.chmod(0o644)
+        d.start()
+        d.create_volume("w", MiB)
+        modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files if f.exists()}
+        assert modes and set(modes.values()) == {"0o600"}, modes
+    finally:
+        os.umask(old)
