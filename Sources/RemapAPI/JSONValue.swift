@@ -36,9 +36,6 @@ enum JSONValue: Equatable, Sendable {
 }
 
 /// Reads the fields of a JSON object body, rejecting unknown ones.
-///
-/// No string may hold a NUL (`\u0000`): paths and names reach C calls and
-/// SQLite, which would cut them there.
 struct JSONFields {
     let object: [String: JSONValue]
     /// Put before field names in messages (`suppliers[0].`).
@@ -60,11 +57,16 @@ struct JSONFields {
     func optionalString(_ key: String) throws(Problem) -> String? {
         switch object[key] {
         case nil: return nil
-        case .string(let value):
-            try Self.refuseNUL(value, "field '\(prefix)\(key)'")
-            return value
+        case .string(let value): return value
         case let other?: throw .invalidArgument("field '\(prefix)\(key)' must be a string, got \(other.typeName)")
         }
+    }
+
+    /// A file or device path: C calls would cut it at a NUL.
+    func path(_ key: String) throws(Problem) -> String {
+        let value = try string(key)
+        try Self.refuseNUL(value, "field '\(prefix)\(key)'")
+        return value
     }
 
     func boolean(_ key: String) throws(Problem) -> Bool? {
