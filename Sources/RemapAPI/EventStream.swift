@@ -96,8 +96,6 @@ final class EventStreamSlots: Sendable {
         return taken ? Slot(self) : nil
     }
 
-    var inUse: Int { used.withLock { $0 } }
-
     /// One stream's place; releasing it twice gives it back once.
     final class Slot: Sendable {
         private let slots: EventStreamSlots

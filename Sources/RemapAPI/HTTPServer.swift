@@ -7,11 +7,11 @@ import Synchronization
 /// one thread per connection, every request handed to a `Router`.
 ///
 /// Bounds (issue 11), so that clients without the token cannot lock out
-/// the ones with it: connections at once (`httpMaxConnections`; more wait
-/// in the listen backlog), connections per IP address on TCP
-/// (`httpMaxConnectionsPerIP`; more are closed at once), a deadline to send
-/// a complete request (`httpRequestTimeoutSeconds`, see `RequestDeadlines`)
-/// and a cap on event streams (`httpMaxEventStreams`, 503 beyond it).
+/// the ones with it: connections at once (`httpMaxConnections`) and per IP
+/// address on TCP (`httpMaxConnectionsPerIP`), one more closed at once by
+/// libmicrohttpd; a deadline to send a complete request
+/// (`httpRequestTimeoutSeconds`, see `RequestDeadlines`); and a cap on event
+/// streams (`httpMaxEventStreams`, 503 beyond it).
 public final class HTTPServer: Sendable {
     /// Bodies larger than this are refused with 413.
     public static let maximumBodySize = 1 << 20

@@ -21,8 +21,8 @@ struct cmhd_log_target {
 
 /// The bounds of one daemon.
 struct cmhd_limits {
-    /// Connections at once; at the limit libmicrohttpd stops accepting
-    /// (new clients wait in the listen backlog).
+    /// Connections at once; one more is closed at once (thread-per-
+    /// connection mode polls the listening socket even at the limit).
     unsigned int connection_limit;
     /// Connections from one IP address at once (more are closed at once);
     /// 0 for none (a unix socket has no address).
