@@ -59,5 +59,6 @@ let package = Package(
 
         .testTarget(name: "RemapCoreTests", dependencies: ["RemapCore"], swiftSettings: upcoming),
         .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
+        .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore"], swiftSettings: swiftGnuSource),
     ]
 )

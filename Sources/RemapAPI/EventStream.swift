@@ -9,16 +9,28 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
     private var after: UInt64
     private var pending: [UInt8] = Array("retry: 2000\n\n".utf8)
     private let ended = Atomic<Bool>(false)
+    /// The stream's place under its listener's cap, given back when it ends.
+    private let slot: EventStreamSlots.Slot?
+    /// Whether the client closed its connection (checked at every poll, so
+    /// a follower that leaves gives its place back at once, not at the next
+    /// keep-alive that fails).
+    private let clientLeft: @Sendable () -> Bool
     static let pollInterval: useconds_t = 200_000
     static let keepAliveEvery = 15 * 5  // polls
 
-    init(control: any ControlPlane, after: UInt64) {
+    init(control: any ControlPlane, after: UInt64, slot: EventStreamSlots.Slot?,
+         clientLeft: @escaping @Sendable () -> Bool = { false }) {
         self.control = control
         self.after = after
+        self.slot = slot
+        self.clientLeft = clientLeft
     }
 
     /// Ends the stream at the next poll (the server is stopping, or the client left).
-    func end() { ended.store(true, ordering: .relaxed) }
+    func end() {
+        ended.store(true, ordering: .relaxed)
+        slot?.release()
+    }
 
     var isEnded: Bool { ended.load(ordering: .relaxed) }
 
@@ -37,6 +49,10 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
         var polls = 0
         while pending.isEmpty {
             if ended.load(ordering: .relaxed) { return nil }
+            if clientLeft() {
+                end()
+                return nil
+            }
             let (events, _) = control.events(after: after)
             if !events.isEmpty {
                 let encoder = JSONEncoder()
@@ -58,5 +74,38 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
         let count = min(maximum, pending.count)
         defer { pending.removeFirst(count) }
         return Array(pending.prefix(count))
+    }
+}
+
+/// The cap on a listener's event streams: a follower over it is answered
+/// 503 instead of holding one more connection thread for as long as it
+/// likes.
+final class EventStreamSlots: Sendable {
+    let limit: Int
+    private let used = Mutex(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// A place for one more stream, or nil when all are taken.
+    func take() -> Slot? {
+        let taken = used.withLock { used in
+            guard used < limit else { return false }
+            used += 1
+            return true
+        }
+        return taken ? Slot(self) : nil
+    }
+
+    /// One stream's place; releasing it twice gives it back once.
+    final class Slot: Sendable {
+        private let slots: EventStreamSlots
+        private let released = Atomic<Bool>(false)
+
+        fileprivate init(_ slots: EventStreamSlots) { self.slots = slots }
+
+        func release() {
+            guard !released.exchange(true, ordering: .relaxed) else { return }
+            slots.used.withLock { $0 -= 1 }
+        }
     }
 }

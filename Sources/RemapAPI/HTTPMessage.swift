@@ -12,6 +12,16 @@ public struct HTTPRequest: Sendable {
     /// Query parameters in order, percent-decoded.
     public var query: [(name: String, value: String)] = []
     public var body: [UInt8]
+    /// What the server knows of the connection (nil outside a server).
+    var connection: HTTPConnectionContext?
+}
+
+/// The connection a request came on, as the routes need it.
+struct HTTPConnectionContext: Sendable {
+    /// The listener's cap on event streams.
+    let eventStreams: EventStreamSlots
+    /// Whether the client has closed the connection.
+    let clientLeft: @Sendable () -> Bool
 }
 
 /// A response ready to send.

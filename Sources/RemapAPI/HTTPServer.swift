@@ -5,34 +5,84 @@ import Synchronization
 
 /// The REST server: libmicrohttpd on one listening socket (unix or TCP),
 /// one thread per connection, every request handed to a `Router`.
+///
+/// Bounds (issue 11), so that clients without the token cannot lock out
+/// the ones with it: connections at once (`httpMaxConnections`) and per IP
+/// address on TCP (`httpMaxConnectionsPerIP`), one more closed at once by
+/// libmicrohttpd; a deadline to send a complete request
+/// (`httpRequestTimeoutSeconds`, see `RequestDeadlines`); and a cap on event
+/// streams (`httpMaxEventStreams`, 503 beyond it).
 public final class HTTPServer: Sendable {
     /// Bodies larger than this are refused with 413.
     public static let maximumBodySize = 1 << 20
+    /// Seconds a response may make no progress (the client reads nothing)
+    /// before its connection is closed. Longer than an event stream's
+    /// keep-alive interval (15 s): libmicrohttpd measures it across the
+    /// wait for the next event.
+    static let responseIdleSeconds: UInt32 = 60
 
     private let router: Router
     /// Event streams being served, so stopping can end them.
     private let streams = Mutex<[any ResponseStream]>([])
     /// When set, every request needs `Authorization: Bearer <token>` (TCP).
     private let token: String?
-    // The daemon handle is set once in start() and cleared in stop(), both
-    // from the daemon's main thread.
+    private let limits: Limits
+    let eventStreams: EventStreamSlots
+    let deadlines: RequestDeadlines
+    /// libmicrohttpd's messages, one line per kind a minute.
+    private let messages = LogThrottle()
+    // The daemon handle and the log target are set once in start() and
+    // cleared in stop(), both from the daemon's main thread.
     private nonisolated(unsafe) var daemon: OpaquePointer?
+    private nonisolated(unsafe) var logTarget: UnsafeMutablePointer<cmhd_log_target>?
 
-    public init(router: Router, token: String? = nil) {
+    public init(router: Router, token: String? = nil, limits: Limits = Limits()) {
         self.router = router
         self.token = token
+        self.limits = limits
+        self.eventStreams = EventStreamSlots(limit: limits.httpMaxEventStreams)
+        self.deadlines = RequestDeadlines(timeoutSeconds: limits.httpRequestTimeoutSeconds)
     }
 
-    /// Starts serving on `listenFD` (bound and listening already).
-    public func start(listenFD: Int32, connectionLimit: UInt32 = 256, timeoutSeconds: UInt32 = 60) throws(RemapError) {
+    /// Starts serving on `listenFD` (bound and listening already). A unix
+    /// socket has no client address: the per-IP limit applies to TCP only.
+    public func start(listenFD: Int32) throws(RemapError) {
         let context = Unmanaged.passUnretained(self).toOpaque()
-        guard let started = cmhd_start(listenFD, connectionLimit, timeoutSeconds, accessHandler, context, completedHandler, nil) else {
+        let target = UnsafeMutablePointer<cmhd_log_target>.allocate(capacity: 1)
+        target.initialize(to: cmhd_log_target(callback: logHandler, cls: context))
+        let bounds = cmhd_limits(
+            connection_limit: UInt32(limits.httpMaxConnections),
+            per_ip_connection_limit: Self.isUnixSocket(listenFD) ? 0 : UInt32(limits.httpMaxConnectionsPerIP),
+            connection_timeout_seconds: UInt32(limits.httpRequestTimeoutSeconds))
+        guard let started = cmhd_start(listenFD, bounds, accessHandler, context, completedHandler, context,
+                                       connectionHandler, context, target) else {
+            target.deallocate()
             throw .io(errno: errno, context: "starting the REST server")
         }
         daemon = started
+        logTarget = target
+        deadlines.start()
     }
 
-    /// Stops serving and closes the listening socket.
+    private static func isUnixSocket(_ fd: Int32) -> Bool {
+        var address = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, __SOCKADDR_ARG(__sockaddr__: $0), &length) }
+        }
+        return rc == 0 && address.ss_family == sa_family_t(AF_UNIX)
+    }
+
+    /// One of libmicrohttpd's messages (a refused connection, a client that
+    /// left mid-request): logged once a minute per kind, not per client.
+    fileprivate func libraryMessage(format: String, _ message: String) {
+        // libmicrohttpd says the same of both its caps.
+        let text = format.hasPrefix("Server reached connection limit")
+            ? "refused a connection: its address already has \(limits.httpMaxConnectionsPerIP) (--http-max-connections-per-ip) or the listener \(limits.httpMaxConnections) (--http-max-connections)"
+            : message
+        messages.log(format, "HTTP API: \(text)")
+    }
+
     /// The query parameters, percent-decoded ('+' is a space), in order.
     /// libmicrohttpd leaves them escaped (see the shim's unescape callback).
     static func query(_ connection: OpaquePointer) -> [(name: String, value: String)] {
@@ -53,11 +103,15 @@ public final class HTTPServer: Sendable {
         return collected.pairs
     }
 
+    /// Stops serving and closes the listening socket.
     public func stop() {
         // Streams end first: libmicrohttpd waits for their connections' threads.
         for stream in streams.withLock({ $0 }) { stream.end() }
         if let daemon { MHD_stop_daemon(daemon) }
         daemon = nil
+        deadlines.stop()
+        logTarget?.deallocate()
+        logTarget = nil
     }
 
     /// Per-request state while the body arrives.
@@ -95,7 +149,14 @@ public final class HTTPServer: Sendable {
                 MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), mustCopy)
             }
         }
-        guard let reply else { return MHD_Result.NO }
+        guard let reply else {
+            response.stream?.end()
+            return MHD_Result.NO
+        }
+        // The request is in: from here the connection may take as long as
+        // the response needs, as long as it makes progress.
+        deadlines.requestReceived(connection)
+        if response.stream != nil { cmhd_set_connection_timeout(connection, Self.responseIdleSeconds) }
         if let type = response.contentType { MHD_add_response_header(reply, "Content-Type", type) }
         for (name, value) in response.headers { MHD_add_response_header(reply, name, value) }
         let result = MHD_queue_response(connection, UInt32(response.status), reply)
@@ -120,7 +181,34 @@ public final class HTTPServer: Sendable {
         request.accept = cmhd_header(connection, "Accept").map { String(cString: $0) }
         request.lastEventID = cmhd_header(connection, "Last-Event-ID").map { String(cString: $0) }
         request.range = cmhd_header(connection, "Range").map { String(cString: $0) }
+        let fd = cmhd_connection_fd(connection)
+        request.connection = HTTPConnectionContext(eventStreams: eventStreams, clientLeft: { Self.peerClosed(fd) })
         return respond(connection, router.handle(request))
+    }
+
+    /// Whether the peer of `fd` has closed the connection (or reset it).
+    /// Only asked from the connection's own thread, while the socket is open.
+    private static func peerClosed(_ fd: Int32) -> Bool {
+        guard fd >= 0 else { return false }
+        var entry = pollfd(fd: fd, events: Int16(POLLRDHUP), revents: 0)
+        guard poll(&entry, 1, 0) == 1 else { return false }
+        return entry.revents & Int16(POLLRDHUP | POLLHUP | POLLERR) != 0
+    }
+
+    /// A connection opened or closed (libmicrohttpd's main thread).
+    fileprivate func connection(_ connection: OpaquePointer, opened: Bool) {
+        if opened {
+            deadlines.opened(connection, fd: cmhd_connection_fd(connection))
+        } else {
+            deadlines.closed(connection)
+        }
+    }
+
+    /// A response was sent (or the request aborted): the connection waits
+    /// for its next request with the request timeout.
+    fileprivate func requestCompleted(_ connection: OpaquePointer) {
+        deadlines.responseSent(connection)
+        cmhd_set_connection_timeout(connection, UInt32(limits.httpRequestTimeoutSeconds))
     }
 }
 
@@ -160,11 +248,29 @@ private let accessHandler: MHD_AccessHandlerCallback = { context, connection, ur
 }
 
 /// Releases the per-request state when libmicrohttpd is done with a request.
-private let completedHandler: MHD_RequestCompletedCallback = { _, _, state, _ in
+private let completedHandler: MHD_RequestCompletedCallback = { context, connection, state, _ in
+    if let context, let connection {
+        Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().requestCompleted(connection)
+    }
     guard let state, let existing = state.pointee else { return }
     Unmanaged<HTTPServer.Exchange>.fromOpaque(existing).release()
     state.pointee = nil
 }
+
+private let connectionHandler: MHD_NotifyConnectionCallback = { context, connection, _, event in
+    guard let context, let connection else { return }
+    let server = Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue()
+    server.connection(connection, opened: event == connectionStarted)
+}
+
+private let logHandler: cmhd_log_callback = { context, format, message in
+    guard let context, let format, let message else { return }
+    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue()
+        .libraryMessage(format: String(cString: format), String(cString: message))
+}
+
+/// MHD_CONNECTION_NOTIFY_STARTED, as `mustCopy` below.
+private let connectionStarted = MHD_ConnectionNotificationCode(rawValue: 0)!  // invariant: a case of the closed enum
 
 /// MHD_RESPMEM_MUST_COPY: the importer's name for the case varies between
 /// libmicrohttpd versions, its value (2) does not.

@@ -21,7 +21,12 @@ final class HTTPStatistics: Sendable {
 
     private let state = Mutex(Snapshot(requests: [:], latency: [:]))
 
+    /// The methods counted under their own name; any other (a client may
+    /// send any token) is counted as `other`, so clients cannot add series.
+    static let methods: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"]
+
     func record(route: String, method: String, status: Int, seconds: Double) {
+        let method = Self.methods.contains(method) ? method : "other"
         state.withLock {
             $0.requests[Key(route: route, method: method, status: status), default: 0] += 1
             $0.latency[route, default: Histogram()].observe(seconds)

@@ -1,8 +1,6 @@
-import Foundation
-
 /// A parsed JSON document, so request bodies can be checked field by field
 /// and every mistake named precisely.
-enum JSONValue: Decodable, Equatable {
+enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     case integer(Int64)
@@ -11,24 +9,14 @@ enum JSONValue: Decodable, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() { self = .null; return }
-        if let value = try? container.decode(Bool.self) { self = .bool(value); return }
-        if let value = try? container.decode(Int64.self) { self = .integer(value); return }
-        if let value = try? container.decode(Double.self) { self = .number(value); return }
-        if let value = try? container.decode(String.self) { self = .string(value); return }
-        if let value = try? container.decode([JSONValue].self) { self = .array(value); return }
-        self = .object(try container.decode([String: JSONValue].self))
-    }
-
-    /// Parses a request body that must be a JSON object.
+    /// Parses a request body that must be a JSON object (strictly: see
+    /// `JSONParser`).
     static func object(from body: [UInt8]) throws(Problem) -> [String: JSONValue] {
         let value: JSONValue
         do {
-            value = try JSONDecoder().decode(JSONValue.self, from: Data(body))
+            value = try JSONParser.parse(body)
         } catch {
-            throw .invalidArgument("request body is not valid JSON")
+            throw .invalidArgument("request body is not valid JSON: \(error.description)")
         }
         guard case .object(let object) = value else { throw .invalidArgument("request body must be a JSON object") }
         return object
@@ -74,6 +62,13 @@ struct JSONFields {
         }
     }
 
+    /// A file or device path: C calls would cut it at a NUL.
+    func path(_ key: String) throws(Problem) -> String {
+        let value = try string(key)
+        try Self.refuseNUL(value, "field '\(prefix)\(key)'")
+        return value
+    }
+
     func boolean(_ key: String) throws(Problem) -> Bool? {
         switch object[key] {
         case nil: return nil
@@ -114,10 +109,17 @@ struct JSONFields {
                 guard case .string(let text) = value else {
                     throw .invalidArgument("label '\(name)' must have a string value, got \(value.typeName)")
                 }
+                try Self.refuseNUL(name, "a label key")
+                try Self.refuseNUL(text, "label '\(name)'")
                 labels[name] = text
             }
             return labels
         case let other?: throw .invalidArgument("field '\(prefix)\(key)' must be an object of strings, got \(other.typeName)")
         }
+    }
+
+    private static func refuseNUL(_ text: String, _ what: String) throws(Problem) {
+        guard text.utf8.contains(0) else { return }
+        throw .invalidArgument("\(what) must not contain a NUL character (\\u0000)")
     }
 }

@@ -12,6 +12,8 @@ public struct Problem: Error, Encodable, Sendable {
     public var availableBytes: UInt64?
     /// For 405: the methods the resource accepts (sent as the Allow header).
     var allow: String?
+    /// For 503: when to try again (sent as the Retry-After header).
+    var retryAfterSeconds: Int?
 
     private enum CodingKeys: String, CodingKey {
         case type, title, status, detail, code, requestedBytes, availableBytes

@@ -12,7 +12,7 @@ enum RequestBodies {
             }
             return (try volumeSpec(fields), nil, true)
         }
-        let path = try JSONFields(source, allowed: ["file"], prefix: "source.").string("file")
+        let path = try JSONFields(source, allowed: ["file"], prefix: "source.").path("file")
         guard fields.object["reservation"] == nil else {
             throw .invalidArgument("an imported volume cannot be created with a reservation; reserve after the import")
         }
@@ -163,11 +163,11 @@ enum RequestBodies {
         switch kind {
         case "file":
             let fields = try JSONFields(object, allowed: ["kind", "path", "sizeBytes", "preallocate"], prefix: prefix)
-            return .file(path: try fields.string("path"), sizeBytes: try fields.positiveInteger("sizeBytes"),
+            return .file(path: try fields.path("path"), sizeBytes: try fields.positiveInteger("sizeBytes"),
                          preallocate: try fields.boolean("preallocate") ?? true)
         case "block":
             let fields = try JSONFields(object, allowed: ["kind", "path"], prefix: prefix)
-            return .block(path: try fields.string("path"))
+            return .block(path: try fields.path("path"))
         default:
             throw .invalidArgument("field '\(prefix)kind' must be 'file' or 'block', got '\(kind)'")
         }

@@ -172,7 +172,18 @@ public struct Router: Sendable {
                 since = max(since, min(UInt64(header) ?? UInt64.max, UInt64(Int64.max)))
             }
             if request.accept?.contains("text/event-stream") == true {
-                return HTTPResponse.eventStream(EventStream(control: control, after: since))
+                guard let connection = request.connection else {
+                    return HTTPResponse.eventStream(EventStream(control: control, after: since, slot: nil))
+                }
+                guard let slot = connection.eventStreams.take() else {
+                    var problem = Problem(
+                        status: 503, code: "too-many-streams", title: "Too many event streams",
+                        detail: "this listener already serves \(connection.eventStreams.limit) event streams (--http-max-event-streams); try again later, or poll GET /v1/events?since=N")
+                    problem.retryAfterSeconds = 5
+                    throw problem
+                }
+                return HTTPResponse.eventStream(EventStream(control: control, after: since, slot: slot,
+                                                            clientLeft: connection.clientLeft))
             }
             let (events, last) = control.events(after: since)
             return Self.json(200, EventList(events: events, lastSeq: last))
@@ -285,6 +296,7 @@ public struct Router: Sendable {
         var response = HTTPResponse(status: problem.status, contentType: "application/problem+json", body: body)
         if let allow = problem.allow { response.headers.append(("Allow", allow)) }
         if problem.status == 401 { response.headers.append(("WWW-Authenticate", "Bearer realm=\"remap\"")) }
+        if let seconds = problem.retryAfterSeconds { response.headers.append(("Retry-After", String(seconds))) }
         return response
     }
 }

@@ -20,6 +20,10 @@ public enum Labels {
                     throw .invalidArgument("label key '\(key)' may only contain letters, digits, '.', '_', '/' and '-'")
                 }
             }
+            // Stored as SQLite text and passed to C: a NUL would cut it.
+            guard !value.utf8.contains(0) else {
+                throw .invalidArgument("label '\(key)' must not contain a NUL character")
+            }
             // Counted in Unicode code points, as JSON Schema's maxLength does.
             guard value.unicodeScalars.count <= maximumValueLength else {
                 throw .invalidArgument("label '\(key)' has a value longer than \(maximumValueLength) characters")

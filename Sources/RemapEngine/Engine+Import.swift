@@ -94,7 +94,9 @@ extension Engine {
         guard real.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
             throw .invalidArgument("source file '\(path)' must lie under the supplier directory \(supplierDirectory)")
         }
-        let fd = Glibc.open(real, O_RDONLY | O_CLOEXEC)
+        // Non-blocking: opening a FIFO (or a device) for reading would wait
+        // for a writer, holding this API thread; it is refused just below.
+        let fd = Glibc.open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else {
             throw .invalidArgument("source file '\(path)' cannot be opened: \(String(cString: strerror(errno)))")
         }
@@ -103,6 +105,8 @@ extension Engine {
             close(fd)
             throw .invalidArgument("source file '\(path)' is not a regular file")
         }
+        // A regular file's reads never block; clear the flag all the same.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         return fd
     }
 

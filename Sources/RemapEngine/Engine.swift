@@ -975,12 +975,6 @@ func monotonicNanoseconds() -> Int64 {
     return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
 
-/// Writes one line to standard error (the journal under systemd).
-public func log(_ message: String) {
-    let line = Array("remapd: \(message)\n".utf8)
-    line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
-}
-
 /// An RFC 4122 version 4 UUID.
 func randomUUID() -> String {
     var generator = SystemRandomNumberGenerator()

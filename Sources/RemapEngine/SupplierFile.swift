@@ -84,17 +84,15 @@ public enum SupplierFile {
             }
             guard size > 0 else { throw .invalidArgument("sizeBytes must be greater than 0") }
             guard size <= UInt64(Int64.max) else { throw .invalidArgument("sizeBytes \(size) is too large") }
+            // The text check above can be escaped through a symlinked
+            // directory: every directory on the way must resolve inside the
+            // real root, checked before anything is created in it (or a
+            // file's existence is told).
+            let parent = String(path[..<path.lastIndex(of: "/")!])  // invariant: path is absolute
+            try makeDirectories(String(parent.dropFirst(root.count)), under: directory, for: path)
             var status = stat()
             if lstat(path, &status) == 0 {
                 throw .alreadyExists(kind: "file", name: path, detail: "supplier file '\(path)' exists already; remap only uses files it creates")
-            }
-            // The text check above can be escaped through a symlinked
-            // directory: the real parent must lie inside the real root.
-            try makeDirectories(String(path[..<path.lastIndex(of: "/")!]))  // invariant: path is absolute
-            guard let realRoot = realPath(directory), let realParent = realPath(String(path[..<path.lastIndex(of: "/")!])),
-                  realParent == realRoot || realParent.hasPrefix(realRoot.hasSuffix("/") ? realRoot : realRoot + "/")
-            else {
-                throw .invalidArgument("file supplier '\(path)' resolves outside the supplier directory \(directory)")
             }
             return try create(path: path, sizeBytes: size, preallocate: preallocate)
         case .block:
@@ -170,6 +168,31 @@ public enum SupplierFile {
             return bytes
         }
         return UInt64(status.st_size)
+    }
+
+    /// Creates the missing directories of `relative` (a path below
+    /// `root`), each only after the one it goes in proved to resolve inside
+    /// `root`: a symlink to elsewhere gets nothing created through it.
+    private static func makeDirectories(_ relative: String, under root: String, for path: String) throws(RemapError) {
+        guard let realRoot = realPath(root) else {
+            throw .io(errno: errno, context: "resolving the supplier directory \(root): \(String(cString: strerror(errno)))")
+        }
+        func inside(_ directory: String) -> Bool {
+            guard let real = realPath(directory) else { return false }
+            return real == realRoot || real.hasPrefix(realRoot.hasSuffix("/") ? realRoot : realRoot + "/")
+        }
+        var current = root.hasSuffix("/") ? String(root.dropLast()) : root
+        for component in relative.split(separator: "/") {
+            current += "/" + component
+            // A new directory is made in one already checked: it is inside.
+            if mkdir(current, 0o755) == 0 { continue }
+            guard errno == EEXIST else {
+                throw .io(errno: errno, context: "creating directory \(current): \(String(cString: strerror(errno)))")
+            }
+            guard inside(current) else {
+                throw .invalidArgument("file supplier '\(path)' resolves outside the supplier directory \(root)")
+            }
+        }
     }
 
     /// mkdir -p: creates `path` and its missing parents with `mode`.

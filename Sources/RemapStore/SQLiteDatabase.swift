@@ -1,4 +1,5 @@
 internal import CSQLite
+import Glibc
 import RemapCore
 
 /// One SQLite connection. Not thread-safe: its owner serialises access.
@@ -12,6 +13,7 @@ final class SQLiteDatabase {
     init(path: String, readOnly: Bool = false, immutable: Bool = false) throws(RemapError) {
         var flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         var name = path
+        if !readOnly { try Self.makePrivate(path) }
         if readOnly {
             flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX
             if immutable {
@@ -26,6 +28,23 @@ final class SQLiteDatabase {
             throw .io(errno: rc, context: "opening metadata database \(path): \(message)")
         }
         sqlite3_busy_timeout(handle, 5000)
+    }
+
+    /// The database and its WAL hold every volume's map: mode 0600 whatever
+    /// the umask. Creates the file (SQLite then gives -wal and -shm the
+    /// database's mode) or tightens one an older remapd left more open.
+    private static func makePrivate(_ path: String) throws(RemapError) {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw .io(errno: errno, context: "opening metadata database \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        guard fchmod(fd, 0o600) == 0 else {
+            throw .io(errno: errno, context: "making metadata database \(path) private: \(String(cString: strerror(errno)))")
+        }
+        for suffix in ["-wal", "-shm", "-journal"] where chmod(path + suffix, 0o600) != 0 && errno != ENOENT {
+            throw .io(errno: errno, context: "making \(path + suffix) private: \(String(cString: strerror(errno)))")
+        }
     }
 
     /// A path as the path part of an SQLite URI: `%`, `?` and `#` escaped.
@@ -58,7 +77,8 @@ final class SQLiteDatabase {
             let position = Int32(index + 1)
             switch value {
             case .integer(let number): sqlite3_bind_int64(statement, position, number)
-            case .text(let text): sqlite3_bind_text(statement, position, text, -1, sqliteTransient)
+            // With its length, so text is stored whole even if it held a NUL.
+            case .text(let text): sqlite3_bind_text(statement, position, text, Int32(text.utf8.count), sqliteTransient)
             case .null: sqlite3_bind_null(statement, position)
             }
         }
@@ -86,8 +106,11 @@ final class SQLiteDatabase {
     struct Row {
         let statement: OpaquePointer
         func integer(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+        /// The whole text, by its length (as it was bound).
         func text(_ column: Int32) -> String {
-            sqlite3_column_text(statement, column).map { String(cString: $0) } ?? ""
+            guard let characters = sqlite3_column_text(statement, column) else { return "" }
+            let count = Int(sqlite3_column_bytes(statement, column))
+            return String(decoding: UnsafeBufferPointer(start: characters, count: count), as: UTF8.self)
         }
         func optionalText(_ column: Int32) -> String? {
             sqlite3_column_type(statement, column) == SQLITE_NULL ? nil : text(column)

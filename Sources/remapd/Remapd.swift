@@ -199,7 +199,8 @@ struct Remapd: ParsableCommand {
             // Pinged from the engine thread: if the data path hangs, so do the pings.
             engine.setHeartbeat(every: interval / 3) { Systemd.notify("WATCHDOG=1") }
         }
-        engine.limits = try! limits()  // invariant: checked in validate()
+        let limits = try! limits()  // invariant: checked in validate()
+        engine.limits = limits
         // Room for metadata commits on the state directory's filesystem.
         engine.metadataReserve = try MetadataReserve(path: stateDirectory + "/metadata.reserve")
         engine.start()
@@ -211,7 +212,7 @@ struct Remapd: ParsableCommand {
         // The unix socket's permissions are its access control; TCP needs the
         // token, also when systemd passed a TCP socket as "api".
         for (fd, needsToken) in [(apiUnix, !SocketListener.isUnix(apiUnix))] + (apiTCP.map { [($0, true)] } ?? []) {
-            let server = HTTPServer(router: router, token: needsToken ? token : nil)
+            let server = HTTPServer(router: router, token: needsToken ? token : nil, limits: limits)
             try server.start(listenFD: fd)
             servers.append(server)
         }

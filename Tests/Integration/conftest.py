@@ -125,6 +125,14 @@ def _text(b):
     return b or ""
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(predicate, timeout=5.0, interval=0.05):
     """Poll predicate() until it returns a truthy value or timeout; return last value."""
     deadline = time.monotonic() + timeout
@@ -133,14 +141,6 @@ def wait_until(predicate, timeout=5.0, interval=0.05):
         time.sleep(interval)
         value = predicate()
     return value
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fuse_loop_unavailable():

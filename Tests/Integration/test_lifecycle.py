@@ -7,15 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import GiB, MiB, REMAPD, CurlError, check_space, clean_env, curl_api, run, wait_until
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from conftest import GiB, MiB, REMAPD, CurlError, check_space, clean_env, curl_api, free_port, run, wait_until
 
 
 def test_ready_means_both_sockets_exist(remapd):

@@ -20,14 +20,13 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, clean_env
+from conftest import REPO_ROOT, clean_env, free_port
 
 SPEC = REPO_ROOT / "openapi" / "remap.yaml"
 DOC = REPO_ROOT / "docs" / "api-v1.md"
@@ -155,12 +154,6 @@ def test_spec_operations_are_complete():
 
 
 # ------------------------------------------------------------------ the server
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # Loaded by schemathesis (SCHEMATHESIS_HOOKS) in its own process.
 HOOKS = textwrap.dedent(r'''

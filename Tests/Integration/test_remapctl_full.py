@@ -11,11 +11,10 @@ import os
 import re
 import shlex
 import shutil
-import socket
 
 import pytest
 
-from conftest import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, check_space, run
+from conftest import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, check_space, free_port, run
 
 ERROR_LINE = re.compile(r"^remapctl: (?P<detail>.+) \((?P<code>[a-z][a-z-]*), HTTP (?P<status>\d{3})\)$")
 
@@ -103,14 +102,6 @@ def rest_pages(d, query=""):
             return volumes
         assert token not in seen, f"page token {token!r} repeats"
         seen.add(token)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ------------------------------------------------------------------ server info
