@@ -62,11 +62,36 @@ class RoundFailure(Exception):
 
 
 class Op:
-    __slots__ = ("kind", "vol", "off", "length", "rec", "buf", "issued", "want")
+    __slots__ = ("kind", "vol", "off", "length", "rec", "buf", "issued", "want", "slot")
 
     def __init__(self, kind, vol, off, length, issued):
         self.kind, self.vol, self.off, self.length, self.issued = kind, vol, off, length, issued
-        self.rec = self.buf = self.want = None
+        self.rec = self.buf = self.want = self.slot = None
+
+
+SLOT = MiB  # the largest read or write the soak makes
+
+
+class Slots:
+    """I/O buffers reused from round to round. Debian's libnbd 1.14 Python
+    binding never lets go of a buffer given to aio_pread/aio_pwrite: a new
+    one per request grew the soak by ~100 MiB a round (OOM-killed at round
+    480 of 1,000). What it keeps now is a small view into a reused slot."""
+
+    def __init__(self):
+        self.free = []
+
+    def buffer(self, op, data=None):
+        op.slot = self.free.pop() if self.free else bytearray(SLOT)
+        view = memoryview(op.slot)[:op.length]
+        if data is not None:
+            view[:] = data
+        return nbd.Buffer.from_buffer(view)
+
+    def release(self, op):
+        if op.slot is not None:
+            self.free.append(op.slot)
+            op.slot = None
 
 
 class Soak:
@@ -78,6 +103,7 @@ class Soak:
         self.api = Api(d.api_sock)
         self.lock = threading.Lock()
         self.images = {}                   # name -> Image (volumes, snapshots, clones)
+        self.slots = Slots()
         self.created = {}                  # snapshot name -> event when its 2xx arrived
         self.event = 0
         self.counter = 0
@@ -179,14 +205,14 @@ class Soak:
             op = Op(kind, vol, off, length, self.tick())
             if kind == "read":
                 op.want = bytes(vol.cur[off:off + length])
-                op.buf = nbd.Buffer(length)
+                op.buf = self.slots.buffer(op)
                 cookie = h.aio_pread(op.buf, off)
             else:
                 fua = rng.random() < 0.08
                 flags = nbd.CMD_FLAG_FUA if fua else 0
                 if kind == "write":
                     data = rng.randbytes(length)
-                    op.buf = nbd.Buffer.from_bytearray(bytearray(data))
+                    op.buf = self.slots.buffer(op, data)
                     cookie = h.aio_pwrite(op.buf, off, flags=flags)
                     op.rec = vol.record(off, data, length)
                 else:
@@ -228,6 +254,7 @@ class Soak:
             except nbd.Error as e:
                 del c["inflight"][cookie]
                 self.release(busy[op.vol.name], op)
+                self.slots.release(op)
                 if not killed:
                     problems.append(f"{op.kind} of {op.vol.name} {op.off}+{op.length} failed before the kill: "
                                     f"{errname(e.errnum)} {e}")
@@ -240,7 +267,7 @@ class Soak:
                 if op.kind == "flush":
                     self.flushed(op.vol, op.issued)
                 elif op.kind == "read":
-                    got = bytes(op.buf.to_bytearray())
+                    got = bytes(op.buf.to_buffer())
                     if got != op.want:
                         bad = next(i for i in range(0, op.length, SECTOR)
                                    if got[i:i + SECTOR] != op.want[i:i + SECTOR])
@@ -251,6 +278,7 @@ class Soak:
                     if op.kind.endswith("-fua"):
                         op.rec.durable = True
                     stats["acked"] += 1
+            self.slots.release(op)
 
     @staticmethod
     def release(busy, op):
