@@ -104,6 +104,10 @@ class Soak:
         self.lock = threading.Lock()
         self.images = {}                   # name -> Image (volumes, snapshots, clones)
         self.slots = Slots()
+        # Volumes with a snapshot asked for and not answered: their records
+        # are not folded, so a snapshot whose answer a kill cut can be
+        # checked against every value the volume held since it was asked.
+        self.snapshot_pending = collections.Counter()
         self.created = {}                  # snapshot name -> event when its 2xx arrived
         self.event = 0
         self.counter = 0
@@ -292,7 +296,8 @@ class Soak:
         for r in vol.recs:
             if r.acked is not None and r.acked < issued:
                 r.durable = True
-        vol.fold()
+        if not self.snapshot_pending[vol.name]:
+            vol.fold()
         for s in self.images.values():
             if s.origin is vol and s.frozen and self.created.get(s.name, issued) < issued:
                 s.base, s.recs = None, []
@@ -380,6 +385,7 @@ class Soak:
                         capture(img, img.origin, img.sent)
                     self.images[name] = img
         control.unsure.clear()
+        self.snapshot_pending.clear()
         # Anything the soak no longer follows (a call that failed after it let
         # go of the image, in a failed round) is deleted, so images never pile
         # up and fill the pool over a long soak.
@@ -444,11 +450,13 @@ class Control(threading.Thread):
             with s.lock:
                 sent = s.tick()
                 capture(snap, vol, sent)
+                s.snapshot_pending[vol.name] += 1
             self.call("POST", f"/v1/volumes/{vol.name}/snapshots", {"name": name.split("@")[1]}, ok=(201,))
             with s.lock:
                 capture(snap, vol, sent)
                 s.created[name] = s.tick()
                 s.images[name] = snap
+                s.snapshot_pending[vol.name] -= 1
             del self.unsure[name]
             h = nbd.NBD()
             h.connect_uri(export_uri(s.d, name))
