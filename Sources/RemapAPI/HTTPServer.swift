@@ -45,14 +45,14 @@ public final class HTTPServer: Sendable {
     }
 
     /// Starts serving on `listenFD` (bound and listening already). A unix
-    /// socket has no client address: the per-IP limit applies to TCP only.
-    public func start(listenFD: Int32) throws(RemapError) {
+    /// socket has no client address: the per-IP limit applies to `tcp` only.
+    public func start(listenFD: Int32, tcp: Bool) throws(RemapError) {
         let context = Unmanaged.passUnretained(self).toOpaque()
         let target = UnsafeMutablePointer<cmhd_log_target>.allocate(capacity: 1)
         target.initialize(to: cmhd_log_target(callback: logHandler, cls: context))
         let bounds = cmhd_limits(
             connection_limit: UInt32(limits.httpMaxConnections),
-            per_ip_connection_limit: Self.isUnixSocket(listenFD) ? 0 : UInt32(limits.httpMaxConnectionsPerIP),
+            per_ip_connection_limit: !tcp ? 0 : UInt32(limits.httpMaxConnectionsPerIP),
             connection_timeout_seconds: UInt32(limits.httpRequestTimeoutSeconds))
         guard let started = cmhd_start(listenFD, bounds, accessHandler, context, completedHandler, context,
                                        connectionHandler, context, target) else {
@@ -62,15 +62,6 @@ public final class HTTPServer: Sendable {
         daemon = started
         logTarget = target
         deadlines.start()
-    }
-
-    private static func isUnixSocket(_ fd: Int32) -> Bool {
-        var address = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, __SOCKADDR_ARG(__sockaddr__: $0), &length) }
-        }
-        return rc == 0 && address.ss_family == sa_family_t(AF_UNIX)
     }
 
     /// One of libmicrohttpd's messages (a refused connection, a client that

@@ -211,9 +211,9 @@ struct Remapd: ParsableCommand {
         var servers: [HTTPServer] = []
         // The unix socket's permissions are its access control; TCP needs the
         // token, also when systemd passed a TCP socket as "api".
-        for (fd, needsToken) in [(apiUnix, !SocketListener.isUnix(apiUnix))] + (apiTCP.map { [($0, true)] } ?? []) {
-            let server = HTTPServer(router: router, token: needsToken ? token : nil, limits: limits)
-            try server.start(listenFD: fd)
+        for (fd, tcp) in [(apiUnix, !SocketListener.isUnix(apiUnix))] + (apiTCP.map { [($0, true)] } ?? []) {
+            let server = HTTPServer(router: router, token: tcp ? token : nil, limits: limits)
+            try server.start(listenFD: fd, tcp: tcp)
             servers.append(server)
         }
 
