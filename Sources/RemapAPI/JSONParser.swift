@@ -86,17 +86,7 @@ struct JSONParser {
             position += 1
             skipWhitespace()
             members[key] = try value(depth: depth + 1)
-            skipWhitespace()
-            switch current {
-            case UInt8(ascii: ","):
-                position += 1
-                skipWhitespace()
-            case UInt8(ascii: "}"):
-                position += 1
-                return .object(members)
-            default:
-                throw failure("expected ',' or '}' in an object")
-            }
+            if try closes(with: "}", in: "an object") { return .object(members) }
         }
     }
 
@@ -111,17 +101,24 @@ struct JSONParser {
         while true {
             if current == UInt8(ascii: "]") { throw failure("trailing comma in an array") }
             items.append(try value(depth: depth + 1))
+            if try closes(with: "]", in: "an array") { return .array(items) }
+        }
+    }
+
+    /// After an item of an object or array: true at its closing bracket
+    /// (taken), false after a comma (taken, with the space after it).
+    private mutating func closes(with bracket: Unicode.Scalar, in container: String) throws(Failure) -> Bool {
+        skipWhitespace()
+        switch current {
+        case UInt8(ascii: ","):
+            position += 1
             skipWhitespace()
-            switch current {
-            case UInt8(ascii: ","):
-                position += 1
-                skipWhitespace()
-            case UInt8(ascii: "]"):
-                position += 1
-                return .array(items)
-            default:
-                throw failure("expected ',' or ']' in an array")
-            }
+            return false
+        case UInt8(ascii: bracket):
+            position += 1
+            return true
+        default:
+            throw failure("expected ',' or '\(bracket)' in \(container)")
         }
     }
 
