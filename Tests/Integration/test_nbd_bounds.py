@@ -3,6 +3,7 @@ bytes queued, options, an incomplete payload's time, connections, file
 descriptors) while every other client, and the REST API, keeps being
 served."""
 
+import errno
 import os
 import socket
 import struct
@@ -334,3 +335,26 @@ def test_zeroing_a_snapshotted_range_copies_in_bounded_memory(make_remapd):
     s = d.nbd("v@s")
     assert s.pread(4096, 0) == b"\x01" * 4096
     print(f"RSS grew by at most {peak // MiB} MiB")
+
+
+def test_zeroing_a_snapshotted_range_that_runs_out_of_space_answers_once(make_remapd):
+    """The windowed copies of a WRITE_ZEROES with NO_HOLE that find no space
+    part way: the request gets ENOSPC once, the connection goes on, the
+    snapshot keeps its bytes and the pool's figures add up."""
+    import nbd
+    from conftest import check_space
+    d = make_remapd(pool_size="12M")
+    d.create_volume("v", 8 * MiB)
+    h = d.nbd("v")
+    data = os.urandom(8 * MiB)
+    h.pwrite(data, 0)
+    h.flush()
+    status, _, body = d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})
+    assert status == 201, body
+    with pytest.raises(nbd.Error) as failure:
+        h.zero(8 * MiB, 0, nbd.CMD_FLAG_NO_HOLE)  # 8 MiB of copies, 4 MiB free
+    assert failure.value.errnum == errno.ENOSPC
+    assert h.pread(4096, 8 * MiB - 4096) in (data[-4096:], bytes(4096))
+    h.flush()
+    assert d.nbd("v@s").pread(8 * MiB, 0) == data
+    check_space(d.pool())
