@@ -243,6 +243,55 @@ public struct ChunkMap: Sendable {
         }
     }
 
+    /// Every (virtual, physical) pair that one or more of `maps` maps, once,
+    /// as runs of consecutive virtual chunks on consecutive physical ones,
+    /// in no particular order. Pages several maps share (a family's maps
+    /// share every page nobody wrote since a snapshot) are read once.
+    public static func forEachDistinctRun(in maps: [ChunkMap], _ body: (_ virtual: UInt64, _ physical: UInt64, _ length: UInt64) -> Void) {
+        if maps.count == 1 { return maps[0].forEachRun(body) }
+        let pageCount = maps.map(\.directory.count).max() ?? 0
+        for pageNumber in 0..<pageCount {
+            var storages = Set<UnsafeRawPointer>()
+            var distinct: [[UInt64]] = []
+            for map in maps {
+                let extents = map.page(pageNumber)
+                guard !extents.isEmpty, let storage = extents.withUnsafeBufferPointer({ $0.baseAddress.map(UnsafeRawPointer.init) }),
+                      storages.insert(storage).inserted
+                else { continue }
+                distinct.append(extents)
+            }
+            guard !distinct.isEmpty else { continue }
+            let base = UInt64(pageNumber) << pageShift
+            if distinct.count == 1 {
+                for packed in distinct[0] {
+                    let extent = Extent(packed)
+                    body(base + extent.start, extent.physical, extent.length)
+                }
+                continue
+            }
+            // Pairs are equal when their runs lie on one line (physical - virtual)
+            // and overlap: sort by line, then start, and merge.
+            var runs: [(line: UInt64, start: UInt64, end: UInt64)] = []
+            for extents in distinct {
+                for packed in extents {
+                    let extent = Extent(packed)
+                    runs.append((extent.physical &- extent.start, extent.start, extent.end))
+                }
+            }
+            runs.sort { ($0.line, $0.start) < ($1.line, $1.start) }
+            var current = runs[0]
+            for run in runs.dropFirst() {
+                if run.line == current.line && run.start <= current.end {
+                    current.end = max(current.end, run.end)
+                    continue
+                }
+                body(base + current.start, current.line &+ current.start, current.end - current.start)
+                current = run
+            }
+            body(base + current.start, current.line &+ current.start, current.end - current.start)
+        }
+    }
+
     /// The extents of page `number`, empty for a page with no mapping.
     private func page(_ number: Int) -> [UInt64] {
         guard number < directory.count, directory[number] != Self.noPage else { return [] }

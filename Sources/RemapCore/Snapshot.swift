@@ -199,37 +199,6 @@ public struct SnapshotChanges: Codable, Sendable, Equatable {
     }
 }
 
-/// What `GET /v1/pools/{name}/check` answers.
-public struct PoolCheck: Codable, Sendable, Equatable {
-    public init(pool: String, ok: Bool, usedChunks: UInt64, referencedChunks: UInt64, leakedChunks: [UInt64], leakedCount: UInt64,
-                unbackedChunks: [UInt64], unbackedCount: UInt64, conflicts: [UInt64], conflictCount: UInt64) {
-        self.pool = pool
-        self.ok = ok
-        self.usedChunks = usedChunks
-        self.referencedChunks = referencedChunks
-        self.leakedChunks = leakedChunks
-        self.leakedCount = leakedCount
-        self.unbackedChunks = unbackedChunks
-        self.unbackedCount = unbackedCount
-        self.conflicts = conflicts
-        self.conflictCount = conflictCount
-    }
-
-    public var pool: String
-    public var ok: Bool
-    /// Chunks holding data (used on the allocator, not counting the prepared stash).
-    public var usedChunks: UInt64
-    /// Distinct chunks some image maps.
-    public var referencedChunks: UInt64
-    public var leakedChunks: [UInt64]
-    public var leakedCount: UInt64
-    public var unbackedChunks: [UInt64]
-    public var unbackedCount: UInt64
-    public var conflicts: [UInt64]
-    public var conflictCount: UInt64
-}
-
-
 /// A long-running operation (an import), as the control plane shows it.
 public struct OperationInfo: Codable, Sendable, Equatable {
     public enum State: String, Codable, Sendable { case running, succeeded, failed, cancelled }

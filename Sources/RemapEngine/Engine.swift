@@ -133,6 +133,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Pools being created (their suppliers are being made off this thread).
     private var poolsInCreation: Set<String> = []
     private var statistics = DataPathStatistics()
+    /// The command the engine thread is running (see `timed`); nil while it serves I/O.
+    private(set) var runningCommand: String?
     private var stopping = false
     private var heartbeat: (interval: Int64, ping: @Sendable () -> Void, last: Int64)?
     private var finalCommitSubmitted = false
@@ -278,7 +280,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func bootstrapPool(name: String, path: String, sizeBytes: UInt64, chunkSize: UInt64 = Pool.defaultChunkSize) throws(RemapError) {
         guard pools.isEmpty else { return }
         let (supplier, fd) = try SupplierFile.create(path: path, sizeBytes: sizeBytes, preallocate: true)
-        let pool = try Pool(name: name, chunkSize: chunkSize, suppliers: [supplier])
+        let pool: Pool
+        do throws(RemapError) {
+            pool = try Pool(name: name, chunkSize: chunkSize, suppliers: [supplier], maximumChunks: limits.maxChunksPerPool)
+        } catch {
+            SupplierFile.discard([(supplier, fd)])
+            throw error
+        }
         try store.apply([.createPool(name: name, chunkSize: chunkSize), .addSupplier(pool: name, ordinal: 0, supplier: supplier)]
             + pool.segments.map { .addSegment(pool: name, segment: storedSegment($0, of: pool)) })
         pools[name] = pool
@@ -300,6 +308,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         armWake()
         post { [self] in
             for pool in pools.values {
+                if pool.allocator.capacity > limits.maxChunksPerPool {
+                    // Served as it is (its data is there); it just cannot grow.
+                    log("pool '\(pool.name)' has \(pool.allocator.capacity) chunks, more than --max-chunks-per-pool (\(limits.maxChunksPerPool)): it is served, but suppliers can be neither added nor grown")
+                }
                 prepareChunks(pool)
                 // Thresholds already crossed before this start are not news.
                 crossedThresholds[pool.name] = Set(pool.lowSpaceThresholds.filter { pool.committedPercent >= Double($0) })
@@ -309,7 +321,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             ring.activate()
             while !finished {
                 ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
-                tick()
+                timed("tick") { tick() }
             }
             stopped.signal()
         }
@@ -336,17 +348,30 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         committer.stop()
     }
 
-    /// Runs `work` on the engine thread.
-    func post(_ work: @escaping @Sendable () -> Void) {
-        inbox.deliver(work)
+    /// Runs `work` on the engine thread; `command` names it in the engine's
+    /// timings (`remap_engine_command_seconds`), the caller's name by default.
+    func post(_ command: String = #function, _ work: @escaping @Sendable () -> Void) {
+        inbox.deliver(work, command: command)
     }
 
     private func armWake() {
         ring.readEvent(fd: inbox.eventFD, into: wakeBuffer.pointer) { [self] _ in
-            let work = inbox.take()
-            for item in work { item() }
+            for item in inbox.take() { timed(item.command, item.work) }
             if !finished { armWake() }
         }
+    }
+
+    /// Runs `work` and records how long it held the engine thread (no NBD
+    /// request is served meanwhile) under `command`, which is also the name
+    /// the commits it submits report their completions under.
+    func timed(_ command: String, _ work: () -> Void) {
+        let outer = runningCommand
+        runningCommand = command
+        let started = monotonicNanoseconds()
+        work()
+        statistics.engineCommands[command, default: EngineCommandStatistics()]
+            .observe(Double(monotonicNanoseconds() - started) / 1e9)
+        runningCommand = outer
     }
 
     /// Clients that have not finished the handshake by then are dropped,
@@ -482,10 +507,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Runs `work` on the engine thread and waits for the answer it gives,
     /// possibly later (after a commit).
-    func call<T: Sendable>(_ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
+    /// `command` names it in the engine's timings: the caller's name by default.
+    func call<T: Sendable>(_ command: String = #function,
+                           _ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
         let answer = Mutex<Result<T, RemapError>?>(nil)
         let done = DispatchSemaphore(value: 0)
-        post {
+        post(command) {
             work { result in
                 answer.withLock { $0 = result }
                 done.signal()
@@ -550,6 +577,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             var copy = statistics
             copy.connections = connections.count
             copy.metadataCommitFailures = commitFailures
+            // `createPool(_:)` → `createPool`: a few fixed names, so few series.
+            copy.engineCommands = [:]
+            for (command, entry) in statistics.engineCommands {
+                let name = String(command.prefix { $0 != "(" })
+                copy.engineCommands[name, default: EngineCommandStatistics()].merge(entry)
+            }
             reply(.success(copy))
         }) ?? DataPathStatistics()
     }
@@ -812,6 +845,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         guard Set(spec.suppliers.map(\.path)).count == spec.suppliers.count else {
             throw .invalidArgument("the same supplier path appears twice")
         }
+        // Refused before any file is made (a block device's size is known once it is open).
+        try Pool.checkChunkCount(spec.suppliers.reduce(UInt64(0)) { $0 + ($1.sizeBytes ?? 0) / spec.chunkSize }, of: spec.name,
+                                 chunkSize: spec.chunkSize, maximum: limits.maxChunksPerPool)
         let existing: PoolInfo? = try call { [self] reply in
             if let pool = pools[spec.name] {
                 let same = pool.chunkSize == spec.chunkSize && pool.suppliers.count == spec.suppliers.count
@@ -830,7 +866,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         let pool: Pool
         do throws(RemapError) {
             for supplier in spec.suppliers { made.append(try SupplierFile.make(supplier, under: supplierDirectory)) }
-            pool = try Pool(name: spec.name, chunkSize: spec.chunkSize, suppliers: made.map(\.supplier))
+            pool = try Pool(name: spec.name, chunkSize: spec.chunkSize, suppliers: made.map(\.supplier),
+                            maximumChunks: limits.maxChunksPerPool)
         } catch {
             SupplierFile.discard(made)
             post { [self] in poolsInCreation.remove(spec.name) }
@@ -893,7 +930,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Adds a supplier to a live pool; its space is usable at once.
     public func addSupplier(toPool name: String, _ spec: SupplierSpec) throws(RemapError) -> PoolInfo {
-        _ = try poolInfo(named: name)
+        let before = try poolInfo(named: name)
+        // Refused before the file is made; checked again below with the real size.
+        try Pool.checkChunkCount(before.capacityBytes / before.chunkSizeBytes + (spec.sizeBytes ?? 0) / before.chunkSizeBytes,
+                                 of: name, chunkSize: before.chunkSizeBytes, maximum: limits.maxChunksPerPool)
         let made = try SupplierFile.make(spec, under: supplierDirectory)
         do throws(RemapError) {
             return try call { [self] reply in
@@ -902,6 +942,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     return reply(.failure(.invalidArgument("supplier '\(made.supplier.path)' is smaller than one chunk (\(pool.chunkSize) bytes)")))
                 }
                 if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
+                do throws(RemapError) {
+                    try pool.checkRoom(for: made.supplier.sizeBytes / pool.chunkSize, maximum: limits.maxChunksPerPool)
+                } catch {
+                    return reply(.failure(error))
+                }
                 let segment = StoredSegment(firstChunk: pool.allocator.capacity, supplierID: made.supplier.id,
                                             supplierOffset: 0, chunks: made.supplier.sizeBytes / pool.chunkSize)
                 let changes: [MetadataChange] = [
@@ -930,18 +975,20 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 /// watches to wake for it.
 final class Inbox: Sendable {
     let eventFD: Int32
-    private let queue = Mutex<[@Sendable () -> Void]>([])
+    /// A piece of work and the name the engine's timings give it.
+    typealias Item = (command: String, work: @Sendable () -> Void)
+    private let queue = Mutex<[Item]>([])
 
     init(eventFD: Int32) { self.eventFD = eventFD }
 
-    func deliver(_ work: @escaping @Sendable () -> Void) {
-        queue.withLock { $0.append(work) }
+    func deliver(_ work: @escaping @Sendable () -> Void, command: String = "supplier-io") {
+        queue.withLock { $0.append((command, work)) }
         var one: UInt64 = 1
         _ = write(eventFD, &one, 8)
     }
 
     /// Everything delivered so far, oldest first.
-    func take() -> [@Sendable () -> Void] {
+    func take() -> [Item] {
         queue.withLock { queue in
             let taken = queue
             queue.removeAll()
