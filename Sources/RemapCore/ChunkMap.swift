@@ -189,7 +189,7 @@ public struct ChunkMap: Sendable {
         generation = Self.nextGeneration()
         if newCount < virtualChunks {
             var cut: [UInt64] = []
-            forEachMapping { virtual, _ in if virtual >= newCount { cut.append(virtual) } }
+            forEachMapping(in: newCount..<virtualChunks) { virtual, _ in cut.append(virtual) }
             for chunk in cut { unmap(chunk) }
         }
         let pageCount = Int((newCount + Self.pageSize - 1) >> Self.pageShift)
@@ -229,6 +229,43 @@ public struct ChunkMap: Sendable {
                 for step in 0..<extent.length { body(base + extent.start + step, extent.physical + step) }
             }
         }
+    }
+
+    /// The mappings of the virtual chunks in `range`, in virtual order:
+    /// only the pages it covers are visited.
+    public func forEachMapping(in range: Range<UInt64>, _ body: (_ virtual: UInt64, _ physical: UInt64) -> Void) {
+        forEachRun(in: range) { virtual, physical, length in
+            for step in 0..<length { body(virtual + step, physical + step) }
+        }
+    }
+
+    /// The runs (extents) of `range`, cut at its ends, in virtual order.
+    public func forEachRun(in range: Range<UInt64>, _ body: (_ virtual: UInt64, _ physical: UInt64, _ length: UInt64) -> Void) {
+        let end = min(range.upperBound, virtualChunks)
+        guard range.lowerBound < end else { return }
+        for pageNumber in Int(range.lowerBound >> Self.pageShift)...Int((end - 1) >> Self.pageShift)
+        where directory[pageNumber] != Self.noPage {
+            let base = UInt64(pageNumber) << Self.pageShift
+            for packed in pages[Int(directory[pageNumber])] {
+                let extent = Extent(packed)
+                let start = max(base + extent.start, range.lowerBound)
+                let stop = min(base + extent.end, end)
+                if stop > start { body(start, extent.physical + (start - base - extent.start), stop - start) }
+            }
+        }
+    }
+
+    /// The virtual chunks of `range` that are holes, in order, found from
+    /// the extents (a mapped range costs its extents, not a lookup a chunk).
+    public func holes(in range: Range<UInt64>) -> [UInt64] {
+        var holes: [UInt64] = []
+        var next = range.lowerBound
+        forEachRun(in: range) { virtual, _, length in
+            holes += next..<virtual
+            next = virtual + length
+        }
+        holes += next..<range.upperBound
+        return holes
     }
 
     /// Every run of consecutive virtual chunks mapped to consecutive
@@ -304,6 +341,10 @@ public struct ChunkMap: Sendable {
     public func forEachMapping(skippingPagesSharedWith others: [ChunkMap], _ body: (_ virtual: UInt64, _ physical: UInt64) -> Void) {
         for (pageNumber, slot) in directory.enumerated() where slot != Self.noPage {
             let extents = pages[Int(slot)]
+            // Shared storage first (a pointer each): with a thousand snapshots,
+            // comparing contents in member order would compare hundreds of pages.
+            let storage = extents.withUnsafeBufferPointer { $0.baseAddress }
+            if others.contains(where: { $0.page(pageNumber).withUnsafeBufferPointer { $0.baseAddress } == storage }) { continue }
             if others.contains(where: { $0.page(pageNumber) == extents }) { continue }
             let base = UInt64(pageNumber) << Self.pageShift
             for packed in extents {

@@ -71,11 +71,12 @@ extension PoolCheck {
             ChunkMap.forEachDistinctRun(in: maps) { _, physical, length in
                 let end = physical + length
                 if end > capacity { unbacked.add(max(physical, capacity)..<end) }
+                let stop = min(end, capacity)
                 var chunk = physical
-                while chunk < min(end, capacity) {
+                while chunk < stop {
                     let index = Int(chunk / 64)
                     let base = UInt64(index) * 64
-                    let bits = ChunkAllocator.bits((chunk - base)..<min(end - base, 64))
+                    let bits = ChunkAllocator.bits((chunk - base)..<min(stop - base, 64))
                     let before = claimed[index]
                     conflicts.add(bits: before & bits, word: index)
                     unbacked.add(bits: bits & ~before & ~allocator.usedBits(word: index), word: index)

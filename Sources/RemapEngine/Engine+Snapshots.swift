@@ -212,6 +212,30 @@ extension Engine {
         durableActions.append { [self] in endRelease(family, pool, virtual: virtual, physical: physical) }
     }
 
+    /// The mappings of `range` that `volume` must let go of through
+    /// `releaseShared` when it drops them (a revert, a cut): those another
+    /// volume or clone of the family maps at the same place (it could
+    /// otherwise write into them in place, and a crash before the drop is
+    /// durable would give them back to `volume` changed), and those another
+    /// pending change lets go of already (their release must wait for this
+    /// one too). Chunks only snapshots share need nothing: snapshots never
+    /// change, and a snapshot's deletion, which frees them, commits after
+    /// the drop. So without another writable image this visits nothing but
+    /// the pending releases, however large the family.
+    func sharedInPlace(_ volume: Volume, in range: Range<UInt64>) -> [(virtual: UInt64, physical: UInt64)] {
+        let family = volume.family
+        let writers = family.members.filter { $0 !== volume && !$0.isSnapshot && !isLeaving($0) }
+        guard !writers.isEmpty || !family.pendingReleases.isEmpty else { return [] }
+        var shared: [(virtual: UInt64, physical: UInt64)] = []
+        volume.map.forEachMapping(in: range) { virtual, physical in
+            if family.pendingReleases[physical] != nil
+                || writers.contains(where: { virtual < $0.map.virtualChunks && $0.map.lookup(virtual) == physical }) {
+                shared.append((virtual, physical))
+            }
+        }
+        return shared
+    }
+
     /// The change that let go of `physical` is durable: if it was the last
     /// one pending and no image maps the chunk any more, it is freed (its
     /// dirty mark is durable already). A mark on a chunk still mapped is
@@ -628,12 +652,7 @@ extension Engine {
             let kept = Set(keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }
             // What it shares with others it lets go of, not durably yet.
-            var dropped: [(virtual: UInt64, physical: UInt64)] = []
-            if volume.family.members.count > 1 {
-                volume.map.forEachMapping { virtual, physical in
-                    if volume.isShared(virtual, physical) { dropped.append((virtual, physical)) }
-                }
-            }
+            let dropped = sharedInPlace(volume, in: 0..<volume.map.virtualChunks)
             for (owner, chunk) in dropUnwritten {
                 owner.markWritten(chunk)
                 pool.unwrittenReservedChunks -= 1
@@ -678,42 +697,60 @@ extension Engine {
     /// The byte ranges that differ between a snapshot and `base` (another
     /// snapshot or volume of the pool), or without base the ranges that hold
     /// data; from the chunk maps, at chunk granularity.
+    /// The maps are compared on the caller's thread (the engine hands them
+    /// out as copy-on-write values): two snapshots far apart differ on most
+    /// pages, and comparing those chunk by chunk takes a while.
     public func snapshotChanges(_ reference: String, base baseReference: String?) throws(RemapError) -> SnapshotChanges {
-        try call { [self] reply in
+        let (snapshot, base): (ImageView, ImageView?) = try call { [self] reply in
             guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
-            let chunkSize = snapshot.pool.chunkSize
-            var runs: [Range<UInt64>] = []
-            var baseID: String?
-            if let baseReference {
-                let volume = snapshot.snapshot.flatMap { volumes[$0.volume] }
-                guard let base = findSnapshot(baseReference, of: volume) else {
-                    return reply(.failure(.notFound(kind: "snapshot", name: baseReference)))
-                }
-                guard base.pool === snapshot.pool else {
-                    return reply(.failure(.invalidArgument("base '\(base.exportName)' is in pool '\(base.pool.name)', not '\(snapshot.pool.name)'")))
-                }
-                baseID = base.id
-                runs = snapshot.map.changedRuns(comparedWith: base.map)
-            } else {
-                snapshot.map.forEachRun { virtual, _, length in
-                    if let last = runs.last, last.upperBound == virtual {
-                        runs[runs.count - 1] = last.lowerBound..<(virtual + length)
-                    } else {
-                        runs.append(virtual..<(virtual + length))
-                    }
-                }
+            guard let baseReference else { return reply(.success((ImageView(snapshot), nil))) }
+            let volume = snapshot.snapshot.flatMap { volumes[$0.volume] }
+            guard let base = findSnapshot(baseReference, of: volume) else {
+                return reply(.failure(.notFound(kind: "snapshot", name: baseReference)))
             }
-            var ranges: [ByteRange] = []
-            var total: UInt64 = 0
-            for run in runs {
-                let start = run.lowerBound * chunkSize
-                guard start < snapshot.sizeBytes else { break }
-                let end = min(run.upperBound * chunkSize, snapshot.sizeBytes)
-                ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
-                total += end - start
+            guard base.pool === snapshot.pool else {
+                return reply(.failure(.invalidArgument("base '\(base.exportName)' is in pool '\(base.pool.name)', not '\(snapshot.pool.name)'")))
             }
-            reply(.success(SnapshotChanges(snapshot: snapshot.id, base: baseID, sizeBytes: snapshot.sizeBytes,
-                                           granularityBytes: chunkSize, changedBytes: total, ranges: ranges)))
+            reply(.success((ImageView(snapshot), ImageView(base))))
         }
+        var runs: [Range<UInt64>] = []
+        if let base {
+            runs = snapshot.map.changedRuns(comparedWith: base.map)
+        } else {
+            snapshot.map.forEachRun { virtual, _, length in
+                if let last = runs.last, last.upperBound == virtual {
+                    runs[runs.count - 1] = last.lowerBound..<(virtual + length)
+                } else {
+                    runs.append(virtual..<(virtual + length))
+                }
+            }
+        }
+        var ranges: [ByteRange] = []
+        var total: UInt64 = 0
+        for run in runs {
+            let start = run.lowerBound * snapshot.chunkSize
+            guard start < snapshot.sizeBytes else { break }
+            let end = min(run.upperBound * snapshot.chunkSize, snapshot.sizeBytes)
+            ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
+            total += end - start
+        }
+        return SnapshotChanges(snapshot: snapshot.id, base: base?.id, sizeBytes: snapshot.sizeBytes,
+                               granularityBytes: snapshot.chunkSize, changedBytes: total, ranges: ranges)
+    }
+}
+
+/// What a comparison off the engine thread needs of an image: its map
+/// (a copy-on-write value) and its shape.
+struct ImageView: Sendable {
+    let id: String
+    let map: ChunkMap
+    let sizeBytes: UInt64
+    let chunkSize: UInt64
+
+    init(_ image: Volume) {
+        id = image.id
+        map = image.map
+        sizeBytes = image.sizeBytes
+        chunkSize = image.pool.chunkSize
     }
 }

@@ -329,7 +329,7 @@ extension Engine {
                 if chunksComing(pool) { return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) } }
                 return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
             }
-            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
+            let holes = volume.map.holes(in: first..<(first + count))
             reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
                                       role: role, chunkCount: count, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
             for hole in holes { changes += reserveCleanChunk(volume, hole, for: reservation) }

@@ -791,12 +791,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
             // A snapshot or clone keeps the chunks it shares; the volume lets
             // go of them, not durably yet.
-            var dropped: [(virtual: UInt64, physical: UInt64)] = []
-            if newChunks < oldChunks, volume.family.members.count > 1 {
-                volume.map.forEachMapping { virtual, physical in
-                    if virtual >= newChunks, volume.isShared(virtual, physical) { dropped.append((virtual, physical)) }
-                }
-            }
+            let dropped = newChunks < oldChunks ? sharedInPlace(volume, in: newChunks..<oldChunks) : []
             let resized = volume.resize(to: size)
             for (virtual, physical) in dropped { releaseShared(volume, virtual: virtual, physical: physical) }
             // Copy-on-write space follows what is left of the range reservations:

@@ -87,6 +87,30 @@ import Testing
     }
 }
 
+@Suite struct ChunkMapRangeTests {
+    /// `forEachMapping(in:)` and `holes(in:)` against lookups, over ranges
+    /// that start and end inside extents and pages.
+    @Test(arguments: [1, 2, 3]) func ranges_agree_with_lookups(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var map = ChunkMap(virtualChunks: 20_000)
+        for _ in 0..<3000 {
+            let virtual = random.next() % 20_000
+            map.map(virtual, to: virtual / 3 + random.next() % 2)
+        }
+        for _ in 0..<50 {
+            let start = random.next() % 20_000
+            let range = start..<min(20_000, start + random.next() % 9000)
+            var mapped: [UInt64] = []
+            map.forEachMapping(in: range) { virtual, physical in
+                #expect(map.lookup(virtual) == physical)
+                mapped.append(virtual)
+            }
+            #expect(mapped == range.filter { map.lookup($0) != nil })
+            #expect(map.holes(in: range) == range.filter { map.lookup($0) == nil })
+        }
+    }
+}
+
 @Suite struct ChunkMapModelTests {
     @Test(arguments: [1, 2, 3, 4, 5])
     func behaves_like_a_dictionary(seed: UInt64) {
