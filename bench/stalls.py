@@ -125,15 +125,25 @@ class Reader:
 
 # --------------------------------------------------------------------------
 
+METRIC_KEYS = {"seconds_sum": "sum", "seconds_count": "count", "seconds_max": "max", "cpu_seconds_max": "cpu"}
+
+
 def engine_metrics(api):
-    """{command: {"count", "sum", "max"}} from /metrics."""
+    """{command: {"count", "sum", "max" (wall), "cpu" (max CPU, None for the tick)}} from /metrics."""
     _, text, _, _ = api.request("GET", "/metrics")
     commands = {}
     for line in (text or "").splitlines():
-        m = re.match(r'remap_engine_command_seconds(_sum|_count|_max)\{command="([^"]*)"\} (\S+)$', line)
+        m = re.match(r'remap_engine_command_(seconds_sum|seconds_count|seconds_max|cpu_seconds_max)\{command="([^"]*)"\} (\S+)$', line)
         if m:
-            commands.setdefault(m.group(2), {"count": 0, "sum": 0.0, "max": 0.0})[m.group(1)[1:]] = float(m.group(3))
+            entry = commands.setdefault(m.group(2), {"count": 0, "sum": 0.0, "max": 0.0, "cpu": None})
+            entry[METRIC_KEYS[m.group(1)]] = float(m.group(3))
     return commands
+
+
+def worst(entry):
+    """The figure a command is judged by: its CPU time (its own work; wall time on a shared machine also
+    counts the time other processes had the CPU), or the wall time where CPU is not measured (the tick)."""
+    return entry["max"] if entry["cpu"] is None else entry["cpu"]
 
 
 class Bench:
@@ -230,7 +240,10 @@ class Bench:
         """One call, with the engine commands it ran and its window for the reader."""
         before = engine_metrics(self.api)
         started = time.monotonic()
-        status, data, _, _ = self.api.request(method, path, body)
+        try:
+            status, data, _, _ = self.api.request(method, path, body)
+        except (OSError, http.client.HTTPException) as error:
+            raise BenchError(f"{method} {path} ({label}): {type(error).__name__}: {error}") from error
         ended = time.monotonic()
         after = engine_metrics(self.api)
         if status not in expect:
@@ -247,6 +260,18 @@ class Bench:
         row["walls"].append(ended - started)
         row["windows"].append((started, ended))
         return data
+
+    def write_volume(self, name, size):
+        """A volume of `size` bytes in 'big', written through (not timed)."""
+        import nbd
+        self.api.call("POST", "/v1/volumes", {"name": name, "sizeBytes": size, "pool": "big"})
+        h = nbd.NBD()
+        h.connect_uri(self.uri(name))
+        block = os.urandom(MiB)
+        for offset in range(0, size, MiB):
+            h.pwrite(block, offset)
+        h.flush()
+        h.shutdown()
 
     def quiet(self, seconds):
         started = time.monotonic()
@@ -279,6 +304,9 @@ class Bench:
             self.timed("PATCH /v1/volumes/{name}?allowShrink=true shrink (volume of 1,000 snapshots)", "PATCH",
                        "/v1/volumes/vol?allowShrink=true", {"sizeBytes": 4 * GiB})
             self.timed("DELETE /v1/volumes/{name} (plain)", "DELETE", f"/v1/volumes/t{i}")
+            self.write_volume(f"w{i}", args.written)
+            self.timed(f"DELETE /v1/volumes/{{name}} ({args.written // MiB} MiB written: {args.written // args.chunk_size} chunks)",
+                       "DELETE", f"/v1/volumes/w{i}")
 
             self.timed("POST /v1/volumes/{name}/snapshots", "POST", "/v1/volumes/vol/snapshots", {"name": f"x{i}"})
             self.timed("DELETE /v1/snapshots/{id} (just taken)", "DELETE", f"/v1/snapshots/vol@x{i}")
@@ -310,32 +338,37 @@ class Bench:
     # ------------------------------------------------------------ results
 
     def table(self):
-        head = ["API call", "runs", "engine commands it ran", "longest engine run, ms", "longest 4k read, ms", "median wall, ms"]
+        head = ["API call", "runs", "engine commands it ran", "longest engine run, CPU ms", "wall ms",
+                "longest 4k read, ms", "median call, ms"]
         rows = []
         for row in self.rows:
             commands = sorted(row["commands"])
-            longest = max((self.final.get(c, {}).get("max", 0.0) for c in commands), default=0.0)
-            row["engine"] = longest
+            entries = [self.final[c] for c in commands if c in self.final]
+            cpu = max((e["cpu"] or 0.0 for e in entries), default=0.0)
+            wall = max((e["max"] for e in entries), default=0.0)
             row["read"] = self.reader.longest(row["windows"])
-            rows.append([row["label"], len(row["walls"]), ", ".join(commands) or "-", f"{1000 * longest:.2f}",
+            rows.append([row["label"], len(row["walls"]), ", ".join(commands) or "-", f"{1000 * cpu:.2f}", f"{1000 * wall:.2f}",
                          "<0.5" if row["read"] <= SLOW else f"{1000 * row['read']:.1f}",
                          f"{1000 * statistics.median(row['walls']):.1f}"])
         return head, rows
 
     def engine_table(self):
-        head = ["engine command", "runs", "mean, ms", "max, ms"]
-        rows = [[name, int(m["count"]), f"{1000 * m['sum'] / m['count']:.3f}" if m["count"] else "-", f"{1000 * m['max']:.2f}"]
-                for name, m in sorted(self.final.items(), key=lambda item: -item[1]["max"])]
+        head = ["engine command", "runs", "mean wall, ms", "max wall, ms", "max CPU, ms"]
+        rows = [[name, int(m["count"]), f"{1000 * m['sum'] / m['count']:.3f}" if m["count"] else "-", f"{1000 * m['max']:.2f}",
+                 "-" if m["cpu"] is None else f"{1000 * m['cpu']:.2f}"]
+                for name, m in sorted(self.final.items(), key=lambda item: -worst(item[1]))]
         return head, rows
 
     def checks(self):
-        worst_engine = max(self.final.items(), key=lambda item: item[1]["max"])
+        worst_engine = max(self.final.items(), key=lambda item: worst(item[1]))
+        worst_wall = max(self.final.items(), key=lambda item: item[1]["max"])
         worst_read = max(self.rows, key=lambda row: row["read"])
         baseline = self.reader.longest(self.baseline_windows)
         return [
-            f"- [{'x' if worst_engine[1]['max'] < BOUND else ' '}] every engine command under 10 ms: "
-            f"longest {worst_engine[0]} {1000 * worst_engine[1]['max']:.2f} ms "
-            f"{'PASS' if worst_engine[1]['max'] < BOUND else 'FAIL'}",
+            f"- [{'x' if worst(worst_engine[1]) < BOUND else ' '}] every engine command under 10 ms (CPU time of its "
+            f"longest run; wall time for the tick): longest {worst_engine[0]} {1000 * worst(worst_engine[1]):.2f} ms "
+            f"{'PASS' if worst(worst_engine[1]) < BOUND else 'FAIL'} (longest wall time: {worst_wall[0]} "
+            f"{1000 * worst_wall[1]['max']:.2f} ms)",
             f"- [{'x' if worst_read['read'] < BOUND else ' '}] from outside, no 4k read waited 10 ms during a call: "
             f"longest {1000 * worst_read['read']:.1f} ms ({worst_read['label']}); "
             f"{'PASS' if worst_read['read'] < BOUND else 'FAIL'} "
@@ -397,6 +430,8 @@ def main():
     parser.add_argument("--snapshots", type=int, default=1000, help="snapshots of volume 'vol' (default 1000)")
     parser.add_argument("--scattered", type=int, default=16384, help="random 4 KiB writes into 'vol' (default 16384)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each call (default 5)")
+    parser.add_argument("--written", type=common.parse_size, default=256 * MiB,
+                        help="data in the volume whose deletion is timed (default 256M)")
     parser.add_argument("--results", default=os.path.join(BENCH_DIR, "STALLS.md"), help="results file ('' for none)")
     args = parser.parse_args()
     if args.snapshots < 20 or args.repeat > args.snapshots // 4:

@@ -70,6 +70,12 @@ enum MetricsText {
         for (command, entry) in engineCommands {
             out.sample("remap_engine_command_seconds_max", [("command", command)], seconds: entry.maxSeconds)
         }
+        out.family("remap_engine_command_cpu_seconds_max", "gauge",
+                   "The most CPU time the engine thread spent in one run of a command since start, by command (not the tick).")
+        for (command, entry) in engineCommands {
+            guard let cpu = entry.maxCPUSeconds else { continue }
+            out.sample("remap_engine_command_cpu_seconds_max", [("command", command)], seconds: cpu)
+        }
 
         out.family("remap_http_requests_total", "counter", "REST requests answered, by route, method and status.")
         for (key, count) in http.requests.sorted(by: { $0.key < $1.key }) {

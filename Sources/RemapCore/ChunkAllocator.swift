@@ -56,6 +56,24 @@ public struct ChunkAllocator: Sendable {
         freeCount += 1
     }
 
+    /// Returns runs of chunks to the free set, a word at a time (a deleted
+    /// volume's chunks come back in long runs).
+    public mutating func release(_ runs: [Range<UInt64>]) {
+        for run in runs {
+            precondition(run.upperBound <= capacity, "chunks \(run) released outside pool of \(capacity)")
+            var chunk = run.lowerBound
+            while chunk < run.upperBound {
+                let index = Int(chunk / 64)
+                let base = UInt64(index) * 64
+                let bits = Self.bits((chunk - base)..<min(run.upperBound - base, 64))
+                precondition(words[index] & bits == bits, "chunks of \(run) released but not allocated")
+                words[index] &= ~bits
+                freeCount += UInt64(bits.nonzeroBitCount)
+                chunk = base + 64
+            }
+        }
+    }
+
     /// Adds `count` free chunks at the end (a supplier joined the pool).
     /// Word at a time: adding a million chunks touches 16 thousand words,
     /// which matters on the engine thread.

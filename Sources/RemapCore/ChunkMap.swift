@@ -354,6 +354,20 @@ public struct ChunkMap: Sendable {
         }
     }
 
+    /// The physical chunks this map maps that none of `others` maps at the
+    /// same virtual chunk, in virtual order. Pages shared with one of them
+    /// are skipped whole.
+    public func chunks(notMappedBy others: [ChunkMap]) -> [UInt64] {
+        var only: [UInt64] = []
+        forEachMapping(skippingPagesSharedWith: others) { virtual, physical in
+            for other in others.reversed() where virtual < other.virtualChunks && other.lookup(virtual) == physical {
+                return
+            }
+            only.append(physical)
+        }
+        return only
+    }
+
     /// The runs of virtual chunks whose mapping differs between this map and
     /// `other` (a chunk past the end of one counts as a hole there). Equal
     /// pages — which snapshots share until written — are skipped whole.

@@ -159,14 +159,7 @@ extension Volume {
     /// Chunks this image maps that none of `others` maps at the same
     /// virtual chunk. Pages shared with one of them are skipped whole.
     public func chunks(notMappedBy others: [Volume]) -> [UInt64] {
-        var only: [UInt64] = []
-        map.forEachMapping(skippingPagesSharedWith: others.map(\.map)) { virtual, physical in
-            for other in others.reversed() where virtual < other.map.virtualChunks && other.map.lookup(virtual) == physical {
-                return
-            }
-            only.append(physical)
-        }
-        return only
+        map.chunks(notMappedBy: others.map(\.map))
     }
 }
 

@@ -41,21 +41,29 @@ public struct CommandStatistics: Sendable, Equatable {
 /// control-plane call, what its commits ran when they came back, a tick.
 /// While it runs, no NBD request of any pool is served.
 public struct EngineCommandStatistics: Sendable, Equatable {
+    /// Wall-clock time of each run: what NBD clients wait.
     public var duration = Histogram()
     /// The longest run since start.
     public var maxSeconds: Double = 0
+    /// The most CPU time the engine thread spent in one run: the command's
+    /// own work, without the time the machine gave to other threads. Nil
+    /// for the periodic tick (not measured: it runs between every batch of
+    /// I/O, and the thread's CPU clock costs a system call).
+    public var maxCPUSeconds: Double?
 
     public init() {}
 
-    public mutating func observe(_ seconds: Double) {
+    public mutating func observe(_ seconds: Double, cpuSeconds: Double?) {
         duration.observe(seconds)
         maxSeconds = max(maxSeconds, seconds)
+        if let cpuSeconds { maxCPUSeconds = max(maxCPUSeconds ?? 0, cpuSeconds) }
     }
 
     /// Both runs counted as one kind.
     public mutating func merge(_ other: EngineCommandStatistics) {
         duration.merge(other.duration)
         maxSeconds = max(maxSeconds, other.maxSeconds)
+        if let cpu = other.maxCPUSeconds { maxCPUSeconds = max(maxCPUSeconds ?? 0, cpu) }
     }
 }
 

@@ -149,19 +149,38 @@ extension Engine {
 
     // MARK: - Images leaving
 
+    /// An image being deleted, and what counts the chunks only it maps.
+    struct Leaving: @unchecked Sendable {  // `image` is only touched on the engine thread
+        let image: Volume
+        /// Its map and those of the images that stay, as they were when it
+        /// left (copy-on-write values: the engine's later writes never reach them).
+        let map: ChunkMap
+        let others: [ChunkMap]
+
+        /// Any thread (the caller's, not the engine's: a volume may map
+        /// millions of chunks): the chunks no image that stays maps.
+        func chunksOnlyHere() -> [UInt64] { map.chunks(notMappedBy: others) }
+    }
+
     /// Starts deleting `image`: it leaves the API and NBD at once, but stays
     /// in its family until the deletion is durable. Until then a crash (and
     /// a failed commit, retried) would bring it back, so nobody may change
-    /// the chunks it shares in place: writes copy them as before. Returns the
-    /// chunks no image that stays maps; they are marked dirty in the
-    /// deleting transaction.
-    func beginLeaving(_ image: Volume) -> [UInt64] {
+    /// the chunks it shares in place: writes copy them as before. The chunks
+    /// no image that stays maps (`Leaving.chunksOnlyHere`, counted off this
+    /// thread: nobody else can start mapping them meanwhile, and what others
+    /// copy on write from it since is handled by `depart`) are marked dirty
+    /// in the deleting transaction (`dirtyMarks`).
+    func beginLeaving(_ image: Volume) -> Leaving {
         // Chunks it shares only with other leaving images are freed when the
         // last of them goes: they must be dirty by then too.
-        let only = image.chunks(notMappedBy: image.family.members.filter { $0 !== image && !isLeaving($0) })
-        for chunk in only { pending.append(.markDirty(pool: image.pool.name, physicalChunk: chunk)) }
+        let others = image.family.members.filter { $0 !== image && !isLeaving($0) }.map(\.map)
         leaving.append(image)
-        return only
+        return Leaving(image: image, map: image.map, others: others)
+    }
+
+    /// The change marking `chunks` of the leaving `image` dirty, if any.
+    func dirtyMarks(_ chunks: [UInt64], of image: Volume) -> [MetadataChange] {
+        chunks.isEmpty ? [] : [.markDirtyChunks(pool: image.pool.name, physicalChunks: chunks)]
     }
 
     /// The deletion of `image` is durable: it leaves its family, and the
@@ -170,6 +189,17 @@ extension Engine {
     /// are freed.
     func depart(_ image: Volume, marked: [UInt64]) {
         leaving.removeAll { $0 === image }
+        if image.family.members.count == 1, image.family.pendingReleases.isEmpty, UInt64(marked.count) == image.map.mappedCount {
+            // Alone: every chunk it maps was marked with the deletion (the
+            // common case of a big volume, so nothing per chunk here).
+            image.leaveFamily()
+            if !marked.isEmpty {
+                draining.append((epoch, image.pool, marked))
+                epoch += 1
+            }
+            reclaimDrained()
+            return checkThresholds(image.pool)
+        }
         // Chunks another image's pending change lets go of are freed by it.
         let only = image.chunksOnlyHere().filter { image.family.pendingReleases[$0] == nil }
         image.leaveFamily()
@@ -511,7 +541,7 @@ extension Engine {
     /// Deletes a snapshot; the chunks only it mapped are freed, and the
     /// copy-on-write space its volume no longer needs goes back.
     public func deleteSnapshot(_ reference: String) throws(RemapError) {
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+        let leaving: Leaving = try call { [self] reply in
             guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
             if let users = exportUsers[snapshot.key], users > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' has \(users) NBD client(s) connected")))
@@ -519,10 +549,14 @@ extension Engine {
             if let readers = snapshotReaders[snapshot.key], readers > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' is being read (\(readers) content stream(s))")))
             }
-            let freed = beginLeaving(snapshot)
             snapshots[snapshot.id] = nil
+            reply(.success(beginLeaving(snapshot)))
+        }
+        let freed = leaving.chunksOnlyHere()
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            let snapshot = leaving.image
             layers[snapshot.layer]?.images -= 1
-            var changes: [MetadataChange] = [.deleteSnapshot(key: snapshot.key)]
+            var changes = dirtyMarks(freed, of: snapshot) + [.deleteSnapshot(key: snapshot.key)]
             changes += collectLayers(from: snapshot.layer)
             // A failed commit keeps the deletion (retried); until it is durable
             // the snapshot's chunks stay shared, so nobody changes them in place.

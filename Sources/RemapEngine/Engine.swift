@@ -321,7 +321,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             ring.activate()
             while !finished {
                 ring.run(timeoutNanoseconds: heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000)
-                timed("tick") { tick() }
+                timed("tick", countingCPU: false) { tick() }
             }
             stopped.signal()
         }
@@ -363,14 +363,17 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Runs `work` and records how long it held the engine thread (no NBD
     /// request is served meanwhile) under `command`, which is also the name
-    /// the commits it submits report their completions under.
-    func timed(_ command: String, _ work: () -> Void) {
+    /// the commits it submits report their completions under; with
+    /// `countingCPU`, also the thread's CPU time.
+    func timed(_ command: String, countingCPU: Bool = true, _ work: () -> Void) {
         let outer = runningCommand
         runningCommand = command
+        let cpuStarted = countingCPU ? threadCPUNanoseconds() : 0
         let started = monotonicNanoseconds()
         work()
-        statistics.engineCommands[command, default: EngineCommandStatistics()]
-            .observe(Double(monotonicNanoseconds() - started) / 1e9)
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        let cpu = countingCPU ? Double(threadCPUNanoseconds() - cpuStarted) / 1e9 : nil
+        statistics.engineCommands[command, default: EngineCommandStatistics()].observe(seconds, cpuSeconds: cpu)
         runningCommand = outer
     }
 
@@ -485,22 +488,17 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         if stopping { tick() }
     }
 
+    /// A job zeroing `chunks` (freed, marked dirty) and clearing their marks;
+    /// the committer works out the supplier ranges.
     func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
-        var ranges: [ZeroRange] = []
-        for chunk in chunks.sorted() {
-            let location = pool.location(of: chunk)
-            let supplier = pool.suppliers[location.supplier]
-            let fd = supplierFD(pool: pool, index: location.supplier)
-            if var last = ranges.last, last.fd == fd, last.offset + last.length == location.offset {
-                last.length += pool.chunkSize
-                ranges[ranges.count - 1] = last
-            } else {
-                ranges.append(ZeroRange(fd: fd, offset: location.offset, length: pool.chunkSize,
-                                        punch: supplier.kind == .file && !supplier.preallocated))
-            }
+        let pieces = pool.segments.map { segment in
+            let supplier = pool.suppliers[segment.supplier]
+            return ChunkZeroing.Piece(firstChunk: segment.firstChunk, chunks: segment.chunks,
+                                      fd: supplierFD(pool: pool, index: segment.supplier), supplierOffset: segment.supplierOffset,
+                                      punch: supplier.kind == .file && !supplier.preallocated)
         }
-        return CommitJob(syncFDs: [], changes: [], zeroRanges: ranges,
-                         afterZeroing: chunks.map { .clearDirty(pool: pool.name, physicalChunk: $0) }) { _ in }
+        return CommitJob(syncFDs: [], changes: [],
+                         zeroing: ChunkZeroing(pool: pool.name, chunkSize: pool.chunkSize, pieces: pieces, chunks: chunks)) { _ in }
     }
 
     // MARK: - Control plane (any thread but the engine's; blocking)
@@ -677,7 +675,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Deletes a volume; answers once the deletion is durable and its chunks
     /// are zeroed and free again.
     public func deleteVolume(named name: String) throws(RemapError) {
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+        let leaving: Leaving = try call { [self] reply in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
             if let users = exportUsers[volume.key], users > 0 {
                 return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
@@ -695,13 +693,17 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.reservations = []
             for (exportName, export) in extraExports where export.volume === volume { extraExports[exportName] = nil }
-            // Chunks a snapshot or clone still maps stay theirs; the others are
-            // zeroed and freed once the deletion is durable. A failed commit
-            // keeps the deletion (retried; the error says it is not durable
-            // yet), and until then the volume's chunks stay shared.
-            let marked = beginLeaving(volume)
+            reply(.success(beginLeaving(volume)))
+        }
+        // Chunks a snapshot or clone still maps stay theirs; the others are
+        // zeroed and freed once the deletion is durable. A failed commit
+        // keeps the deletion (retried; the error says it is not durable
+        // yet), and until then the volume's chunks stay shared.
+        let marked = leaving.chunksOnlyHere()
+        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
+            let volume = leaving.image
             layers[volume.layer]?.images -= 1
-            commit(extra: [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
+            commit(extra: dirtyMarks(marked, of: volume) + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
                    onDurable: { [self] in depart(volume, marked: marked) }) { [self] result in
                 guard case .success = result else { return reply(result) }
                 // What its departure changed is committed next, and its chunks'
@@ -1001,6 +1003,13 @@ struct UncheckedBox<T>: @unchecked Sendable {  // created and consumed on the en
 func monotonicNanoseconds() -> Int64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
+/// CPU time the calling thread has used (a system call, unlike the monotonic clock).
+func threadCPUNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
     return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
 

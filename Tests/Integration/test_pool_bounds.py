@@ -14,8 +14,8 @@ Bounds (debug build, on a shared 2-core machine):
   check took 8 bytes a chunk: 128 MiB);
 - the longest 4k NBD read while a control-plane command runs: under
   READ_STALL_BOUND (the old code held the engine thread for seconds);
-- the engine's own time for the command (remap_engine_command_seconds_max):
-  under ENGINE_BOUND.
+- the engine's own time for the command (its CPU time,
+  remap_engine_command_cpu_seconds_max): under ENGINE_BOUND.
 """
 
 import os
@@ -63,9 +63,11 @@ def rss_bytes(d):
 
 
 def engine_max(d, command):
-    """remap_engine_command_seconds_max of `command`, 0 if it never ran."""
+    """remap_engine_command_cpu_seconds_max of `command` (its longest run's
+    work on the engine thread; wall time would count the other processes
+    of a busy machine too), 0 if it never ran."""
     text = d.get_ok("/metrics")
-    match = re.search(r'^remap_engine_command_seconds_max\{command="%s"\} (\S+)$' % re.escape(command), text, re.M)
+    match = re.search(r'^remap_engine_command_cpu_seconds_max\{command="%s"\} (\S+)$' % re.escape(command), text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
