@@ -149,38 +149,67 @@ extension Engine {
 
     // MARK: - Images leaving
 
-    /// An image being deleted, and what counts the chunks only it maps.
-    struct Leaving: @unchecked Sendable {  // `image` is only touched on the engine thread
+    /// What counts the chunks only an image maps, off the engine thread: its
+    /// map and those of the images that stay, as they are at one moment
+    /// (copy-on-write values: the engine's later writes never reach them).
+    struct LeavingView: @unchecked Sendable {  // `image` is only touched on the engine thread
         let image: Volume
-        /// Its map and those of the images that stay, as they were when it
-        /// left (copy-on-write values: the engine's later writes never reach them).
         let map: ChunkMap
         let others: [ChunkMap]
 
-        /// Any thread (the caller's, not the engine's: a volume may map
-        /// millions of chunks): the chunks no image that stays maps.
+        /// Any thread: the chunks none of the others maps.
         func chunksOnlyHere() -> [UInt64] { map.chunks(notMappedBy: others) }
+    }
+
+    /// The images that stay when `image` goes: chunks it shares only with
+    /// other leaving images are freed when the last of them goes, so they
+    /// are marked dirty with each deletion.
+    func staying(besides image: Volume) -> [Volume] {
+        image.family.members.filter { $0 !== image && !isLeaving($0) }
+    }
+
+    /// Deletes an image in two visits to the engine thread: the first hands
+    /// out its map and those of the images that stay; the chunks only it
+    /// maps are counted on the caller's thread (a volume may map millions);
+    /// the second runs `delete` with them — unless the image's map changed
+    /// meanwhile (a write), then it counts again, and the last try counts on
+    /// the engine thread. Other images changing meanwhile is harmless: nobody
+    /// can start mapping a chunk only this image maps but through a new
+    /// snapshot or clone of it (then the chunk is marked dirty needlessly,
+    /// and `depart` counts again), and what others copy on write from it
+    /// since is freed by `depart`.
+    func deleteImage(_ find: @escaping @Sendable (Engine) -> Result<Volume, RemapError>,
+                     delete: @escaping @Sendable (Volume, [UInt64], @escaping @Sendable (Result<Void, RemapError>) -> Void) -> Void)
+        throws(RemapError) {
+        for attempt in 0..<3 {
+            let view: LeavingView = try call { [self] reply in
+                reply(find(self).map { LeavingView(image: $0, map: $0.map, others: staying(besides: $0).map(\.map)) })
+            }
+            let counted = attempt < 2 ? view.chunksOnlyHere() : nil
+            let done: Bool = try call { [self] reply in
+                switch find(self) {
+                case .failure(let error):
+                    reply(.failure(error))
+                case .success(let image) where counted != nil && (image !== view.image || image.map.generation != view.map.generation):
+                    reply(.success(false))
+                case .success(let image):
+                    let marked = counted ?? image.chunks(notMappedBy: staying(besides: image))
+                    delete(image, marked) { reply($0.map { true }) }
+                }
+            }
+            if done { return }
+        }
     }
 
     /// Starts deleting `image`: it leaves the API and NBD at once, but stays
     /// in its family until the deletion is durable. Until then a crash (and
     /// a failed commit, retried) would bring it back, so nobody may change
-    /// the chunks it shares in place: writes copy them as before. The chunks
-    /// no image that stays maps (`Leaving.chunksOnlyHere`, counted off this
-    /// thread: nobody else can start mapping them meanwhile, and what others
-    /// copy on write from it since is handled by `depart`) are marked dirty
-    /// in the deleting transaction (`dirtyMarks`).
-    func beginLeaving(_ image: Volume) -> Leaving {
-        // Chunks it shares only with other leaving images are freed when the
-        // last of them goes: they must be dirty by then too.
-        let others = image.family.members.filter { $0 !== image && !isLeaving($0) }.map(\.map)
+    /// the chunks it shares in place: writes copy them as before. Returns
+    /// the change marking `marked` dirty — the chunks no image that stays
+    /// maps — for the deleting transaction.
+    func beginLeaving(_ image: Volume, marked: [UInt64]) -> [MetadataChange] {
         leaving.append(image)
-        return Leaving(image: image, map: image.map, others: others)
-    }
-
-    /// The change marking `chunks` of the leaving `image` dirty, if any.
-    func dirtyMarks(_ chunks: [UInt64], of image: Volume) -> [MetadataChange] {
-        chunks.isEmpty ? [] : [.markDirtyChunks(pool: image.pool.name, physicalChunks: chunks)]
+        return marked.isEmpty ? [] : [.markDirtyChunks(pool: image.pool.name, physicalChunks: marked)]
     }
 
     /// The deletion of `image` is durable: it leaves its family, and the
@@ -541,22 +570,19 @@ extension Engine {
     /// Deletes a snapshot; the chunks only it mapped are freed, and the
     /// copy-on-write space its volume no longer needs goes back.
     public func deleteSnapshot(_ reference: String) throws(RemapError) {
-        let leaving: Leaving = try call { [self] reply in
-            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+        try deleteImage { engine in
+            engine.findSnapshot(reference).map { .success($0) } ?? .failure(.notFound(kind: "snapshot", name: reference))
+        } delete: { [self] snapshot, freed, reply in
             if let users = exportUsers[snapshot.key], users > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' has \(users) NBD client(s) connected")))
             }
             if let readers = snapshotReaders[snapshot.key], readers > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' is being read (\(readers) content stream(s))")))
             }
+            var changes = beginLeaving(snapshot, marked: freed)
             snapshots[snapshot.id] = nil
-            reply(.success(beginLeaving(snapshot)))
-        }
-        let freed = leaving.chunksOnlyHere()
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-            let snapshot = leaving.image
             layers[snapshot.layer]?.images -= 1
-            var changes = dirtyMarks(freed, of: snapshot) + [.deleteSnapshot(key: snapshot.key)]
+            changes += [.deleteSnapshot(key: snapshot.key)]
             changes += collectLayers(from: snapshot.layer)
             // A failed commit keeps the deletion (retried); until it is durable
             // the snapshot's chunks stay shared, so nobody changes them in place.

@@ -675,8 +675,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Deletes a volume; answers once the deletion is durable and its chunks
     /// are zeroed and free again.
     public func deleteVolume(named name: String) throws(RemapError) {
-        let leaving: Leaving = try call { [self] reply in
-            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+        try deleteImage { engine in engine.volumes[name].map { .success($0) } ?? .failure(.notFound(kind: "volume", name: name)) }
+            delete: { [self] volume, marked, reply in
             if let users = exportUsers[volume.key], users > 0 {
                 return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
             }
@@ -693,17 +693,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
             volume.reservations = []
             for (exportName, export) in extraExports where export.volume === volume { extraExports[exportName] = nil }
-            reply(.success(beginLeaving(volume)))
-        }
-        // Chunks a snapshot or clone still maps stay theirs; the others are
-        // zeroed and freed once the deletion is durable. A failed commit
-        // keeps the deletion (retried; the error says it is not durable
-        // yet), and until then the volume's chunks stay shared.
-        let marked = leaving.chunksOnlyHere()
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-            let volume = leaving.image
+            // Chunks a snapshot or clone still maps stay theirs; the others are
+            // zeroed and freed once the deletion is durable. A failed commit
+            // keeps the deletion (retried; the error says it is not durable
+            // yet), and until then the volume's chunks stay shared.
+            let marks = beginLeaving(volume, marked: marked)
             layers[volume.layer]?.images -= 1
-            commit(extra: dirtyMarks(marked, of: volume) + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
+            commit(extra: marks + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
                    onDurable: { [self] in depart(volume, marked: marked) }) { [self] result in
                 guard case .success = result else { return reply(result) }
                 // What its departure changed is committed next, and its chunks'
