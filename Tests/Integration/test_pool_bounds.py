@@ -29,7 +29,7 @@ import time
 import nbd
 import pytest
 
-from conftest import GiB, KiB, MiB, assert_problem
+from conftest import GiB, KiB, MiB, assert_problem, run
 
 TiB = 1024 * GiB
 PiB = 1024 * TiB
@@ -176,6 +176,14 @@ def test_create_add_and_grow_stop_at_the_limit(make_remapd):
     status, _, pool = d.api("PATCH", f"/v1/pools/default/suppliers/{supplier}", body={"sizeBytes": (1024 + 784) * 64 * KiB})
     assert status == 200, pool
     assert pool["capacityBytes"] == 10000 * 64 * KiB
+
+
+def test_a_default_pool_past_the_limit_is_refused_at_first_start(make_remapd):
+    d = make_remapd(start=False, extra_args=["--max-chunks-per-pool", "1000"])  # 512 MiB: 8192 chunks
+    p = run(d.command(), timeout=60)
+    assert p.returncode == 1, p
+    assert "pool 'default' would have 8192 chunks" in p.stderr.decode() and "--max-chunks-per-pool" in p.stderr.decode(), p
+    assert not (d.state_dir / "pools" / "default.img").exists()
 
 
 def test_a_pool_over_a_lowered_limit_is_served(make_remapd):
