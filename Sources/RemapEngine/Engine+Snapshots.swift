@@ -178,15 +178,16 @@ extension Engine {
     /// snapshot or clone of it (then the chunk is marked dirty needlessly,
     /// and `depart` counts again), and what others copy on write from it
     /// since is freed by `depart`.
-    func deleteImage(_ find: @escaping @Sendable (Engine) -> Result<Volume, RemapError>,
+    /// `command` names both visits in the engine's timings.
+    func deleteImage(command: String = #function, _ find: @escaping @Sendable (Engine) -> Result<Volume, RemapError>,
                      delete: @escaping @Sendable (Volume, [UInt64], @escaping @Sendable (Result<Void, RemapError>) -> Void) -> Void)
         throws(RemapError) {
         for attempt in 0..<3 {
-            let view: LeavingView = try call { [self] reply in
+            let view: LeavingView = try call(command) { [self] reply in
                 reply(find(self).map { LeavingView(image: $0, map: $0.map, others: staying(besides: $0).map(\.map)) })
             }
             let counted = attempt < 2 ? view.chunksOnlyHere() : nil
-            let done: Bool = try call { [self] reply in
+            let done: Bool = try call(command) { [self] reply in
                 switch find(self) {
                 case .failure(let error):
                     reply(.failure(error))
