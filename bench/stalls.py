@@ -8,11 +8,14 @@ of 16 M chunks (a 64 GiB sparse file cut into 4 KiB chunks) with a volume of
 1,000 snapshots:
 
 - from inside: remapd times every command its engine thread runs
-  (`remap_engine_command_seconds{command=...}` and `_max` in /metrics; a
+  (`remap_engine_command_seconds{command=...}`, `_max`, and the CPU time of
+  the longest run, `remap_engine_command_cpu_seconds_max`, in /metrics; a
   command's commit completions count as part of it). For each API call the
   engine commands it ran are found from the counts in /metrics around it;
   the table gives the largest run of those (since start: a command that
-  several calls use shows its worst over all of them).
+  several calls use shows its worst over all of them). The check is on CPU
+  time: the command's own work; its wall time also counts the time other
+  processes of a shared machine held the CPU, and is shown beside it.
 - from outside: a separate process reads 4 KiB at random offsets of another
   volume of the same pool, one read at a time, over its own NBD connection,
   for the whole run; the longest read overlapping a call is the stall that
@@ -28,8 +31,8 @@ after one more 4 KiB write. Then each command runs --repeat times:
 
   pool create (a second pool of 16 M chunks), add supplier (+16 M chunks),
   grow supplier (+16 M chunks), pool check (big), pool delete; volume
-  create, resize (grow, shrink), delete (plain, and a clone in the family of
-  1,000); snapshot create, delete (just taken, and an old one), clone,
+  create, resize (grow, shrink), delete (plain, with --written bytes of
+  data, and a clone in the family of 1,000); snapshot create, delete (just taken, and an old one), clone,
   revert, changes (with and without base); reservation create/delete
   (pooled and range); export create/delete; list and get calls.
 
@@ -38,7 +41,7 @@ bench/STALLS.md (not on failure).  Needs ~3 GiB free under --dir.  Without
 --remapd it builds remapd with `swift build -c release` (as bench/run.py).
 
   /usr/bin/python3 bench/stalls.py [--remapd PATH] [--dir DIR] [--chunks 16777216] [--chunk-size 4096]
-      [--snapshots 1000] [--scattered 16384] [--repeat 5] [--results bench/STALLS.md | '']
+      [--snapshots 1000] [--scattered 16384] [--written 256M] [--repeat 5] [--results bench/STALLS.md | '']
 """
 
 import argparse
