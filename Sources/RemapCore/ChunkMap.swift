@@ -356,11 +356,12 @@ public struct ChunkMap: Sendable {
 
     /// The physical chunks this map maps that none of `others` maps at the
     /// same virtual chunk, in virtual order. Pages shared with one of them
-    /// are skipped whole.
+    /// are skipped whole. `others` are searched in order: the likeliest to
+    /// share first (see `Volume.othersNearestFirst`).
     public func chunks(notMappedBy others: [ChunkMap]) -> [UInt64] {
         var only: [UInt64] = []
         forEachMapping(skippingPagesSharedWith: others) { virtual, physical in
-            for other in others.reversed() where virtual < other.virtualChunks && other.lookup(virtual) == physical {
+            for other in others where virtual < other.virtualChunks && other.lookup(virtual) == physical {
                 return
             }
             only.append(physical)

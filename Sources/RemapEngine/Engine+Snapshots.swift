@@ -165,7 +165,7 @@ extension Engine {
     /// other leaving images are freed when the last of them goes, so they
     /// are marked dirty with each deletion.
     func staying(besides image: Volume) -> [Volume] {
-        image.family.members.filter { $0 !== image && !isLeaving($0) }
+        image.othersNearestFirst.filter { !isLeaving($0) }
     }
 
     /// Deletes an image in two visits to the engine thread: the first hands
