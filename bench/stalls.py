@@ -387,6 +387,8 @@ def write_results(bench, args, machine, elapsed, path):
              "of 1,000 snapshots; none above 10 ms.", "",
              "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in machine]
+    lines += ["- the machine is shared: other work (builds, tests) may run beside the bench; the load average "
+              "above says how much"]
     lines += ["", "## Method", "",
               "- remapd (release build) runs on its own state directory in a temporary directory, removed at the end. "
               f"Pool 'big': one sparse file supplier of {args.chunks * args.chunk_size // GiB} GiB in "
@@ -394,11 +396,13 @@ def write_results(bench, args, machine, elapsed, path):
               f"volume 'vol' (4 GiB) has 1 GiB written sequentially, {args.scattered} random 4 KiB writes, and "
               f"{args.snapshots} snapshots, each taken after one more random 4 KiB write.",
               "- Engine time: remapd times every command its engine thread runs (`remap_engine_command_seconds`, "
-              "`remap_engine_command_seconds_max` in /metrics; the completions of the commits a command submits "
-              "count as part of it). The engine commands an API call ran are those whose count in /metrics grew "
-              "across the call (beyond what the /metrics read itself runs); 'longest engine run' is the largest "
-              "`_max` of those at the end, i.e. the worst over every run of them in the bench (several calls share "
-              "some, e.g. volumeInfos).",
+              "`remap_engine_command_seconds_max` and `remap_engine_command_cpu_seconds_max` in /metrics; the "
+              "completions of the commits a command submits count as part of it). The engine commands an API call "
+              "ran are those whose count in /metrics grew across the call (beyond what the /metrics read itself "
+              "runs); 'longest engine run' is the largest maximum of those at the end, i.e. the worst over every "
+              "run of them in the bench (several calls share some, e.g. volumeInfos): its CPU time (the command's "
+              "own work, which the check uses) and its wall time (which also counts the time other processes of "
+              "this shared machine held the CPU).",
               "- From outside: a separate process reads 4 KiB at random offsets of 'reader', one read at a time, on "
               "its own NBD connection, for the whole run; 'longest 4k read' is the longest read overlapping one of "
               "the row's calls. 'reader' is never written, so its reads are answered on the engine thread without "
