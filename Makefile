@@ -21,7 +21,7 @@ APT_INSTALL = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-.PHONY: all deps test-deps contract-deps build build-debug run test unit-test integration-test bench bench-snapshots soak clean
+.PHONY: all deps test-deps contract-deps build build-debug run test unit-test integration-test bench bench-snapshots bench-stalls soak clean
 
 all: build
 
@@ -94,6 +94,16 @@ bench-snapshots: deps
 	@$(call APT_INSTALL,$(BENCH_PACKAGES))
 	$(SWIFT) build -c release --product remapd
 	/usr/bin/python3 bench/snapshots.py --remapd $(CURDIR)/.build/release/remapd $(SNAPSHOT_BENCH_ARGS)
+
+# Engine-thread stalls (issue 11): how long each control-plane command holds
+# the engine thread (its own timing, from /metrics, and the longest 4k read
+# of a concurrent NBD reader) on a pool of 16 M chunks with a volume of
+# 1,000 snapshots; prints tables and writes bench/STALLS.md. About 10
+# minutes; needs 3 GiB free. Options through STALLS_BENCH_ARGS (--help).
+bench-stalls: deps
+	@$(call APT_INSTALL,$(BENCH_PACKAGES))
+	$(SWIFT) build -c release --product remapd
+	/usr/bin/python3 bench/stalls.py --remapd $(CURDIR)/.build/release/remapd $(STALLS_BENCH_ARGS)
 
 # Soak (issue 10): ROUNDS rounds of mixed NBD load over several connections
 # with snapshots, clones and reservations in flight, kill -9 at a random

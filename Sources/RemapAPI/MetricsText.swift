@@ -60,6 +60,23 @@ enum MetricsText {
             out.histogram("remap_nbd_request_duration_seconds", [("command", command)], entry.latency)
         }
 
+        let engineCommands = dataPath.engineCommands.sorted { $0.key < $1.key }
+        out.family("remap_engine_command_seconds", "histogram",
+                   "Time the engine thread ran one command (no NBD request is served meanwhile), by command.")
+        for (command, entry) in engineCommands {
+            out.histogram("remap_engine_command_seconds", [("command", command)], entry.duration)
+        }
+        out.family("remap_engine_command_seconds_max", "gauge", "The longest the engine thread ran one command since start, by command.")
+        for (command, entry) in engineCommands {
+            out.sample("remap_engine_command_seconds_max", [("command", command)], seconds: entry.maxSeconds)
+        }
+        out.family("remap_engine_command_cpu_seconds_max", "gauge",
+                   "The most CPU time the engine thread spent in one run of a command since start, by command (not the tick).")
+        for (command, entry) in engineCommands {
+            guard let cpu = entry.maxCPUSeconds else { continue }
+            out.sample("remap_engine_command_cpu_seconds_max", [("command", command)], seconds: cpu)
+        }
+
         out.family("remap_http_requests_total", "counter", "REST requests answered, by route, method and status.")
         for (key, count) in http.requests.sorted(by: { $0.key < $1.key }) {
             out.sample("remap_http_requests_total",
@@ -80,6 +97,10 @@ enum MetricsText {
         }
 
         mutating func sample(_ name: String, _ labels: [(String, String)], _ value: UInt64) {
+            text += "\(name)\(Self.format(labels)) \(value)\n"
+        }
+
+        mutating func sample(_ name: String, _ labels: [(String, String)], seconds value: Double) {
             text += "\(name)\(Self.format(labels)) \(value)\n"
         }
 

@@ -189,7 +189,7 @@ public struct ChunkMap: Sendable {
         generation = Self.nextGeneration()
         if newCount < virtualChunks {
             var cut: [UInt64] = []
-            forEachMapping { virtual, _ in if virtual >= newCount { cut.append(virtual) } }
+            forEachMapping(in: newCount..<virtualChunks) { virtual, _ in cut.append(virtual) }
             for chunk in cut { unmap(chunk) }
         }
         let pageCount = Int((newCount + Self.pageSize - 1) >> Self.pageShift)
@@ -231,6 +231,43 @@ public struct ChunkMap: Sendable {
         }
     }
 
+    /// The mappings of the virtual chunks in `range`, in virtual order:
+    /// only the pages it covers are visited.
+    public func forEachMapping(in range: Range<UInt64>, _ body: (_ virtual: UInt64, _ physical: UInt64) -> Void) {
+        forEachRun(in: range) { virtual, physical, length in
+            for step in 0..<length { body(virtual + step, physical + step) }
+        }
+    }
+
+    /// The runs (extents) of `range`, cut at its ends, in virtual order.
+    public func forEachRun(in range: Range<UInt64>, _ body: (_ virtual: UInt64, _ physical: UInt64, _ length: UInt64) -> Void) {
+        let end = min(range.upperBound, virtualChunks)
+        guard range.lowerBound < end else { return }
+        for pageNumber in Int(range.lowerBound >> Self.pageShift)...Int((end - 1) >> Self.pageShift)
+        where directory[pageNumber] != Self.noPage {
+            let base = UInt64(pageNumber) << Self.pageShift
+            for packed in pages[Int(directory[pageNumber])] {
+                let extent = Extent(packed)
+                let start = max(base + extent.start, range.lowerBound)
+                let stop = min(base + extent.end, end)
+                if stop > start { body(start, extent.physical + (start - base - extent.start), stop - start) }
+            }
+        }
+    }
+
+    /// The virtual chunks of `range` that are holes, in order, found from
+    /// the extents (a mapped range costs its extents, not a lookup a chunk).
+    public func holes(in range: Range<UInt64>) -> [UInt64] {
+        var holes: [UInt64] = []
+        var next = range.lowerBound
+        forEachRun(in: range) { virtual, _, length in
+            holes += next..<virtual
+            next = virtual + length
+        }
+        holes += next..<range.upperBound
+        return holes
+    }
+
     /// Every run of consecutive virtual chunks mapped to consecutive
     /// physical chunks (an extent), in virtual order.
     public func forEachRun(_ body: (_ virtual: UInt64, _ physical: UInt64, _ length: UInt64) -> Void) {
@@ -240,6 +277,55 @@ public struct ChunkMap: Sendable {
                 let extent = Extent(packed)
                 body(base + extent.start, extent.physical, extent.length)
             }
+        }
+    }
+
+    /// Every (virtual, physical) pair that one or more of `maps` maps, once,
+    /// as runs of consecutive virtual chunks on consecutive physical ones,
+    /// in no particular order. Pages several maps share (a family's maps
+    /// share every page nobody wrote since a snapshot) are read once.
+    public static func forEachDistinctRun(in maps: [ChunkMap], _ body: (_ virtual: UInt64, _ physical: UInt64, _ length: UInt64) -> Void) {
+        if maps.count == 1 { return maps[0].forEachRun(body) }
+        let pageCount = maps.map(\.directory.count).max() ?? 0
+        for pageNumber in 0..<pageCount {
+            var storages = Set<UnsafeRawPointer>()
+            var distinct: [[UInt64]] = []
+            for map in maps {
+                let extents = map.page(pageNumber)
+                guard !extents.isEmpty, let storage = extents.withUnsafeBufferPointer({ $0.baseAddress.map(UnsafeRawPointer.init) }),
+                      storages.insert(storage).inserted
+                else { continue }
+                distinct.append(extents)
+            }
+            guard !distinct.isEmpty else { continue }
+            let base = UInt64(pageNumber) << pageShift
+            if distinct.count == 1 {
+                for packed in distinct[0] {
+                    let extent = Extent(packed)
+                    body(base + extent.start, extent.physical, extent.length)
+                }
+                continue
+            }
+            // Pairs are equal when their runs lie on one line (physical - virtual)
+            // and overlap: sort by line, then start, and merge.
+            var runs: [(line: UInt64, start: UInt64, end: UInt64)] = []
+            for extents in distinct {
+                for packed in extents {
+                    let extent = Extent(packed)
+                    runs.append((extent.physical &- extent.start, extent.start, extent.end))
+                }
+            }
+            runs.sort { ($0.line, $0.start) < ($1.line, $1.start) }
+            var current = runs[0]
+            for run in runs.dropFirst() {
+                if run.line == current.line && run.start <= current.end {
+                    current.end = max(current.end, run.end)
+                    continue
+                }
+                body(base + current.start, current.line &+ current.start, current.end - current.start)
+                current = run
+            }
+            body(base + current.start, current.line &+ current.start, current.end - current.start)
         }
     }
 
@@ -255,6 +341,10 @@ public struct ChunkMap: Sendable {
     public func forEachMapping(skippingPagesSharedWith others: [ChunkMap], _ body: (_ virtual: UInt64, _ physical: UInt64) -> Void) {
         for (pageNumber, slot) in directory.enumerated() where slot != Self.noPage {
             let extents = pages[Int(slot)]
+            // Shared storage first (a pointer each): with a thousand snapshots,
+            // comparing contents in member order would compare hundreds of pages.
+            let storage = extents.withUnsafeBufferPointer { $0.baseAddress }
+            if others.contains(where: { $0.page(pageNumber).withUnsafeBufferPointer { $0.baseAddress } == storage }) { continue }
             if others.contains(where: { $0.page(pageNumber) == extents }) { continue }
             let base = UInt64(pageNumber) << Self.pageShift
             for packed in extents {
@@ -262,6 +352,21 @@ public struct ChunkMap: Sendable {
                 for step in 0..<extent.length { body(base + extent.start + step, extent.physical + step) }
             }
         }
+    }
+
+    /// The physical chunks this map maps that none of `others` maps at the
+    /// same virtual chunk, in virtual order. Pages shared with one of them
+    /// are skipped whole. `others` are searched in order: the likeliest to
+    /// share first (see `Volume.othersNearestFirst`).
+    public func chunks(notMappedBy others: [ChunkMap]) -> [UInt64] {
+        var only: [UInt64] = []
+        forEachMapping(skippingPagesSharedWith: others) { virtual, physical in
+            for other in others where virtual < other.virtualChunks && other.lookup(virtual) == physical {
+                return
+            }
+            only.append(physical)
+        }
+        return only
     }
 
     /// The runs of virtual chunks whose mapping differs between this map and

@@ -120,6 +120,14 @@ public enum SupplierSpec: Sendable, Equatable {
         }
     }
 
+    /// The size asked for; nil for a block device (known once it is open).
+    public var sizeBytes: UInt64? {
+        switch self {
+        case .file(_, let size, _): return size
+        case .block: return nil
+        }
+    }
+
     /// Whether `supplier` is what this spec asked for.
     public func describes(_ supplier: Supplier) -> Bool {
         switch self {

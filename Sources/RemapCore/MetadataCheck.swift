@@ -85,6 +85,8 @@ private struct PoolTally {
     let stored: StoredPool
     var capacity: UInt64 = 0
     var claims = ChunkClaims()
+    /// Chunks claimed more than once (see `Checker.claim`).
+    var conflicted = Set<UInt64>()
     var unwritten: UInt64 = 0
     var reserved: UInt64 = 0
     var dirty: UInt64 = 0
@@ -462,9 +464,13 @@ private struct Checker {
         for (index, image) in images.enumerated() {
             if let root = image.root { trees[root, default: []].append(index) }
         }
+        // Every image's map, in the order claimed (kept for `explainConflicts`:
+        // copy-on-write values, so a tree's maps share their pages).
+        var resolved: [(index: Int, map: ChunkMap)] = []
         for (root, members) in trees.sorted(by: { $0.key < $1.key }) {
             let largest = members.map { images[$0].virtualChunks }.max() ?? 0
             guard largest > 0 else { continue }
+            var tree: [(index: Int, map: ChunkMap)] = []
             var work: [(key: Int64, map: ChunkMap)] = [(root, ChunkMap(virtualChunks: largest))]
             while let (key, inherited) = work.popLast() {
                 var map = inherited
@@ -495,37 +501,79 @@ private struct Checker {
                 for index in node?.images ?? [] {
                     var own = map
                     own.resize(virtualChunks: images[index].virtualChunks)
-                    checkChunks(of: index, own)
+                    checkCapacity(of: index, own)
+                    resolved.append((index, own))
+                    tree.append((index, own))
                 }
                 for child in node?.children ?? [] { work.append((child, map)) }
+            }
+            claim(tree)
+        }
+        if pools.contains(where: { !$0.conflicted.isEmpty }) { explainConflicts(resolved) }
+    }
+
+    /// Chunks an image maps past its pool's capacity.
+    mutating func checkCapacity(of index: Int, _ map: ChunkMap) {
+        let image = images[index]
+        guard let pool = image.pool else { return }
+        let capacity = pools[pool].capacity
+        map.forEachRun { _, physical, length in
+            for chunk in max(physical, capacity)..<max(physical + length, capacity) {
+                findings.add(.chunkBeyondCapacity, pool: pools[pool].name, about: "\(image.key)",
+                             "\(image.label) maps physical chunks past the pool's capacity of \(capacity) chunks", item: chunk)
             }
         }
     }
 
-    /// Claims every chunk `map` (image `index`'s) maps in its pool.
-    mutating func checkChunks(of index: Int, _ map: ChunkMap) {
-        let image = images[index]
-        guard let pool = image.pool else { return }
-        let capacity = pools[pool].capacity
-        let poolName = pools[pool].name
-        map.forEachRun { virtual, physical, length in
-            for step in 0..<length {
-                let chunk = physical + step
-                guard chunk < capacity else {
-                    findings.add(.chunkBeyondCapacity, pool: poolName, about: "\(image.key)",
-                                 "\(image.label) maps physical chunks past the pool's capacity of \(capacity) chunks", item: chunk)
-                    continue
+    /// Claims the chunks a tree's images map, a bit each: every (virtual,
+    /// physical) pair of the tree once (its images share chunks at the same
+    /// place), so a chunk claimed twice is mapped at two places or by two
+    /// trees. Those are noted for `explainConflicts`.
+    mutating func claim(_ tree: [(index: Int, map: ChunkMap)]) {
+        var byPool: [Int: [ChunkMap]] = [:]
+        for (index, map) in tree {
+            if let pool = images[index].pool { byPool[pool, default: []].append(map) }
+        }
+        for (pool, maps) in byPool.sorted(by: { $0.key < $1.key }) {
+            let capacity = pools[pool].capacity
+            var conflicted = pools[pool].conflicted
+            ChunkMap.forEachDistinctRun(in: maps) { _, physical, length in
+                let end = min(physical + length, capacity)
+                guard physical < end else { return }
+                pools[pool].claims.claim(physical..<end) { conflicted.insert($0) }
+            }
+            pools[pool].conflicted = conflicted
+        }
+    }
+
+    /// Names the images behind each conflicting chunk: the images' maps are
+    /// walked again in the order they were claimed, keeping who claimed a
+    /// chunk first for the conflicting ones only (the first pass kept a bit
+    /// per chunk, not who set it).
+    mutating func explainConflicts(_ resolved: [(index: Int, map: ChunkMap)]) {
+        var first: [Int: [UInt64: UInt64]] = [:]
+        for (index, map) in resolved {
+            let image = images[index]
+            guard let pool = image.pool, !pools[pool].conflicted.isEmpty else { continue }
+            let capacity = pools[pool].capacity
+            let poolName = pools[pool].name
+            map.forEachRun { virtual, physical, length in
+                for step in 0..<length where physical + step < capacity && pools[pool].conflicted.contains(physical + step) {
+                    let chunk = physical + step
+                    let tag = ChunkClaims.tag(image: index, virtual: virtual + step)
+                    guard let previous = first[pool]?[chunk] else {
+                        first[pool, default: [:]][chunk] = tag
+                        continue
+                    }
+                    let (other, otherVirtual) = ChunkClaims.split(previous)
+                    let sameTree = images[other].root == image.root
+                    if sameTree && otherVirtual == virtual + step { continue }
+                    let pair = other == index ? "\(image.label)" : "\(images[other].label) and \(image.label)"
+                    let why = !sameTree ? "which are not snapshots or clones of one another"
+                        : other == index ? "at two different virtual chunks" : "at different virtual chunks"
+                    findings.add(.chunkConflict, pool: poolName, about: "\(other) \(index) \(sameTree)",
+                                 "physical chunks mapped by \(pair), \(why)", item: chunk)
                 }
-                let tag = ChunkClaims.tag(image: index, virtual: virtual + step)
-                guard let previous = pools[pool].claims.claim(chunk, tag: tag) else { continue }
-                let (other, otherVirtual) = ChunkClaims.split(previous)
-                let sameTree = images[other].root == image.root
-                if sameTree && otherVirtual == virtual + step { continue }
-                let pair = other == index ? "\(image.label)" : "\(images[other].label) and \(image.label)"
-                let why = !sameTree ? "which are not snapshots or clones of one another"
-                    : other == index ? "at two different virtual chunks" : "at different virtual chunks"
-                findings.add(.chunkConflict, pool: poolName, about: "\(other) \(index) \(sameTree)",
-                             "physical chunks mapped by \(pair), \(why)", item: chunk)
             }
         }
     }
@@ -595,28 +643,40 @@ private struct Checker {
 
 // MARK: - Helpers
 
-/// Who first mapped each physical chunk of a pool, as the live pool check
-/// tags them: the image (index + 1) above bit 40, the virtual chunk below
-/// (a virtual chunk is below 2^38: volumes are at most 1 PiB of at least
-/// 4 KiB chunks). Pages of 4096 chunks are made as they are touched, so a
-/// corrupt capacity costs nothing.
+/// The physical chunks of a pool some image maps, a bit each, in pages of
+/// 2^22 chunks made as they are touched (so a corrupt capacity costs
+/// nothing); and the tags `explainConflicts` gives the first claimant of a
+/// conflicting chunk: the image (index + 1) above bit 40, the virtual chunk
+/// below (a virtual chunk is below 2^38: volumes are at most 1 PiB of at
+/// least 4 KiB chunks).
 private struct ChunkClaims {
     private var pages: [UInt64: [UInt64]] = [:]
     /// Distinct chunks claimed.
     private(set) var count: UInt64 = 0
     private static let virtualMask: UInt64 = (1 << 40) - 1
+    private static let pageShift: UInt64 = 22
 
     static func tag(image: Int, virtual: UInt64) -> UInt64 { UInt64(image + 1) << 40 | (virtual & virtualMask) }
     static func split(_ tag: UInt64) -> (image: Int, virtual: UInt64) { (Int(tag >> 40) - 1, tag & virtualMask) }
 
-    /// Claims `chunk` for `tag`; returns the earlier claim, if any (which stays).
-    mutating func claim(_ chunk: UInt64, tag: UInt64) -> UInt64? {
-        let page = chunk >> 12
-        let slot = Int(chunk & 4095)
-        if let previous = pages[page]?[slot], previous != 0 { return previous }
-        pages[page, default: [UInt64](repeating: 0, count: 4096)][slot] = tag
-        count += 1
-        return nil
+    /// Claims the chunks of `range`; `taken` gets each that was claimed already.
+    mutating func claim(_ range: Range<UInt64>, taken: (UInt64) -> Void) {
+        var chunk = range.lowerBound
+        while chunk < range.upperBound {
+            let page = chunk >> Self.pageShift
+            let word = Int((chunk >> 6) & ((1 << (Self.pageShift - 6)) - 1))
+            let base = chunk & ~63
+            let bits = ChunkAllocator.bits((chunk - base)..<min(range.upperBound - base, 64))
+            let before = pages[page]?[word] ?? 0
+            pages[page, default: [UInt64](repeating: 0, count: 1 << (Self.pageShift - 6))][word] = before | bits
+            count += UInt64((bits & ~before).nonzeroBitCount)
+            var again = before & bits
+            while again != 0 {
+                taken(base + UInt64(again.trailingZeroBitCount))
+                again &= again - 1
+            }
+            chunk = base + 64
+        }
     }
 }
 

@@ -62,8 +62,21 @@ public final class Pool {
         }
     }
 
-    /// `segments` as stored; nil lays the suppliers out one after another.
-    public init(name: String, chunkSize: UInt64, suppliers: [Supplier], segments: [Segment]? = nil) throws(RemapError) {
+    /// Refuses a pool of more than `maximum` chunks (`--max-chunks-per-pool`):
+    /// the engine keeps a bit per chunk, and the pool check and usage
+    /// figures visit them all.
+    public static func checkChunkCount(_ chunks: UInt64, of name: String, chunkSize: UInt64, maximum: UInt64) throws(RemapError) {
+        guard chunks > maximum else { return }
+        throw .invalidArgument(
+            "pool '\(name)' would have \(chunks) chunks of \(chunkSize) bytes, more than the \(maximum) a pool may have "
+                + "(maxChunksPerPool, set by remapd --max-chunks-per-pool): use larger chunks or less space")
+    }
+
+    /// `segments` as stored (loaded as they are, whatever their size); nil
+    /// lays the suppliers out one after another, refusing more than
+    /// `maximumChunks` in all.
+    public init(name: String, chunkSize: UInt64, suppliers: [Supplier], segments: [Segment]? = nil,
+                maximumChunks: UInt64 = .max) throws(RemapError) {
         try Name.validate(name, kind: "pool")
         try Self.validate(chunkSize: chunkSize)
         self.name = name
@@ -78,17 +91,27 @@ public final class Pool {
                 allocator.grow(by: segment.chunks)
             }
         } else {
-            for supplier in suppliers { try add(supplier) }
+            let chunks = suppliers.reduce(UInt64(0)) { $0 + $1.sizeBytes / chunkSize }
+            try Self.checkChunkCount(chunks, of: name, chunkSize: chunkSize, maximum: maximumChunks)
+            for supplier in suppliers { try add(supplier, maximumChunks: maximumChunks) }
         }
     }
 
-    /// Adds a supplier; its whole chunks become free space at once.
+    /// Chunks the pool would have with `more`, refused past `maximum`.
+    public func checkRoom(for more: UInt64, maximum: UInt64) throws(RemapError) {
+        let (total, overflow) = allocator.capacity.addingReportingOverflow(more)
+        try Self.checkChunkCount(overflow ? .max : total, of: name, chunkSize: chunkSize, maximum: maximum)
+    }
+
+    /// Adds a supplier; its whole chunks become free space at once. Refused
+    /// when the pool would have more than `maximumChunks`.
     @discardableResult
-    public func add(_ supplier: Supplier) throws(RemapError) -> Segment {
+    public func add(_ supplier: Supplier, maximumChunks: UInt64 = .max) throws(RemapError) -> Segment {
         let chunks = supplier.sizeBytes / chunkSize
         guard chunks > 0 else {
             throw .invalidArgument("supplier '\(supplier.path)' is smaller than one chunk (\(chunkSize) bytes)")
         }
+        try checkRoom(for: chunks, maximum: maximumChunks)
         let segment = Segment(firstChunk: allocator.capacity, supplier: suppliers.count, supplierOffset: 0, chunks: chunks)
         segments.append(segment)
         suppliers.append(supplier)
@@ -96,10 +119,18 @@ public final class Pool {
         return segment
     }
 
+    /// Chunks supplier `index` would add if it grew to `sizeBytes`.
+    public func chunksAdded(growing index: Int, to sizeBytes: UInt64) -> UInt64 {
+        let used = segments.filter { $0.supplier == index }.reduce(UInt64(0)) { $0 + $1.chunks }
+        return sizeBytes / chunkSize > used ? sizeBytes / chunkSize - used : 0
+    }
+
     /// Records that supplier `index` grew to `sizeBytes`: its new whole
     /// chunks become free space at once, in a new segment. Nil when the
-    /// growth adds no whole chunk.
-    public func grow(supplier index: Int, to sizeBytes: UInt64) -> Segment? {
+    /// growth adds no whole chunk; refused (nothing changes) when the pool
+    /// would have more than `maximumChunks`.
+    public func grow(supplier index: Int, to sizeBytes: UInt64, maximumChunks: UInt64 = .max) throws(RemapError) -> Segment? {
+        try checkRoom(for: chunksAdded(growing: index, to: sizeBytes), maximum: maximumChunks)
         let used = segments.filter { $0.supplier == index }.reduce(UInt64(0)) { $0 + $1.chunks }
         suppliers[index].sizeBytes = sizeBytes
         let chunks = sizeBytes / chunkSize

@@ -141,8 +141,7 @@ public final class Volume {
         var freed: [NewMapping] = []
         var unmapped: [UInt64] = []
         if newChunks < map.virtualChunks {
-            map.forEachMapping { virtual, physical in
-                guard virtual >= newChunks else { return }
+            map.forEachMapping(in: newChunks..<map.virtualChunks) { virtual, physical in
                 unmapped.append(virtual)
                 if !isShared(virtual, physical) { freed.append(NewMapping(virtualChunk: virtual, physicalChunk: physical)) }
             }

@@ -14,6 +14,58 @@ struct ZeroRange: Sendable {
     var punch: Bool
 }
 
+/// Freed chunks of one pool to zero: the engine hands over the list and the
+/// pool's layout as they are (nothing per chunk on its thread); the
+/// committer sorts them and turns them into supplier ranges.
+struct ChunkZeroing: Sendable {
+    /// A segment of the pool (see `Pool.Segment`) with its supplier's descriptor.
+    struct Piece: Sendable {
+        var firstChunk: UInt64
+        var chunks: UInt64
+        var fd: Int32
+        var supplierOffset: UInt64
+        /// Give the blocks back to the host (sparse file) or keep them.
+        var punch: Bool
+    }
+
+    var pool: String
+    var chunkSize: UInt64
+    /// In chunk order.
+    var pieces: [Piece]
+    var chunks: [UInt64]
+
+    /// The supplier ranges to zero (neighbours merged) and the chunks as sorted runs.
+    func plan() -> (ranges: [ZeroRange], runs: [Range<UInt64>]) {
+        var runs: [Range<UInt64>] = []
+        for chunk in chunks.sorted() {
+            if let last = runs.last, last.upperBound == chunk {
+                runs[runs.count - 1] = last.lowerBound..<(chunk + 1)
+            } else {
+                runs.append(chunk..<(chunk + 1))
+            }
+        }
+        var ranges: [ZeroRange] = []
+        for run in runs {
+            var chunk = run.lowerBound
+            while chunk < run.upperBound {
+                // invariant: every freed chunk lies in the pool, so in a piece
+                let piece = pieces.last { $0.firstChunk <= chunk }!
+                let end = min(run.upperBound, piece.firstChunk + piece.chunks)
+                let offset = piece.supplierOffset + (chunk - piece.firstChunk) * chunkSize
+                let length = (end - chunk) * chunkSize
+                if var last = ranges.last, last.fd == piece.fd, last.offset + last.length == offset {
+                    last.length += length
+                    ranges[ranges.count - 1] = last
+                } else {
+                    ranges.append(ZeroRange(fd: piece.fd, offset: offset, length: length, punch: piece.punch))
+                }
+                chunk = end
+            }
+        }
+        return (ranges, runs)
+    }
+}
+
 /// One metadata transaction and what must happen around it.
 struct CommitJob: Sendable {
     /// Synced (fdatasync) before the transaction: data first, then the
@@ -21,10 +73,9 @@ struct CommitJob: Sendable {
     /// outcome (the supplier's pool degrades); the transaction still runs.
     var syncFDs: [Int32]
     var changes: [MetadataChange]
-    /// Zeroed after the transaction, then synced; then `afterZeroing` is
-    /// committed (the chunks are clean again).
-    var zeroRanges: [ZeroRange] = []
-    var afterZeroing: [MetadataChange] = []
+    /// Freed chunks zeroed after the transaction, then synced; then their
+    /// dirty marks are cleared (they are clean again).
+    var zeroing: ChunkZeroing?
     /// Runs on the committer thread when the job is done.
     var completion: @Sendable (CommitOutcome) -> Void
 }
@@ -36,8 +87,12 @@ struct CommitOutcome: Sendable {
     var failedSyncs: [Int32: Int32] = [:]
     /// The transaction of `changes`.
     var committed: Result<Void, RemapError> = .success(())
-    /// The zeroing and `afterZeroing`; nil when the job zeroes nothing.
+    /// The zeroing and the clearing of the dirty marks; nil when the job
+    /// zeroes nothing.
     var zeroed: Result<Void, RemapError>?
+    /// The zeroed chunks as sorted runs, for the allocator to take back a
+    /// word at a time.
+    var zeroedRuns: [Range<UInt64>] = []
 
     /// The first failure of the job's parts, failed syncs included.
     var result: Result<Void, RemapError> {
@@ -106,17 +161,19 @@ final class Committer: Sendable {
             outcome.committed = .failure(error)
             return outcome
         }
-        guard !job.zeroRanges.isEmpty else { return outcome }
+        guard let zeroing = job.zeroing, !zeroing.chunks.isEmpty else { return outcome }
         do throws(RemapError) {
-            for range in job.zeroRanges { try SupplierIO.zero(range, faults: faults) }
-            for fd in Set(job.zeroRanges.map(\.fd)) {
+            let (ranges, runs) = zeroing.plan()
+            for range in ranges { try SupplierIO.zero(range, faults: faults) }
+            for fd in Set(ranges.map(\.fd)) {
                 let error = SupplierIO.sync(fd, faults: faults)
                 guard error == 0 else {
                     outcome.failedSyncs[fd] = error
                     throw .io(errno: error, context: "syncing zeroed chunks: \(String(cString: strerror(error)))")
                 }
             }
-            try transaction(job.afterZeroing, store: store, faults: faults)
+            try transaction([.clearDirtyChunks(pool: zeroing.pool, physicalChunks: zeroing.chunks)], store: store, faults: faults)
+            outcome.zeroedRuns = runs
             outcome.zeroed = .success(())
         } catch {
             outcome.zeroed = .failure(error)

@@ -127,7 +127,9 @@ extension Engine {
     func submitJob(_ job: CommitJob, _ completion: @escaping (CommitOutcome) -> Void) {
         var job = job
         let done = UncheckedBox(completion)
-        job.completion = { [self] outcome in post { done.value(outcome) } }
+        // Its completion counts as part of the command that asked for it.
+        let command = runningCommand ?? "commit"
+        job.completion = { [self] outcome in post(command) { done.value(outcome) } }
         committer.submit(job)
     }
 

@@ -250,10 +250,12 @@ extension Engine {
     /// image (or is prepared, or being reclaimed), that every mapped chunk
     /// is counted as used, and that no chunk is mapped twice except by
     /// images of one family at the same place. Waits (a few seconds at
-    /// most) for reclaim in flight to settle first.
+    /// most) for reclaim in flight to settle first. The engine thread only
+    /// hands out its maps and allocator (copy-on-write values); the check
+    /// runs on the caller's thread, on a bitmap (see `PoolCheck.init`).
     public func checkPool(named name: String) throws(RemapError) -> PoolCheck {
         for attempt in 0..<50 {
-            let result: PoolCheck? = try call { [self] reply in
+            let input: PoolCheck.Input? = try call { [self] reply in
                 guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
                 // Chunks let go of by changes not yet durable are freed once they are.
                 let releasing = volumes.values.contains { !$0.family.pendingReleases.isEmpty }
@@ -262,55 +264,30 @@ extension Engine {
                     if !unmapped.isEmpty || !pending.isEmpty { commit { _ in } }
                     return reply(.success(nil))
                 }
-                reply(.success(check(pool)))
+                reply(.success(checkInput(pool)))
             }
-            if let result { return result }
+            if let input { return PoolCheck(input) }
             usleep(100_000)
         }
         throw .internal("the pool did not settle")
     }
 
-    private func check(_ pool: Pool) -> PoolCheck {
-        let capacity = Int(pool.allocator.capacity)
-        var tags = [UInt64](repeating: 0, count: capacity)
-        var conflicts: [UInt64] = []
-        var unbacked: [UInt64] = []
+    /// Engine thread: what the check of `pool` reads, copied in O(images).
+    private func checkInput(_ pool: Pool) -> PoolCheck.Input {
         let images = volumes.values.filter { $0.pool === pool } + snapshots.values.filter { $0.pool === pool }
             + leaving.filter { $0.pool === pool }
-        var familyIndex: [ObjectIdentifier: UInt64] = [:]
+        var families: [ObjectIdentifier: Int] = [:]
+        var maps: [[ChunkMap]] = []
         for image in images {
-            let family = familyIndex[ObjectIdentifier(image.family), default: UInt64(familyIndex.count + 1)]
-            familyIndex[ObjectIdentifier(image.family)] = family
-            image.map.forEachRun { virtual, physical, length in
-                for step in 0..<length {
-                    let chunk = Int(physical + step)
-                    guard chunk < capacity else { unbacked.append(UInt64(chunk)); continue }
-                    let tag = family << 40 | (virtual + step + 1)
-                    if tags[chunk] == 0 {
-                        tags[chunk] = tag
-                        if !pool.allocator.isUsed(UInt64(chunk)) { unbacked.append(UInt64(chunk)) }
-                    } else if tags[chunk] != tag {
-                        conflicts.append(UInt64(chunk))
-                    }
-                }
+            let family = ObjectIdentifier(image.family)
+            if let index = families[family] {
+                maps[index].append(image.map)
+            } else {
+                families[family] = maps.count
+                maps.append([image.map])
             }
         }
-        let stashed = Set(pool.stashedChunkList)
-        var leaked: [UInt64] = []
-        var referenced = 0
-        var used = 0
-        for chunk in 0..<capacity {
-            if tags[chunk] != 0 { referenced += 1 }
-            guard pool.allocator.isUsed(UInt64(chunk)) else { continue }
-            used += 1
-            if tags[chunk] == 0 && !stashed.contains(UInt64(chunk)) { leaked.append(UInt64(chunk)) }
-        }
-        return PoolCheck(
-            pool: pool.name, ok: leaked.isEmpty && unbacked.isEmpty && conflicts.isEmpty,
-            usedChunks: UInt64(used - stashed.count), referencedChunks: UInt64(referenced),
-            leakedChunks: Array(leaked.prefix(100)), leakedCount: UInt64(leaked.count),
-            unbackedChunks: Array(unbacked.prefix(100)), unbackedCount: UInt64(unbacked.count),
-            conflicts: Array(conflicts.prefix(100)), conflictCount: UInt64(conflicts.count))
+        return PoolCheck.Input(pool: pool.name, allocator: pool.allocator, stashed: pool.stashedChunkList, families: maps)
     }
 }
 

@@ -184,7 +184,7 @@ extension Engine {
             noteFailedSyncs(outcome.failedSyncs, during: "write-back (fdatasync) of zeroed chunks")
             switch outcome.result {
             case .success:
-                for chunk in chunks { pool.allocator.release(chunk) }
+                pool.allocator.release(outcome.zeroedRuns)
                 if !reclaimHeirs.isEmpty { returnToHeirs(chunks, of: pool) }
                 chunksReleased(pool)
             case .failure(let error):

@@ -149,19 +149,68 @@ extension Engine {
 
     // MARK: - Images leaving
 
+    /// What counts the chunks only an image maps, off the engine thread: its
+    /// map and those of the images that stay, as they are at one moment
+    /// (copy-on-write values: the engine's later writes never reach them).
+    struct LeavingView: @unchecked Sendable {  // `image` is only touched on the engine thread
+        let image: Volume
+        let map: ChunkMap
+        let others: [ChunkMap]
+
+        /// Any thread: the chunks none of the others maps.
+        func chunksOnlyHere() -> [UInt64] { map.chunks(notMappedBy: others) }
+    }
+
+    /// The images that stay when `image` goes: chunks it shares only with
+    /// other leaving images are freed when the last of them goes, so they
+    /// are marked dirty with each deletion.
+    func staying(besides image: Volume) -> [Volume] {
+        image.othersNearestFirst.filter { !isLeaving($0) }
+    }
+
+    /// Deletes an image in two visits to the engine thread: the first hands
+    /// out its map and those of the images that stay; the chunks only it
+    /// maps are counted on the caller's thread (a volume may map millions);
+    /// the second runs `delete` with them — unless the image's map changed
+    /// meanwhile (a write), then it counts again, and the last try counts on
+    /// the engine thread. Other images changing meanwhile is harmless: nobody
+    /// can start mapping a chunk only this image maps but through a new
+    /// snapshot or clone of it (then the chunk is marked dirty needlessly,
+    /// and `depart` counts again), and what others copy on write from it
+    /// since is freed by `depart`.
+    /// `command` names both visits in the engine's timings.
+    func deleteImage(command: String = #function, _ find: @escaping @Sendable (Engine) -> Result<Volume, RemapError>,
+                     delete: @escaping @Sendable (Volume, [UInt64], @escaping @Sendable (Result<Void, RemapError>) -> Void) -> Void)
+        throws(RemapError) {
+        for attempt in 0..<3 {
+            let view: LeavingView = try call(command) { [self] reply in
+                reply(find(self).map { LeavingView(image: $0, map: $0.map, others: staying(besides: $0).map(\.map)) })
+            }
+            let counted = attempt < 2 ? view.chunksOnlyHere() : nil
+            let done: Bool = try call(command) { [self] reply in
+                switch find(self) {
+                case .failure(let error):
+                    reply(.failure(error))
+                case .success(let image) where counted != nil && (image !== view.image || image.map.generation != view.map.generation):
+                    reply(.success(false))
+                case .success(let image):
+                    let marked = counted ?? image.chunks(notMappedBy: staying(besides: image))
+                    delete(image, marked) { reply($0.map { true }) }
+                }
+            }
+            if done { return }
+        }
+    }
+
     /// Starts deleting `image`: it leaves the API and NBD at once, but stays
     /// in its family until the deletion is durable. Until then a crash (and
     /// a failed commit, retried) would bring it back, so nobody may change
-    /// the chunks it shares in place: writes copy them as before. Returns the
-    /// chunks no image that stays maps; they are marked dirty in the
-    /// deleting transaction.
-    func beginLeaving(_ image: Volume) -> [UInt64] {
-        // Chunks it shares only with other leaving images are freed when the
-        // last of them goes: they must be dirty by then too.
-        let only = image.chunks(notMappedBy: image.family.members.filter { $0 !== image && !isLeaving($0) })
-        for chunk in only { pending.append(.markDirty(pool: image.pool.name, physicalChunk: chunk)) }
+    /// the chunks it shares in place: writes copy them as before. Returns
+    /// the change marking `marked` dirty — the chunks no image that stays
+    /// maps — for the deleting transaction.
+    func beginLeaving(_ image: Volume, marked: [UInt64]) -> [MetadataChange] {
         leaving.append(image)
-        return only
+        return marked.isEmpty ? [] : [.markDirtyChunks(pool: image.pool.name, physicalChunks: marked)]
     }
 
     /// The deletion of `image` is durable: it leaves its family, and the
@@ -170,6 +219,17 @@ extension Engine {
     /// are freed.
     func depart(_ image: Volume, marked: [UInt64]) {
         leaving.removeAll { $0 === image }
+        if image.family.members.count == 1, image.family.pendingReleases.isEmpty, UInt64(marked.count) == image.map.mappedCount {
+            // Alone: every chunk it maps was marked with the deletion (the
+            // common case of a big volume, so nothing per chunk here).
+            image.leaveFamily()
+            if !marked.isEmpty {
+                draining.append((epoch, image.pool, marked))
+                epoch += 1
+            }
+            reclaimDrained()
+            return checkThresholds(image.pool)
+        }
         // Chunks another image's pending change lets go of are freed by it.
         let only = image.chunksOnlyHere().filter { image.family.pendingReleases[$0] == nil }
         image.leaveFamily()
@@ -210,6 +270,30 @@ extension Engine {
         if !held { family.holdRelease(physical) }
         pending.append(.markDirty(pool: pool.name, physicalChunk: physical))
         durableActions.append { [self] in endRelease(family, pool, virtual: virtual, physical: physical) }
+    }
+
+    /// The mappings of `range` that `volume` must let go of through
+    /// `releaseShared` when it drops them (a revert, a cut): those another
+    /// volume or clone of the family maps at the same place (it could
+    /// otherwise write into them in place, and a crash before the drop is
+    /// durable would give them back to `volume` changed), and those another
+    /// pending change lets go of already (their release must wait for this
+    /// one too). Chunks only snapshots share need nothing: snapshots never
+    /// change, and a snapshot's deletion, which frees them, commits after
+    /// the drop. So without another writable image this visits nothing but
+    /// the pending releases, however large the family.
+    func sharedInPlace(_ volume: Volume, in range: Range<UInt64>) -> [(virtual: UInt64, physical: UInt64)] {
+        let family = volume.family
+        let writers = family.members.filter { $0 !== volume && !$0.isSnapshot && !isLeaving($0) }
+        guard !writers.isEmpty || !family.pendingReleases.isEmpty else { return [] }
+        var shared: [(virtual: UInt64, physical: UInt64)] = []
+        volume.map.forEachMapping(in: range) { virtual, physical in
+            if family.pendingReleases[physical] != nil
+                || writers.contains(where: { virtual < $0.map.virtualChunks && $0.map.lookup(virtual) == physical }) {
+                shared.append((virtual, physical))
+            }
+        }
+        return shared
     }
 
     /// The change that let go of `physical` is durable: if it was the last
@@ -487,18 +571,19 @@ extension Engine {
     /// Deletes a snapshot; the chunks only it mapped are freed, and the
     /// copy-on-write space its volume no longer needs goes back.
     public func deleteSnapshot(_ reference: String) throws(RemapError) {
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
+        try deleteImage { engine in
+            engine.findSnapshot(reference).map { .success($0) } ?? .failure(.notFound(kind: "snapshot", name: reference))
+        } delete: { [self] snapshot, freed, reply in
             if let users = exportUsers[snapshot.key], users > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' has \(users) NBD client(s) connected")))
             }
             if let readers = snapshotReaders[snapshot.key], readers > 0 {
                 return reply(.failure(.inUse("snapshot '\(snapshot.exportName)' is being read (\(readers) content stream(s))")))
             }
-            let freed = beginLeaving(snapshot)
+            var changes = beginLeaving(snapshot, marked: freed)
             snapshots[snapshot.id] = nil
             layers[snapshot.layer]?.images -= 1
-            var changes: [MetadataChange] = [.deleteSnapshot(key: snapshot.key)]
+            changes += [.deleteSnapshot(key: snapshot.key)]
             changes += collectLayers(from: snapshot.layer)
             // A failed commit keeps the deletion (retried); until it is durable
             // the snapshot's chunks stay shared, so nobody changes them in place.
@@ -628,12 +713,7 @@ extension Engine {
             let kept = Set(keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }
             // What it shares with others it lets go of, not durably yet.
-            var dropped: [(virtual: UInt64, physical: UInt64)] = []
-            if volume.family.members.count > 1 {
-                volume.map.forEachMapping { virtual, physical in
-                    if volume.isShared(virtual, physical) { dropped.append((virtual, physical)) }
-                }
-            }
+            let dropped = sharedInPlace(volume, in: 0..<volume.map.virtualChunks)
             for (owner, chunk) in dropUnwritten {
                 owner.markWritten(chunk)
                 pool.unwrittenReservedChunks -= 1
@@ -678,42 +758,60 @@ extension Engine {
     /// The byte ranges that differ between a snapshot and `base` (another
     /// snapshot or volume of the pool), or without base the ranges that hold
     /// data; from the chunk maps, at chunk granularity.
+    /// The maps are compared on the caller's thread (the engine hands them
+    /// out as copy-on-write values): two snapshots far apart differ on most
+    /// pages, and comparing those chunk by chunk takes a while.
     public func snapshotChanges(_ reference: String, base baseReference: String?) throws(RemapError) -> SnapshotChanges {
-        try call { [self] reply in
+        let (snapshot, base): (ImageView, ImageView?) = try call { [self] reply in
             guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
-            let chunkSize = snapshot.pool.chunkSize
-            var runs: [Range<UInt64>] = []
-            var baseID: String?
-            if let baseReference {
-                let volume = snapshot.snapshot.flatMap { volumes[$0.volume] }
-                guard let base = findSnapshot(baseReference, of: volume) else {
-                    return reply(.failure(.notFound(kind: "snapshot", name: baseReference)))
-                }
-                guard base.pool === snapshot.pool else {
-                    return reply(.failure(.invalidArgument("base '\(base.exportName)' is in pool '\(base.pool.name)', not '\(snapshot.pool.name)'")))
-                }
-                baseID = base.id
-                runs = snapshot.map.changedRuns(comparedWith: base.map)
-            } else {
-                snapshot.map.forEachRun { virtual, _, length in
-                    if let last = runs.last, last.upperBound == virtual {
-                        runs[runs.count - 1] = last.lowerBound..<(virtual + length)
-                    } else {
-                        runs.append(virtual..<(virtual + length))
-                    }
-                }
+            guard let baseReference else { return reply(.success((ImageView(snapshot), nil))) }
+            let volume = snapshot.snapshot.flatMap { volumes[$0.volume] }
+            guard let base = findSnapshot(baseReference, of: volume) else {
+                return reply(.failure(.notFound(kind: "snapshot", name: baseReference)))
             }
-            var ranges: [ByteRange] = []
-            var total: UInt64 = 0
-            for run in runs {
-                let start = run.lowerBound * chunkSize
-                guard start < snapshot.sizeBytes else { break }
-                let end = min(run.upperBound * chunkSize, snapshot.sizeBytes)
-                ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
-                total += end - start
+            guard base.pool === snapshot.pool else {
+                return reply(.failure(.invalidArgument("base '\(base.exportName)' is in pool '\(base.pool.name)', not '\(snapshot.pool.name)'")))
             }
-            reply(.success(SnapshotChanges(snapshot: snapshot.id, base: baseID, sizeBytes: snapshot.sizeBytes,
-                                           granularityBytes: chunkSize, changedBytes: total, ranges: ranges)))
+            reply(.success((ImageView(snapshot), ImageView(base))))
         }
+        var runs: [Range<UInt64>] = []
+        if let base {
+            runs = snapshot.map.changedRuns(comparedWith: base.map)
+        } else {
+            snapshot.map.forEachRun { virtual, _, length in
+                if let last = runs.last, last.upperBound == virtual {
+                    runs[runs.count - 1] = last.lowerBound..<(virtual + length)
+                } else {
+                    runs.append(virtual..<(virtual + length))
+                }
+            }
+        }
+        var ranges: [ByteRange] = []
+        var total: UInt64 = 0
+        for run in runs {
+            let start = run.lowerBound * snapshot.chunkSize
+            guard start < snapshot.sizeBytes else { break }
+            let end = min(run.upperBound * snapshot.chunkSize, snapshot.sizeBytes)
+            ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
+            total += end - start
+        }
+        return SnapshotChanges(snapshot: snapshot.id, base: base?.id, sizeBytes: snapshot.sizeBytes,
+                               granularityBytes: snapshot.chunkSize, changedBytes: total, ranges: ranges)
+    }
+}
+
+/// What a comparison off the engine thread needs of an image: its map
+/// (a copy-on-write value) and its shape.
+struct ImageView: Sendable {
+    let id: String
+    let map: ChunkMap
+    let sizeBytes: UInt64
+    let chunkSize: UInt64
+
+    init(_ image: Volume) {
+        id = image.id
+        map = image.map
+        sizeBytes = image.sizeBytes
+        chunkSize = image.pool.chunkSize
     }
 }

@@ -335,7 +335,7 @@ extension Engine {
                 if chunksComing(pool) { return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) } }
                 return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
             }
-            let holes = (first..<(first + count)).filter { volume.map.lookup($0) == nil }
+            let holes = volume.map.holes(in: first..<(first + count))
             reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
                                       role: role, chunkCount: count, ttlSeconds: spec.ttlSeconds, expiresAt: expiresAt)
             for hole in holes { changes += reserveCleanChunk(volume, hole, for: reservation) }
@@ -530,6 +530,12 @@ extension Engine {
                 return reply(.failure(.notFound(kind: "supplier", name: id)))
             }
             if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
+            // Refused before the file grows.
+            do throws(RemapError) {
+                try pool.checkRoom(for: pool.chunksAdded(growing: index, to: sizeBytes), maximum: limits.maxChunksPerPool)
+            } catch {
+                return reply(.failure(error))
+            }
             reply(.success((supplierFD(pool: pool, index: index), pool.suppliers[index])))
         }
         guard supplier.kind == .file else {
@@ -544,8 +550,13 @@ extension Engine {
                 return reply(.failure(.notFound(kind: "pool", name: name)))
             }
             var changes: [MetadataChange] = [.setSupplierSize(id: supplier.id, sizeBytes: sizeBytes)]
-            if let segment = pool.grow(supplier: index, to: sizeBytes) {
-                changes.append(.addSegment(pool: name, segment: storedSegment(segment, of: pool)))
+            do throws(RemapError) {
+                if let segment = try pool.grow(supplier: index, to: sizeBytes, maximumChunks: limits.maxChunksPerPool) {
+                    changes.append(.addSegment(pool: name, segment: storedSegment(segment, of: pool)))
+                }
+            } catch {
+                // Another growth took the room meanwhile; the file stays larger than the pool uses.
+                return reply(.failure(error))
             }
             pending += changes
             commit { [self] result in

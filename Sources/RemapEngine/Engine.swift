@@ -136,6 +136,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Pools being created (their suppliers are being made off this thread).
     private var poolsInCreation: Set<String> = []
     private var statistics = DataPathStatistics()
+    /// The command the engine thread is running (see `timed`); nil while it serves I/O.
+    private(set) var runningCommand: String?
     private var stopping = false
     private var heartbeat: (interval: Int64, ping: @Sendable () -> Void, last: Int64)?
     private var finalCommitSubmitted = false
@@ -281,7 +283,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func bootstrapPool(name: String, path: String, sizeBytes: UInt64, chunkSize: UInt64 = Pool.defaultChunkSize) throws(RemapError) {
         guard pools.isEmpty else { return }
         let (supplier, fd) = try SupplierFile.create(path: path, sizeBytes: sizeBytes, preallocate: true)
-        let pool = try Pool(name: name, chunkSize: chunkSize, suppliers: [supplier])
+        let pool: Pool
+        do throws(RemapError) {
+            pool = try Pool(name: name, chunkSize: chunkSize, suppliers: [supplier], maximumChunks: limits.maxChunksPerPool)
+        } catch {
+            SupplierFile.discard([(supplier, fd)])
+            throw error
+        }
         try store.apply([.createPool(name: name, chunkSize: chunkSize), .addSupplier(pool: name, ordinal: 0, supplier: supplier)]
             + pool.segments.map { .addSegment(pool: name, segment: storedSegment($0, of: pool)) })
         pools[name] = pool
@@ -303,6 +311,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         armWake()
         post { [self] in
             for pool in pools.values {
+                if pool.allocator.capacity > limits.maxChunksPerPool {
+                    // Served as it is (its data is there); it just cannot grow.
+                    log("pool '\(pool.name)' has \(pool.allocator.capacity) chunks, more than --max-chunks-per-pool (\(limits.maxChunksPerPool)): it is served, but suppliers can be neither added nor grown")
+                }
                 prepareChunks(pool)
                 // Thresholds already crossed before this start are not news.
                 crossedThresholds[pool.name] = Set(pool.lowSpaceThresholds.filter { pool.committedPercent >= Double($0) })
@@ -314,7 +326,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 var wait = heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000
                 if let resume = admission.untilNextResume(now: monotonicNanoseconds()) { wait = min(wait, resume) }
                 ring.run(timeoutNanoseconds: wait)
-                tick()
+                timed("tick", countingCPU: false) { tick() }
             }
             stopped.signal()
         }
@@ -346,17 +358,33 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         committer.stop()
     }
 
-    /// Runs `work` on the engine thread.
-    func post(_ work: @escaping @Sendable () -> Void) {
-        inbox.deliver(work)
+    /// Runs `work` on the engine thread; `command` names it in the engine's
+    /// timings (`remap_engine_command_seconds`), the caller's name by default.
+    func post(_ command: String = #function, _ work: @escaping @Sendable () -> Void) {
+        inbox.deliver(work, command: command)
     }
 
     private func armWake() {
         ring.readEvent(fd: inbox.eventFD, into: wakeBuffer.pointer) { [self] _ in
-            let work = inbox.take()
-            for item in work { item() }
+            for item in inbox.take() { timed(item.command, item.work) }
             if !finished { armWake() }
         }
+    }
+
+    /// Runs `work` and records how long it held the engine thread (no NBD
+    /// request is served meanwhile) under `command`, which is also the name
+    /// the commits it submits report their completions under; with
+    /// `countingCPU`, also the thread's CPU time.
+    func timed(_ command: String, countingCPU: Bool = true, _ work: () -> Void) {
+        let outer = runningCommand
+        runningCommand = command
+        let cpuStarted = countingCPU ? threadCPUNanoseconds() : 0
+        let started = monotonicNanoseconds()
+        work()
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        let cpu = countingCPU ? Double(threadCPUNanoseconds() - cpuStarted) / 1e9 : nil
+        statistics.engineCommands[command, default: EngineCommandStatistics()].observe(seconds, cpuSeconds: cpu)
+        runningCommand = outer
     }
 
     /// The bounds in force; set before start(), read-only after.
@@ -473,32 +501,29 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         if stopping { tick() }
     }
 
+    /// A job zeroing `chunks` (freed, marked dirty) and clearing their marks;
+    /// the committer works out the supplier ranges.
     func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
-        var ranges: [ZeroRange] = []
-        for chunk in chunks.sorted() {
-            let location = pool.location(of: chunk)
-            let supplier = pool.suppliers[location.supplier]
-            let fd = supplierFD(pool: pool, index: location.supplier)
-            if var last = ranges.last, last.fd == fd, last.offset + last.length == location.offset {
-                last.length += pool.chunkSize
-                ranges[ranges.count - 1] = last
-            } else {
-                ranges.append(ZeroRange(fd: fd, offset: location.offset, length: pool.chunkSize,
-                                        punch: supplier.kind == .file && !supplier.preallocated))
-            }
+        let pieces = pool.segments.map { segment in
+            let supplier = pool.suppliers[segment.supplier]
+            return ChunkZeroing.Piece(firstChunk: segment.firstChunk, chunks: segment.chunks,
+                                      fd: supplierFD(pool: pool, index: segment.supplier), supplierOffset: segment.supplierOffset,
+                                      punch: supplier.kind == .file && !supplier.preallocated)
         }
-        return CommitJob(syncFDs: [], changes: [], zeroRanges: ranges,
-                         afterZeroing: chunks.map { .clearDirty(pool: pool.name, physicalChunk: $0) }) { _ in }
+        return CommitJob(syncFDs: [], changes: [],
+                         zeroing: ChunkZeroing(pool: pool.name, chunkSize: pool.chunkSize, pieces: pieces, chunks: chunks)) { _ in }
     }
 
     // MARK: - Control plane (any thread but the engine's; blocking)
 
     /// Runs `work` on the engine thread and waits for the answer it gives,
     /// possibly later (after a commit).
-    func call<T: Sendable>(_ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
+    /// `command` names it in the engine's timings: the caller's name by default.
+    func call<T: Sendable>(_ command: String = #function,
+                           _ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
         let answer = Mutex<Result<T, RemapError>?>(nil)
         let done = DispatchSemaphore(value: 0)
-        post {
+        post(command) {
             work { result in
                 answer.withLock { $0 = result }
                 done.signal()
@@ -563,6 +588,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             var copy = statistics
             copy.connections = connections.count
             copy.metadataCommitFailures = commitFailures
+            // `createPool(_:)` → `createPool`: a few fixed names, so few series.
+            copy.engineCommands = [:]
+            for (command, entry) in statistics.engineCommands {
+                let name = String(command.prefix { $0 != "(" })
+                copy.engineCommands[name, default: EngineCommandStatistics()].merge(entry)
+            }
             reply(.success(copy))
         }) ?? DataPathStatistics()
     }
@@ -657,8 +688,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// Deletes a volume; answers once the deletion is durable and its chunks
     /// are zeroed and free again.
     public func deleteVolume(named name: String) throws(RemapError) {
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
+        try deleteImage { engine in engine.volumes[name].map { .success($0) } ?? .failure(.notFound(kind: "volume", name: name)) }
+            delete: { [self] volume, marked, reply in
             if let users = exportUsers[volume.key], users > 0 {
                 return reply(.failure(.inUse("volume '\(name)' has \(users) NBD client(s) connected")))
             }
@@ -679,9 +710,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             // zeroed and freed once the deletion is durable. A failed commit
             // keeps the deletion (retried; the error says it is not durable
             // yet), and until then the volume's chunks stay shared.
-            let marked = beginLeaving(volume)
+            let marks = beginLeaving(volume, marked: marked)
             layers[volume.layer]?.images -= 1
-            commit(extra: [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
+            commit(extra: marks + [.deleteVolume(key: volume.key)] + collectLayers(from: volume.layer),
                    onDurable: { [self] in depart(volume, marked: marked) }) { [self] result in
                 guard case .success = result else { return reply(result) }
                 // What its departure changed is committed next, and its chunks'
@@ -771,12 +802,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             volume.reservations.removeAll { $0.released && $0.range != nil && $0.chunkCount == 0 }
             // A snapshot or clone keeps the chunks it shares; the volume lets
             // go of them, not durably yet.
-            var dropped: [(virtual: UInt64, physical: UInt64)] = []
-            if newChunks < oldChunks, volume.family.members.count > 1 {
-                volume.map.forEachMapping { virtual, physical in
-                    if virtual >= newChunks, volume.isShared(virtual, physical) { dropped.append((virtual, physical)) }
-                }
-            }
+            let dropped = newChunks < oldChunks ? sharedInPlace(volume, in: newChunks..<oldChunks) : []
             let resized = volume.resize(to: size)
             for (virtual, physical) in dropped { releaseShared(volume, virtual: virtual, physical: physical) }
             // Copy-on-write space follows what is left of the range reservations:
@@ -825,6 +851,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         guard Set(spec.suppliers.map(\.path)).count == spec.suppliers.count else {
             throw .invalidArgument("the same supplier path appears twice")
         }
+        // Refused before any file is made (a block device's size is known once it is open).
+        try Pool.checkChunkCount(spec.suppliers.reduce(UInt64(0)) { $0 + ($1.sizeBytes ?? 0) / spec.chunkSize }, of: spec.name,
+                                 chunkSize: spec.chunkSize, maximum: limits.maxChunksPerPool)
         let existing: PoolInfo? = try call { [self] reply in
             if let pool = pools[spec.name] {
                 let same = pool.chunkSize == spec.chunkSize && pool.suppliers.count == spec.suppliers.count
@@ -843,7 +872,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         let pool: Pool
         do throws(RemapError) {
             for supplier in spec.suppliers { made.append(try SupplierFile.make(supplier, under: supplierDirectory)) }
-            pool = try Pool(name: spec.name, chunkSize: spec.chunkSize, suppliers: made.map(\.supplier))
+            pool = try Pool(name: spec.name, chunkSize: spec.chunkSize, suppliers: made.map(\.supplier),
+                            maximumChunks: limits.maxChunksPerPool)
         } catch {
             SupplierFile.discard(made)
             post { [self] in poolsInCreation.remove(spec.name) }
@@ -906,7 +936,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     /// Adds a supplier to a live pool; its space is usable at once.
     public func addSupplier(toPool name: String, _ spec: SupplierSpec) throws(RemapError) -> PoolInfo {
-        _ = try poolInfo(named: name)
+        let before = try poolInfo(named: name)
+        // Refused before the file is made; checked again below with the real size.
+        try Pool.checkChunkCount(before.capacityBytes / before.chunkSizeBytes + (spec.sizeBytes ?? 0) / before.chunkSizeBytes,
+                                 of: name, chunkSize: before.chunkSizeBytes, maximum: limits.maxChunksPerPool)
         let made = try SupplierFile.make(spec, under: supplierDirectory)
         do throws(RemapError) {
             return try call { [self] reply in
@@ -915,6 +948,11 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     return reply(.failure(.invalidArgument("supplier '\(made.supplier.path)' is smaller than one chunk (\(pool.chunkSize) bytes)")))
                 }
                 if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
+                do throws(RemapError) {
+                    try pool.checkRoom(for: made.supplier.sizeBytes / pool.chunkSize, maximum: limits.maxChunksPerPool)
+                } catch {
+                    return reply(.failure(error))
+                }
                 let segment = StoredSegment(firstChunk: pool.allocator.capacity, supplierID: made.supplier.id,
                                             supplierOffset: 0, chunks: made.supplier.sizeBytes / pool.chunkSize)
                 let changes: [MetadataChange] = [
@@ -943,18 +981,20 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 /// watches to wake for it.
 final class Inbox: Sendable {
     let eventFD: Int32
-    private let queue = Mutex<[@Sendable () -> Void]>([])
+    /// A piece of work and the name the engine's timings give it.
+    typealias Item = (command: String, work: @Sendable () -> Void)
+    private let queue = Mutex<[Item]>([])
 
     init(eventFD: Int32) { self.eventFD = eventFD }
 
-    func deliver(_ work: @escaping @Sendable () -> Void) {
-        queue.withLock { $0.append(work) }
+    func deliver(_ work: @escaping @Sendable () -> Void, command: String = "supplier-io") {
+        queue.withLock { $0.append((command, work)) }
         var one: UInt64 = 1
         _ = write(eventFD, &one, 8)
     }
 
     /// Everything delivered so far, oldest first.
-    func take() -> [@Sendable () -> Void] {
+    func take() -> [Item] {
         queue.withLock { queue in
             let taken = queue
             queue.removeAll()
@@ -972,6 +1012,13 @@ struct UncheckedBox<T>: @unchecked Sendable {  // created and consumed on the en
 func monotonicNanoseconds() -> Int64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
+/// CPU time the calling thread has used (a system call, unlike the monotonic clock).
+func threadCPUNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
     return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
 

@@ -35,6 +35,10 @@ public enum MetadataChange: Sendable, Equatable {
     /// after a crash.
     case markDirty(pool: String, physicalChunk: UInt64)
     case clearDirty(pool: String, physicalChunk: UInt64)
+    /// `markDirty` of many chunks as one change: a deletion hands over its
+    /// list (counted off the engine thread) without a change per chunk.
+    case markDirtyChunks(pool: String, physicalChunks: [UInt64])
+    case clearDirtyChunks(pool: String, physicalChunks: [UInt64])
     /// A new mapping layer on top of `parent` (see RemapCore's Snapshot.swift).
     case createLayer(key: Int64, parent: Int64?)
     /// The layer a volume's writes go to from now on.

@@ -275,6 +275,10 @@ public final class MetadataStore: @unchecked Sendable {  // the connection is on
         case .clearDirty(let pool, let physical):
             try database.run(
                 "DELETE FROM dirty_chunks WHERE pool = ? AND physical_chunk = ?", [.text(pool), .integer(Int64(physical))])
+        case .markDirtyChunks(let pool, let chunks):
+            for physical in chunks { try apply(.markDirty(pool: pool, physicalChunk: physical), to: database) }
+        case .clearDirtyChunks(let pool, let chunks):
+            for physical in chunks { try apply(.clearDirty(pool: pool, physicalChunk: physical), to: database) }
         }
     }
 

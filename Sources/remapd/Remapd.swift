@@ -151,6 +151,7 @@ struct Remapd: ParsableCommand {
         }
         let engine = try Engine(store: store, supplierDirectory: suppliers,
                                 kind: Engine.Kind(rawValue: self.engine) ?? .auto, faults: faults)
+        engine.limits = try! limits()  // invariant: checked in validate(); before the default pool is made
         let token = try APIToken.load(orCreateAt: absolute(apiTokenFile ?? stateDirectory + "/api.token"))
         let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
         try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)
@@ -199,8 +200,7 @@ struct Remapd: ParsableCommand {
             // Pinged from the engine thread: if the data path hangs, so do the pings.
             engine.setHeartbeat(every: interval / 3) { Systemd.notify("WATCHDOG=1") }
         }
-        let limits = try! limits()  // invariant: checked in validate()
-        engine.limits = limits
+        let limits = engine.limits
         // Room for metadata commits on the state directory's filesystem.
         engine.metadataReserve = try MetadataReserve(path: stateDirectory + "/metadata.reserve")
         engine.start()

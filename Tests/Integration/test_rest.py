@@ -54,8 +54,9 @@ def test_limits_are_reported_with_their_defaults(remapd):
 
 
 def test_limits_follow_the_flags(make_remapd):
-    d = make_remapd(extra_args=["--nbd-max-connections", "7", "--nbd-reply-queue", "40M",
-                                "--http-max-event-streams", "3", "--max-chunks-per-pool", "1000"])
+    # The default pool is made within the limit too (512 chunks of 64 KiB).
+    d = make_remapd(pool_size="32M", extra_args=["--nbd-max-connections", "7", "--nbd-reply-queue", "40M",
+                                                 "--http-max-event-streams", "3", "--max-chunks-per-pool", "1000"])
     body = d.get_ok("/v1/limits")
     assert (body["nbdMaxConnections"], body["nbdReplyQueueBytes"], body["httpMaxEventStreams"],
             body["maxChunksPerPool"]) == (7, 40 * 1024 * 1024, 3, 1000)

@@ -28,6 +28,36 @@ import Testing
         #expect(!allocator.isUsed(5))
     }
 
+    /// Growth against a model, across word boundaries: every chunk below
+    /// the capacity is handed out once, none past it.
+    @Test func growth_frees_exactly_the_new_chunks() {
+        for start: UInt64 in [0, 1, 63, 64, 65, 100, 128] {
+            for added: UInt64 in [1, 2, 62, 63, 64, 65, 127, 200] {
+                var allocator = ChunkAllocator(capacity: start)
+                while allocator.allocate() != nil {}
+                allocator.grow(by: added)
+                #expect(allocator.capacity == start + added && allocator.freeCount == added)
+                var handed: [UInt64] = []
+                while let chunk = allocator.allocate() { handed.append(chunk) }
+                #expect(handed.sorted() == Array(start..<(start + added)), "grow \(start) by \(added)")
+                #expect((0..<allocator.wordCount).allSatisfy { allocator.usedBits(word: $0) == (($0 + 1) * 64 <= start + added ? ~0 : ChunkAllocator.bits(0..<((start + added) % 64))) })
+            }
+        }
+    }
+
+    /// Adding 2^28 chunks (1 TiB of 4 KiB chunks) sets 4 M words, not 2^28
+    /// bits one by one: well under a second even in a debug build (one
+    /// chunk at a time took minutes).
+    @Test func growth_is_word_at_a_time() {
+        var allocator = ChunkAllocator(capacity: 1000)
+        let clock = ContinuousClock()
+        let took = clock.measure { allocator.grow(by: 1 << 28) }
+        #expect(allocator.freeCount == (1 << 28) + 1000)
+        #expect(took < .seconds(1), "growing by 2^28 chunks took \(took)")
+        let more = clock.measure { allocator.grow(by: 1 << 24) }
+        #expect(more < .milliseconds(250), "growing by 2^24 more took \(more)")
+    }
+
     @Test func grow_adds_free_chunks_at_the_end() {
         var allocator = ChunkAllocator(capacity: 10)
         for _ in 0..<10 { _ = allocator.allocate() }
@@ -54,6 +84,30 @@ import Testing
         var all: [(UInt64, UInt64)] = []
         map.forEachMapping { all.append(($0, $1)) }
         #expect(all.count == 1 && all[0] == (4999, 7))
+    }
+}
+
+@Suite struct ChunkMapRangeTests {
+    /// `forEachMapping(in:)` and `holes(in:)` against lookups, over ranges
+    /// that start and end inside extents and pages.
+    @Test(arguments: [1, 2, 3]) func ranges_agree_with_lookups(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var map = ChunkMap(virtualChunks: 20_000)
+        for _ in 0..<3000 {
+            let virtual = random.next() % 20_000
+            map.map(virtual, to: virtual / 3 + random.next() % 2)
+        }
+        for _ in 0..<50 {
+            let start = random.next() % 20_000
+            let range = start..<min(20_000, start + random.next() % 9000)
+            var mapped: [UInt64] = []
+            map.forEachMapping(in: range) { virtual, physical in
+                #expect(map.lookup(virtual) == physical)
+                mapped.append(virtual)
+            }
+            #expect(mapped == range.filter { map.lookup($0) != nil })
+            #expect(map.holes(in: range) == range.filter { map.lookup($0) == nil })
+        }
     }
 }
 

@@ -48,12 +48,12 @@ import Testing
             Supplier(id: "a", kind: .file, path: "/a", sizeBytes: 4 * chunk, preallocated: true),
             Supplier(id: "b", kind: .file, path: "/b", sizeBytes: 4 * chunk, preallocated: true),
         ])
-        let segment = pool.grow(supplier: 0, to: 6 * chunk)
+        let segment = try pool.grow(supplier: 0, to: 6 * chunk)
         #expect(segment == Pool.Segment(firstChunk: 8, supplier: 0, supplierOffset: 4 * chunk, chunks: 2))
         #expect(pool.location(of: 5) == (1, chunk))       // b's chunks did not move
         #expect(pool.location(of: 9) == (0, 5 * chunk))   // a's new tail
         #expect(pool.capacityBytes == 10 * chunk)
-        #expect(pool.grow(supplier: 1, to: 4 * chunk + 100) == nil)  // less than a chunk more
+        #expect(try pool.grow(supplier: 1, to: 4 * chunk + 100) == nil)  // less than a chunk more
     }
 
     @Test func timestamps_are_rfc3339_utc() {

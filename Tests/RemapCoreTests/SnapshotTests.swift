@@ -11,6 +11,16 @@ import Testing
         return pool
     }
 
+    /// The search order for pages shared with another image: a volume's
+    /// newest snapshots first, a snapshot's neighbours first.
+    @Test func others_nearest_first() throws {
+        let volume = Volume(key: 1, id: "v", name: "v", pool: try pool(chunks: 100), sizeBytes: 4096 * 100, createdAt: "")
+        let snapshots = (0..<5).map { Volume(snapshotOf: volume, key: Int64(10 + $0), id: "s\($0)", name: "s\($0)", createdAt: "", layer: 1) }
+        #expect(volume.othersNearestFirst.map(\.id) == ["s4", "s3", "s2", "s1", "s0"])
+        #expect(snapshots[1].othersNearestFirst.map(\.id) == ["s2", "s0", "s3", "v", "s4"])
+        #expect(snapshots[4].othersNearestFirst.map(\.id) == ["s3", "s2", "s1", "s0", "v"])
+    }
+
     @Test func a_snapshot_shares_everything_and_a_write_copies_only_what_it_touches() throws {
         let pool = try pool(chunks: 100)
         let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 64 * chunk, createdAt: "")
