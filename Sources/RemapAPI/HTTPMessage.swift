@@ -14,6 +14,14 @@ public struct HTTPRequest: Sendable {
     public var body: [UInt8]
 }
 
+extension HTTPRequest {
+    /// A request without headers or query, for callers outside the server
+    /// (the fuzz targets) to fill in.
+    public init(method: String, path: String, body: [UInt8] = []) {
+        self.init(method: method, path: path, contentType: nil, body: body)
+    }
+}
+
 /// A response ready to send.
 public struct HTTPResponse: Sendable {
     public var status: Int
