@@ -124,8 +124,10 @@ final class NBDFuzzing: Sendable {
         while true {
             let left = deadline - monotonicSeconds()
             guard left > 0 else {
+                FileHandle.standardError.write(Data(threadReport().utf8))
                 fatalError("hang: the NBD connection is still open \(Self.hangSeconds) s after \(sending ? "" : "the end of ")its input"
-                           + " (\(sent) of \(input.count) bytes sent, \(received) received)")
+                           + " (\(sent) of \(input.count) bytes sent, \(received) received"
+                           + (received == 0 ? ": not even the greeting, so the engine did not accept the connection or is stuck)" : ")"))
             }
             var watch = pollfd(fd: fd, events: Int16(POLLIN) | (sending ? Int16(POLLOUT) : 0), revents: 0)
             let ready = poll(&watch, 1, Int32(left * 1000) + 1)
@@ -156,6 +158,32 @@ final class NBDFuzzing: Sendable {
                 }
             }
         }
+    }
+
+    /// Where every thread of the process is, for a hang: their stacks from
+    /// gdb where it is installed (written straight to stderr: a pipe could
+    /// fill while gdb holds this process stopped), else their states from /proc.
+    private func threadReport() -> String {
+        let gdb = Process()
+        gdb.executableURL = URL(fileURLWithPath: "/usr/bin/gdb")
+        gdb.arguments = ["-p", String(getpid()), "-batch", "-nx", "-ex", "thread apply all bt 40"]
+        gdb.standardOutput = FileHandle.standardError
+        gdb.standardError = FileHandle.standardError
+        if (try? gdb.run()) != nil {
+            gdb.waitUntilExit()
+            return ""
+        }
+        var report = "threads at the hang (name, state, CPU ticks, kernel wait channel):\n"
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+            let stat = (try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8)) ?? ""
+            let wchan = (try? String(contentsOfFile: "/proc/self/task/\(task)/wchan", encoding: .utf8)) ?? ""
+            // comm is in parentheses; state, then utime and stime are fields 14 and 15.
+            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+            let name = stat.split(separator: "(").dropFirst().first?.split(separator: ")").first ?? ""
+            let ticks = fields.count > 13 ? "\(fields[11]) + \(fields[12])" : "?"
+            report += "  \(task) \(name) \(fields.first ?? "?") \(ticks) \(wchan)\n"
+        }
+        return report
     }
 
     private func connectToEngine() -> Int32 {

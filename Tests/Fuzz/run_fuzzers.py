@@ -6,12 +6,13 @@ For each target: libFuzzer starts from the committed corpus
 plus a scratch corpus under the build directory (first, so new inputs go
 there and are kept for the next run), with the target's dictionary. Its
 output goes to BUILD/logs/TARGET.log; a crash, hang or leak is written to
-BUILD/findings/TARGET/. Prints one line per target (executions, speed,
+BUILD/findings/TARGET/, with a copy of the log. Prints one line per target (executions, speed,
 coverage, corpus, finding) and exits 1 if any target found something.
 """
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -52,10 +53,12 @@ def main():
         log = os.path.join(logs, target + ".log")
         before = set(os.listdir(findings))
         print(f"fuzzing {target} for {args.seconds} s (log: {log})", flush=True)
+        # Swift's backtracer reads other threads' stacks, which AddressSanitizer
+        # reports as an error of its own; libFuzzer prints the crash's stack.
         with open(log, "w") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, REMAP_FUZZ_TARGET=target)).returncode
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, REMAP_FUZZ_TARGET=target, SWIFT_BACKTRACE="enable=no")).returncode
         text = open(log, errors="replace").read()
-        found = sorted(set(os.listdir(findings)) - before)
+        found = sorted(name for name in set(os.listdir(findings)) - before if not name.endswith(".log"))
         stats = dict(re.findall(r"^stat::(\w+):\s+(\d+)", text, re.M))
         progress = re.findall(r"^#\d+\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)", text, re.M)
         cov, ft, corpus, size = progress[-1] if progress else ("?", "?", "?", "?")
@@ -63,6 +66,9 @@ def main():
         speed = stats.get("average_exec_per_sec", "?")
         if code != 0 or found:
             failed = True
+            # The next run overwrites the log: keep it with what it found.
+            for name in found:
+                shutil.copyfile(log, os.path.join(findings, name + ".log"))
             result = "FOUND " + (", ".join(os.path.join(findings, f) for f in found) or f"exit status {code}, see the log")
         else:
             result = "nothing found"
