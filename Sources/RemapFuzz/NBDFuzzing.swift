@@ -148,6 +148,7 @@ final class NBDFuzzing: Sendable {
                 }
             }
             if sending && watch.revents & Int16(POLLOUT) != 0 {
+                // invariant: `input` is not empty here (an empty one is never sent)
                 let count = input.withUnsafeBytes { send(fd, $0.baseAddress! + sent, input.count - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
                 if count > 0 { sent += count }
                 if count < 0 && errno != EAGAIN && errno != EINTR {

@@ -31,12 +31,13 @@ private func selectTarget(_ arguments: inout [String]) -> FuzzTarget {
 #if FUZZING
 @_cdecl("LLVMFuzzerInitialize")
 public func fuzzerInitialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
-    var arguments = (0..<Int(argc.pointee)).map { String(cString: argv.pointee![$0]!) }
+    // invariant: libFuzzer passes main's argv, argc strings and a null
+    let vector = argv.pointee!
+    var arguments = (0..<Int(argc.pointee)).map { String(cString: vector[$0]!) }
     let before = arguments.count
     selected = selectTarget(&arguments)
     if arguments.count < before {
         // Drop the target's name from libFuzzer's view of the arguments.
-        let vector = argv.pointee!
         for index in 1..<Int(argc.pointee) - 1 { vector[index] = vector[index + 1] }
         argc.pointee -= 1
         vector[Int(argc.pointee)] = nil
