@@ -19,6 +19,7 @@ let package = Package(
     products: [
         .executable(name: "remapd", targets: ["remapd"]),
         .executable(name: "remapctl", targets: ["remapctl"]),
+        .executable(name: "remap-fuzz", targets: ["remap-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -57,8 +58,14 @@ let package = Package(
             swiftSettings: upcoming
         ),
 
+        // Fuzzing: the targets (RemapFuzz) and their driver, a libFuzzer
+        // binary under `make fuzz` and a replay tool otherwise (see README).
+        .target(name: "RemapFuzz", dependencies: ["RemapCore", "RemapStore", "RemapEngine", "RemapAPI"], swiftSettings: swiftGnuSource),
+        .executableTarget(name: "remap-fuzz", dependencies: ["RemapFuzz"], swiftSettings: swiftGnuSource),
+
         .testTarget(name: "RemapCoreTests", dependencies: ["RemapCore"], swiftSettings: upcoming),
         .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
         .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore"], swiftSettings: swiftGnuSource),
+        .testTarget(name: "RemapFuzzTests", dependencies: ["RemapFuzz"], swiftSettings: swiftGnuSource),
     ]
 )

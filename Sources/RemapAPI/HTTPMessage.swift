@@ -24,6 +24,14 @@ struct HTTPConnectionContext: Sendable {
     let clientLeft: @Sendable () -> Bool
 }
 
+extension HTTPRequest {
+    /// A request without headers or query, for callers outside the server
+    /// (the fuzz targets) to fill in.
+    public init(method: String, path: String, body: [UInt8] = []) {
+        self.init(method: method, path: path, contentType: nil, body: body)
+    }
+}
+
 /// A response ready to send.
 public struct HTTPResponse: Sendable {
     public var status: Int
