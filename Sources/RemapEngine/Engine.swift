@@ -443,14 +443,19 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     connections[ObjectIdentifier(connection)] = connection
                     connection.greet()
                 }
-            } else if result == -EMFILE || result == -ENFILE {
-                // Trying again at once would spin: the listener pauses.
-                if !stopping { admission.outOfDescriptors(listener: fd, error: -result, now: monotonicNanoseconds()) }
-                return
-            } else if result != -EINTR && result != -ECONNABORTED {
-                // The listener was shut down (stop) or is broken: stop accepting on it.
-                if !stopping { log("NBD accept failed: \(String(cString: strerror(-result)))") }
-                return
+            } else {
+                switch NBDAdmission.reaction(to: -result) {
+                case .next:
+                    break
+                case .pause:
+                    // Trying again at once would spin: the listener pauses.
+                    if !stopping { admission.acceptFailed(listener: fd, error: -result, now: monotonicNanoseconds()) }
+                    return
+                case .stop:
+                    // The listener was shut down (stop) or is broken.
+                    if !stopping { log("NBD accept failed: \(String(cString: strerror(-result))): no more clients on this listener") }
+                    return
+                }
             }
             if !stopping { accept(on: fd, tls: tls) }
         }

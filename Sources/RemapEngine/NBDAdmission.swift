@@ -15,7 +15,8 @@ import RemapCore
 /// pause the spare descriptor kept for the purpose is closed to accept and
 /// close one waiting client, so clients see a close instead of waiting in
 /// the backlog. A burst of refusals is logged once, when it begins and when
-/// it ends.
+/// it ends. Other accept failures that may pass (out of memory or buffers)
+/// pause the same way; a client's own failures skip to the next client.
 struct NBDAdmission {
     /// Descriptors numbered from here on are kept for the rest of the daemon.
     let descriptorCeiling: Int32
@@ -23,7 +24,7 @@ struct NBDAdmission {
     private let descriptorLimit: Int64
     /// Clients refused since the last one admitted.
     private var refused = 0
-    /// The pause after the last EMFILE/ENFILE; 0 while accepts succeed.
+    /// The pause after the last failure waited out; 0 while accepts succeed.
     private var pause: Int64 = 0
     /// Listeners waiting out a pause, and when to try them again.
     private var paused: [(listener: Int32, until: Int64)] = []
@@ -46,7 +47,7 @@ struct NBDAdmission {
     /// `serving` clients connected already.
     mutating func admits(_ fd: Int32, serving: Int, limit: Int) -> Bool {
         if pause > 0 {
-            log("file descriptors are available again: accepting NBD clients")
+            log("NBD listeners accept again")
             pause = 0
         }
         if spareFD < 0 { spareFD = open("/dev/null", O_RDONLY | O_CLOEXEC) }
@@ -65,15 +66,50 @@ struct NBDAdmission {
         return false
     }
 
-    /// `listener` failed to accept for lack of descriptors (`error` is
-    /// EMFILE or ENFILE): it pauses, and one waiting client is closed.
-    mutating func outOfDescriptors(listener: Int32, error: Int32, now: Int64) {
+    /// What a listener does after accept failed with `error` (an errno).
+    enum AcceptFailure: Equatable {
+        /// The failure was the waiting client's own (it left, a network
+        /// error, a firewall): accept the next one at once.
+        case next
+        /// The process or the system is short of something (descriptors,
+        /// memory, buffers, or an error not known here): pause, then try
+        /// again, so a persistent failure neither spins nor stops NBD.
+        case pause
+        /// The listener itself is gone (closed at stop) or not a listening
+        /// socket: trying again cannot succeed.
+        case stop
+    }
+
+    /// How a listener answers accept's `error`. Linux passes a pending
+    /// connection's network errors to accept, to be treated like EAGAIN
+    /// (accept(2)); anything else not known to be final is waited out.
+    static func reaction(to error: Int32) -> AcceptFailure {
+        switch error {
+        case EINTR, EAGAIN, ECONNABORTED, EPROTO, EPERM, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET,
+             EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH, ETIMEDOUT, ECONNRESET:
+            return .next
+        case EBADF, EINVAL, ENOTSOCK, EFAULT, ECANCELED:
+            return .stop
+        default:
+            return .pause
+        }
+    }
+
+    /// `listener` failed to accept with `error`, one `reaction(to:)` says to
+    /// wait out: it pauses, 100 ms doubling up to 1 s, logged when a run of
+    /// failures begins. Out of descriptors (EMFILE, ENFILE), one waiting
+    /// client is closed too, with the spare descriptor kept for that.
+    mutating func acceptFailed(listener: Int32, error: Int32, now: Int64) {
         if pause == 0 {
-            let which = error == EMFILE ? "RLIMIT_NOFILE reached" : "the system's file table is full"
-            log("out of file descriptors (\(which)): NBD clients are closed until some are free")
+            switch error {
+            case EMFILE: log("out of file descriptors (RLIMIT_NOFILE reached): NBD clients are closed until some are free")
+            case ENFILE: log("out of file descriptors (the system's file table is full): NBD clients are closed until some are free")
+            default: log("NBD accept failed (\(String(cString: strerror(error)))): the listener pauses and tries again")
+            }
         }
         pause = pause == 0 ? 100_000_000 : min(2 * pause, 1_000_000_000)
         paused.append((listener, now + pause))
+        guard error == EMFILE || error == ENFILE else { return }
         if spareFD >= 0 {
             close(spareFD)
             spareFD = -1
@@ -86,6 +122,9 @@ struct NBDAdmission {
         }
         spareFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
     }
+
+    /// Whether a listener is waiting out a pause (for tests and logs).
+    var pausedListeners: [Int32] { paused.map(\.listener) }
 
     /// The paused listeners due to accept again by `now`.
     mutating func resumable(now: Int64) -> [Int32] {
