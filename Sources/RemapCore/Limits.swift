@@ -15,6 +15,8 @@ public struct Limits: Codable, Sendable, Equatable {
     public var nbdHandshakeTimeoutSeconds: Int = 30
     /// Seconds a request's payload (a WRITE's data) may stay incomplete.
     public var nbdRequestTimeoutSeconds: Int = 30
+    /// Seconds a reply may wait with the client taking none of its bytes.
+    public var nbdReplyTimeoutSeconds: Int = 60
 
     // HTTP
     /// HTTP connections served at once, per listener.

@@ -96,6 +96,8 @@ final class NBDConnection {
     /// Options received before an export was chosen.
     private var optionsReceived = 0
     private var sending = false
+    /// When the send in flight started or last moved bytes.
+    private var sendProgressAt: Int64 = 0
     private var receiving = false
     private var socketOperations = 0
     var requestsInFlight = 0
@@ -147,7 +149,9 @@ final class NBDConnection {
     func release(_ bytes: Int) { heldBytes -= bytes }
 
     /// Drops the client if it overstays: in the handshake (no export
-    /// chosen), or with a WRITE whose payload is still incomplete.
+    /// chosen), with a WRITE whose payload is still incomplete, or with
+    /// replies it does not read (its queue is capped, but holding the cap
+    /// for ever on many connections would add up).
     func enforceDeadlines(now: Int64) {
         guard !broken else { return }  // dropped already
         let limits = engine.limits
@@ -155,6 +159,8 @@ final class NBDConnection {
             protocolError("no export chosen within \(limits.nbdHandshakeTimeoutSeconds) s")
         } else if let payload, now - payload.started > Int64(limits.nbdRequestTimeoutSeconds) * 1_000_000_000 {
             protocolError("a WRITE's payload still incomplete after \(limits.nbdRequestTimeoutSeconds) s")
+        } else if sending && now - sendProgressAt > Int64(limits.nbdReplyTimeoutSeconds) * 1_000_000_000 {
+            protocolError("no byte of its replies read for \(limits.nbdReplyTimeoutSeconds) s (\(heldBytes) bytes held)")
         }
     }
 
@@ -343,6 +349,7 @@ final class NBDConnection {
             return part.buffer.map { ($0, part.offset + skip, part.count - skip) }  // unsent parts have theirs
         })
         sending = true
+        sendProgressAt = monotonicNanoseconds()
         socketOperations += 1
         ring.sendMessage(fd: fd, message: batch.message) { [self] result in
             _ = batch  // iovecs and buffers live until the send completes

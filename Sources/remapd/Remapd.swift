@@ -63,6 +63,9 @@ struct Remapd: ParsableCommand {
     @Option(help: "Seconds an NBD request's payload may stay incomplete before the connection is dropped.")
     var nbdRequestTimeout: Int = Limits().nbdRequestTimeoutSeconds
 
+    @Option(help: "Seconds an NBD client may leave its replies unread (no byte taken) before the connection is dropped.")
+    var nbdReplyTimeout: Int = Limits().nbdReplyTimeoutSeconds
+
     @Option(help: "HTTP connections served at once, per API listener.")
     var httpMaxConnections: Int = Limits().httpMaxConnections
 
@@ -253,6 +256,7 @@ struct Remapd: ParsableCommand {
         var limits = Limits()
         limits.nbdHandshakeTimeoutSeconds = try within("nbd-handshake-timeout", nbdHandshakeTimeout, 1...3600, " seconds")
         limits.nbdRequestTimeoutSeconds = try within("nbd-request-timeout", nbdRequestTimeout, 1...3600, " seconds")
+        limits.nbdReplyTimeoutSeconds = try within("nbd-reply-timeout", nbdReplyTimeout, 1...3600, " seconds")
         limits.nbdMaxConnections = try within("nbd-max-connections", nbdMaxConnections, 1...1_000_000)
         limits.nbdMaxOptions = try within("nbd-max-options", nbdMaxOptions, 16...1_000_000)
         guard let queue = ByteCount.parse(nbdReplyQueue) else {

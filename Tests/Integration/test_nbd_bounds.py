@@ -113,6 +113,47 @@ def test_unread_replies_stop_the_connection_reading(served, command, count, leng
     print(f"peak RSS growth {peak // MiB} MiB")
 
 
+def test_replies_never_read_drop_the_connection(make_remapd):
+    """A client that takes no byte of its replies for --nbd-reply-timeout
+    (3 s here) is dropped, with one log line each, and what it held is let
+    go; another client is served meanwhile, and one that reads slowly but
+    steadily is not dropped."""
+    d = make_remapd(extra_args=["--nbd-reply-timeout", "3"])
+    d.create_volume("v", 64 * MiB)
+    healthy(d)
+    baseline = rss(d)
+    requests = b"".join(request_header(CMD_READ, i, (i % 2) * 32 * MiB, 32 * MiB) for i in range(8))
+    stalled = [pipelined(d, requests)[0] for _ in range(3)]
+    slow = Raw(d.nbd_sock)
+    slow.export_name("v")
+    slow.s.sendall(b"".join(request_header(CMD_READ, i, 0, 4 * MiB) for i in range(4)))
+    started = time.monotonic()
+    healthy(d)
+    assert rss(d) - baseline > 64 * MiB, "the stalled clients hold their replies first"
+    # The slow client takes a little of its replies every second, for longer
+    # than the timeout.
+    taken = 0
+    while time.monotonic() - started < 5:
+        taken += len(slow.s.recv(256 * 1024))
+        time.sleep(1)
+    assert wait_until(lambda: d.last_output().count("no byte of its replies read for 3 s") == 3, timeout=5), \
+        d.last_output()
+    assert time.monotonic() - started < 8
+    for r in stalled:
+        assert closes(r.s, timeout=5)  # what was queued in the socket, then the end
+        r.close()
+    assert wait_until(lambda: rss(d) - baseline < 48 * MiB, timeout=5), (rss(d) - baseline) // MiB
+    # The slow reader was not dropped: the rest of its replies arrive.
+    slow.s.settimeout(10)
+    want = 4 * (16 + 4 * MiB)
+    while taken < want:
+        chunk = slow.s.recv(1 << 20)
+        assert chunk, f"the slow reader was dropped after {taken} of {want} bytes"
+        taken += len(chunk)
+    slow.close()
+    healthy(d)
+
+
 # ------------------------------------------------------------------ options
 
 def test_options_are_capped_per_handshake(served):

@@ -47,7 +47,7 @@ def test_limits_are_reported_with_their_defaults(remapd):
     body = remapd.get_ok("/v1/limits")
     assert body == {
         "nbdMaxConnections": 1024, "nbdReplyQueueBytes": 64 * 1024 * 1024, "nbdMaxOptions": 16384,
-        "nbdHandshakeTimeoutSeconds": 30, "nbdRequestTimeoutSeconds": 30,
+        "nbdHandshakeTimeoutSeconds": 30, "nbdRequestTimeoutSeconds": 30, "nbdReplyTimeoutSeconds": 60,
         "httpMaxConnections": 512, "httpMaxConnectionsPerIP": 32, "httpRequestTimeoutSeconds": 10,
         "httpMaxEventStreams": 64, "maxChunksPerPool": 1 << 28,
     }
