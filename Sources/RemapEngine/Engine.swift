@@ -114,7 +114,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// The credentials a TCP listener demands (STARTTLS); none on the unix socket.
     private var listenerCredentials: [Int32: TLSCredentials] = [:]
     private var connections: [ObjectIdentifier: NBDConnection] = [:]
-    private var admission = NBDAdmission()
+    private(set) var admission = NBDAdmission()
     var exportUsers: [Int64: Int] = [:]
     /// Extra NBD exports: name → the volume and the reservation writes draw on.
     var extraExports: [String: (volume: Volume, reservation: String?)] = [:]

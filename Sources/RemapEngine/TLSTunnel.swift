@@ -49,10 +49,16 @@ final class TLSTunnel: @unchecked Sendable {  // after start, touched by its own
     /// in plaintext on it) and returns the plaintext descriptor that takes
     /// its place. The tunnel owns `socket` once this returns; after a
     /// throw the caller still does.
-    static func start(socket: Int32, credentials: TLSCredentials) throws(RemapError) -> Int32 {
+    /// The pair's descriptors must be numbered below `ceiling`: those from
+    /// there on are kept for the rest of the daemon (NBDAdmission), and a
+    /// TLS client needs three where a plain one needs one.
+    static func start(socket: Int32, credentials: TLSCredentials, below ceiling: Int32) throws(RemapError) -> Int32 {
         var pair: [Int32] = [-1, -1]
         do throws(RemapError) {
             try systemCall("socketpair for TLS") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) }
+            guard pair.allSatisfy({ $0 < ceiling }) else {
+                throw .io(errno: EMFILE, context: "no file descriptors left for TLS connections (the rest are kept for the API and files)")
+            }
             let tunnel = TLSTunnel(session: try credentials.makeSession(socket: socket), network: socket, plaintext: pair[1])
             let rc = tryStartThread(name: "remap-tls") { tunnel.run() }
             guard rc == 0 else {

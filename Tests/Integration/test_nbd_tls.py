@@ -390,6 +390,45 @@ def test_stalled_starttls_client_is_dropped_at_the_handshake_deadline(make_remap
     assert wait_until(lambda: tls_threads(d) == 0, timeout=10), tls_threads(d)
 
 
+def test_tls_clients_cannot_take_the_descriptors_kept_for_the_api(make_remapd, keys):
+    """A TLS client needs three descriptors (its socket and the tunnel's
+    pair), but is admitted with one: at a 256-descriptor limit, 150 clients
+    admitted, then starting TLS, get their tunnels only below the
+    descriptors kept for the API and files; the others are dropped, and the
+    API and a new client are served."""
+    port = free_port()
+    d = make_remapd(start=False, extra_args=["--nbd-listen", f"127.0.0.1:{port}", "--nbd-tls-psk", str(keys["good"]),
+                                             "--nbd-handshake-timeout", "60"])
+    d.port = port
+    command = d.command
+    d.command = lambda: ["prlimit", "--nofile=256", "--", *command()]
+    d.start()
+    d.create_volume("v", 4 * MiB)
+    clients = [tcp_raw(d) for _ in range(150)]  # all admitted: one descriptor each
+    for c in clients:
+        c.option(OPT_STARTTLS)
+    acked = 0
+    for c in clients:
+        try:
+            acked += c.reply()[:2] == (OPT_STARTTLS, REP_ACK)
+        except (OSError, AssertionError, struct.error):
+            pass
+    assert acked == 150, acked  # the ACK comes before the tunnel
+    assert wait_until(lambda: d.api("GET", "/v1/health", timeout=3)[0] == 200, timeout=10)
+    # The last 32 stay free (a few may be the API's and files' own).
+    fds = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+    assert fds < 256 - 24, fds
+    tunnels = tls_threads(d)
+    assert 40 < tunnels < 100, tunnels  # (256 - 32) / 3 at most, less what the daemon has open
+    assert "no file descriptors left for TLS connections" in d.last_output()
+    for c in clients[:20]:
+        c.close()
+    assert wait_until(lambda: run(["nbdinfo", "--size", psk_uri(d, keys["good"], "v")], timeout=30).returncode == 0,
+                      timeout=20)
+    for c in clients[20:]:
+        c.close()
+
+
 # ------------------------------------------------------------------ X.509 certificates
 
 def test_x509_nbdinfo_nbdcopy_and_qemu_img(make_remapd, pki, tmp_path):
