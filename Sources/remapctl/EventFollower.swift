@@ -9,7 +9,8 @@ import Glibc
 /// server repeats anyway are skipped by sequence number). A daemon that
 /// restarted numbers its events from 1 again; the follower notices and
 /// starts over with it. A daemon that answers with the JSON list instead of
-/// a stream is polled.
+/// a stream is polled; one that serves all the streams it may (503) is
+/// tried again, backing off to every five seconds.
 struct EventFollower {
     let client: APIClient
     /// One JSON object per line instead of readable lines.
@@ -75,7 +76,9 @@ struct EventFollower {
                     try printList(stream.remainingBody())
                 }
             } catch {
-                guard connected, Self.isTransient(error) else { throw error }
+                // Before the first stream, only a busy daemon is waited for:
+                // a wrong socket or token should fail at once.
+                guard connected || Self.isBusy(error), Self.isTransient(error) else { throw error }
                 failures += 1
                 if failures == 1 {
                     Output.print(toStandardError: "remapctl: \(error.message); reconnecting\n")
@@ -189,14 +192,22 @@ struct EventFollower {
     }
 
     /// Failures a later attempt may not meet: the daemon restarting, the
-    /// connection dropping.
+    /// connection dropping, the daemon busy (503: as many event streams
+    /// as it serves at once; nothing is missed meanwhile, the reconnect
+    /// asks for what followed the last event seen).
     private static func isTransient(_ error: ClientError) -> Bool {
         switch error {
         case .noSocketFound, .cannotConnect, .cannotResolve, .connectionLost, .timedOut:
             true
-        case .malformedResponse, .unexpectedBody, .problem, .unreadableTokenFile, .lookupFailed, .localFile:
+        case .problem:
+            isBusy(error)
+        case .malformedResponse, .unexpectedBody, .unreadableTokenFile, .lookupFailed, .localFile:
             false
         }
+    }
+
+    private static func isBusy(_ error: ClientError) -> Bool {
+        if case .problem(_, 503, _) = error { true } else { false }
     }
 
     /// Ctrl-C ends a follow as a success: it is how one stops it. Every

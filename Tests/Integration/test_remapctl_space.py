@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run
+from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run, wait_until
 
 LOW_SPACE_BYTES = 420 * MiB  # 82% of the 512 MiB default pool: crosses the 80% threshold
 from test_remapctl_full import api_error, bash_complete, ok, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)
@@ -510,6 +510,31 @@ def test_events_follow_survives_a_daemon_restart(remapd, follow):
     f.wait_for(is_90_percent_crossing, timeout=15)
     assert f.proc.poll() is None, "the follower must keep running"
     assert f.interrupt() == 0
+
+
+def test_events_follow_waits_while_remapd_serves_all_its_streams(make_remapd, follow):
+    """With --http-max-event-streams 1 taken, a second follower is told 503
+    too-many-streams: it says so once and tries again instead of exiting,
+    and shows the events made meanwhile once the first follower leaves."""
+    d = make_remapd(extra_args=["--http-max-event-streams", "1"])
+    d.create_volume("vm1", DEFAULT_POOL_SIZE)
+    since = str(last_seq(d))
+    first = follow(d, "--since", since)
+    first_rid = reserve(d, "vm1", {"bytes": MiB})["id"]
+    ok(d.ctl("reservation", "delete", "vm1", first_rid))
+    first.wait_for(lambda text: first_rid in text)  # the slot is taken
+    second = follow(d, "--since", since)
+    assert wait_until(lambda: any("too-many-streams" in line or "event streams" in line for line in second.stderr),
+                      timeout=10), second.stderr
+    assert second.proc.poll() is None, f"the second follower exited: {second.stderr}"
+    rid = reserve(d, "vm1", {"bytes": LOW_SPACE_BYTES})["id"]
+    assert first.interrupt() == 0
+    line, seen = second.wait_for(lambda text: "pool.low-space" in text, timeout=20)
+    assert any(first_rid in text for text in seen), seen  # nothing before it missed
+    ok(d.ctl("reservation", "delete", "vm1", rid))
+    second.wait_for(lambda text: "reservation.released" in text and rid in text)
+    assert sum("reconnecting" in line for line in second.stderr) == 1, second.stderr
+    assert second.interrupt() == 0
 
 
 def test_events_follow_without_a_daemon_is_one_line_exit_1(make_remapd):
