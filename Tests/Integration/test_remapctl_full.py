@@ -538,7 +538,7 @@ def test_label_value_limit_counts_characters(remapd):
 def test_file_supplier_too_large_for_the_filesystem(remapd):
     d = remapd
     path = supplier_path(d, "huge.img")
-    p = d.ctl("pool", "create", "huge", "--file", path, "--size", "1P")
+    p = d.ctl("pool", "create", "huge", "--file", path, "--size", "8T")
     assert not path.exists(), "a failed supplier file must be removed"
     api_error(p, "insufficient-space", 507)
 
