@@ -44,3 +44,26 @@ def test_readme_walkthrough_runs_verbatim(tmp_path):
     finally:
         daemon.terminate(check=False)
         daemon.cleanup()
+
+
+def markdown_links(path):
+    """The targets of the [text](target) links of a Markdown file, outside code."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def test_docs_link_only_inside_the_repository():
+    """README.md and docs/*.md link only to files of the repository (a user
+    has the repository, not the team's notes), and every link resolves."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    assert (REPO_ROOT / "docs" / "design.md") in pages
+    for page in pages:
+        for target in markdown_links(page):
+            assert not re.match(r"[a-z]+:", target), f"{page.name} links outside the repository: {target}"
+            path = target.split("#")[0]
+            if not path:
+                continue  # an anchor on the same page
+            resolved = (page.parent / path).resolve()
+            assert resolved.is_relative_to(REPO_ROOT.resolve()), f"{page.name} links outside the repository: {target}"
+            assert resolved.exists(), f"{page.name} links to a missing file: {target}"
