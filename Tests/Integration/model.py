@@ -41,7 +41,7 @@ import select
 import time
 from urllib.parse import quote
 
-from conftest import CHUNK, KiB, MiB, check_space
+from harness import CHUNK, KiB, MiB, check_space
 from test_nbd_clients import block_status
 from test_space import Api, disconnect
 

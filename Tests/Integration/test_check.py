@@ -15,7 +15,7 @@ import threading
 import nbd
 import pytest
 
-from conftest import CHUNK, DEFAULT_POOL_SIZE, REMAPD, MiB, run
+from harness import CHUNK, DEFAULT_POOL_SIZE, REMAPD, MiB, run
 from test_snapshots import clone, connect, delete_snapshot, disconnect, rand, take
 
 POOL_CHUNKS = DEFAULT_POOL_SIZE // CHUNK

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, check_space, assert_problem, wait_until
+from harness import CHUNK, MiB, assert_accounting, check_space, assert_problem, wait_until
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -38,7 +38,7 @@ import pytest
 
 import nbd
 
-from conftest import (MiB, assert_accounting, check_space, clean_env, fuse_loop_unavailable, run,
+from harness import (MiB, assert_accounting, check_space, clean_env, fuse_loop_unavailable, run,
                       wait_until)
 
 TOOLS = {"nbdkit": "nbdkit", "nbdfuse": "libnbd-bin", "fusermount3": "fuse3",

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, MiB, check_space, wait_until
+from harness import CHUNK, MiB, check_space, wait_until
 
 import nbd  # noqa: F401
 

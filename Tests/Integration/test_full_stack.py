@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, clean_env, fuse_loop_unavailable, run, wait_until
+from harness import CHUNK, MiB, assert_accounting, clean_env, fuse_loop_unavailable, run, wait_until
 
 VOLUME_SIZE = 512 * MiB      # XFS wants at least 300 MB
 N_FILES = 300

@@ -10,7 +10,7 @@ devices (a failing block device, full filesystems) are test_device_faults.py.
 import hashlib
 from random import Random
 
-from conftest import MiB
+from harness import MiB
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 

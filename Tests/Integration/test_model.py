@@ -35,7 +35,7 @@ from random import Random
 
 import pytest
 
-from conftest import CHUNK, KiB, MiB
+from harness import CHUNK, KiB, MiB
 from model import VOLUME_SIZES, ModelFailure, World, export_uri
 
 import nbd  # noqa: E402

@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from conftest import (CHUNK, GiB, MiB, assert_accounting, chunks_touched, clean_env, run,
+from harness import (CHUNK, GiB, MiB, assert_accounting, chunks_touched, clean_env, run,
                       wait_until)
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)

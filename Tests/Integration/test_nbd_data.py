@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import (CHUNK, GiB, KiB, MiB, assert_accounting, check_space, assert_problem,
+from harness import (CHUNK, GiB, KiB, MiB, assert_accounting, check_space, assert_problem,
                       chunks_touched, run, wait_until)
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)

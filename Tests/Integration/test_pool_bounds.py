@@ -29,7 +29,7 @@ import time
 import nbd
 import pytest
 
-from conftest import GiB, KiB, MiB, assert_problem, run
+from harness import GiB, KiB, MiB, assert_problem, run
 
 TiB = 1024 * GiB
 PiB = 1024 * TiB

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, run
+from harness import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, run
 
 
 def ok(p):

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from conftest import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, check_space, free_port, run
+from harness import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, check_space, free_port, run
 
 ERROR_LINE = re.compile(r"^remapctl: (?P<detail>.+) \((?P<code>[a-z][a-z-]*), HTTP (?P<status>\d{3})\)$")
 

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from conftest import CHUNK, MiB, REMAPCTL, run, wait_until
+from harness import CHUNK, MiB, REMAPCTL, run, wait_until
 from test_remapctl_full import ERROR_LINE, api_error, bash_complete, ok, ok_json, table, usage_error
 from test_remapctl_space import field
 

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run, wait_until
+from harness import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run, wait_until
 
 LOW_SPACE_BYTES = 420 * MiB  # 82% of the 512 MiB default pool: crosses the 80% threshold
 from test_remapctl_full import api_error, bash_complete, ok, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)

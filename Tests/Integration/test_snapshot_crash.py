@@ -14,7 +14,7 @@ import os
 import random
 import time
 
-from conftest import CHUNK, KiB, MiB
+from harness import CHUNK, KiB, MiB
 from test_snapshots import (SIZE, Model, assert_images, assert_read_only, assert_usage, changes, chunk_ranges,
                             clone, connect, delete_snapshot, disconnect, pool_check, rand, read_all, sha,
                             space, take, write_p1, write_p2, write_p3)

@@ -23,7 +23,7 @@ from random import Random
 
 import pytest
 
-from conftest import CHUNK, check_space, space, KiB, MiB, REMAPCTL, assert_problem, clean_env, run, wait_until
+from harness import CHUNK, check_space, space, KiB, MiB, REMAPCTL, assert_problem, clean_env, run, wait_until
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 

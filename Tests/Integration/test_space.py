@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import CHUNK, check_space, space, MiB, assert_problem, clean_env, wait_until
+from harness import CHUNK, check_space, space, MiB, assert_problem, clean_env, wait_until
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, GiB, wait_until
+from harness import CHUNK, GiB, wait_until
 from test_space import Api, check_space, export_uri, parse_time
 
 import nbd  # noqa: E402
