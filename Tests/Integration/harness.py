@@ -1,13 +1,21 @@
 """The integration tests' harness: what the test files share.
 
 conftest.py holds the fixtures (a daemon per test, or per module); this
-module holds everything else more than one test file uses:
+module holds everything else more than one test file uses, so that no test
+file keeps a copy of it:
 
-- processes: the binaries, `run`, `wait_until`, `free_port`;
+- processes: the binaries, `run`, `ok`, `wait_until`, `free_port`;
 - the daemon: `Remapd` (start, kill -9, restart with `remapd check`,
   REST through curl, remapctl, NBD handles) and `curl_api`;
 - answers and the books: `assert_problem` (RFC 9457), `check_space`,
-  `assert_accounting`.
+  `assert_accounting`;
+- `Api`, a keep-alive REST client without curl, for tests that make
+  thousands of calls or race two clients;
+- pools, fault rules, reservations, exports, events and operations;
+- NBD through libnbd: `connect`, `read_all`, `block_status`, data
+  `pattern`s, `expect_enospc`, `fill`;
+- bytes: digests, the first difference, chunk ranges;
+- real clients: `qemu_io`, `qemu_img_compare`, `nbdinfo_json`, fio.
 
 Environment:
   REMAPD    path of the daemon binary   (default: <repo>/.build/debug/remapd)
@@ -15,14 +23,20 @@ Environment:
   REMAP_ENGINE  data-path engine to run remapd with (io_uring or threads; default: remapd's choice)
 """
 
+import errno
+import hashlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -132,6 +146,13 @@ def _text(b):
     if isinstance(b, bytes):
         return b.decode("utf-8", "replace")
     return b or ""
+
+
+def ok(p):
+    """A process (from `run`) that exited 0: its stdout as text."""
+    assert p.returncode == 0, (f"exit {p.returncode}\nstdout: {p.stdout.decode()}\n"
+                               f"stderr: {p.stderr.decode()}")
+    return p.stdout.decode()
 
 
 def free_port():
@@ -415,11 +436,7 @@ class Remapd:
 
     def nbd(self, name):
         """A connected libnbd handle on export `name`; shut down at teardown."""
-        h = nbd.NBD()
-        h.set_handle_name(f"test-{name}")
-        h.connect_uri(self.nbd_uri(name))
-        self._handles.append(h)
-        return h
+        return connect(self, name)
 
 
 def curl_api(conn_args, base, method, path, body=None, raw_body=None, headers=None,
@@ -522,3 +539,358 @@ def assert_accounting(d, pool_name="default"):
     assert pool["allocatedBytes"] == total, \
         f"pool allocated {pool['allocatedBytes']} != sum of volumes {total}: {vols}"
     return pool
+
+
+# -------------------------------------------------------------------- the REST API without curl
+
+class Api:
+    """A keep-alive HTTP/1.1 client on the daemon's unix socket: one
+    connection, reused (the property test makes thousands of calls; curl
+    costs a process each). Returns (status, headers, body) like Remapd.api."""
+
+    def __init__(self, sock_path, timeout=30):
+        self.path = str(sock_path)
+        self.timeout = timeout
+        self.conn = None
+
+    def _connect(self):
+        conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path)
+        conn.sock = s
+        return conn
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.conn = None
+
+    def __call__(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (0, 1):
+            reused = self.conn is not None
+            if self.conn is None:
+                self.conn = self._connect()
+            try:
+                self.conn.request(method, path, body=data, headers=headers)
+                resp = self.conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # A kept-alive connection the server had closed: the request
+                # never reached it, so sending it again is safe.
+                self.close()
+                if attempt or not reused:
+                    raise
+        hdrs = {k.lower(): v for k, v in resp.getheaders()}
+        if resp.will_close:
+            self.close()
+        text = raw.decode("utf-8", "replace")
+        result = text
+        if "json" in hdrs.get("content-type", "") and raw:
+            try:
+                result = json.loads(text)
+            except ValueError:
+                pass
+        return resp.status, hdrs, result
+
+    def ok(self, method, path, body=None, expect=200):
+        status, _, result = self(method, path, body)
+        assert status == expect, f"{method} {path} {body} -> {status} {result}"
+        return result
+
+
+# -------------------------------------------------------------------- pools and faults
+
+def file_supplier(path, size=64 * MiB, **extra):
+    """The spec of a file supplier at `path` (`extra`: preallocate, ...)."""
+    return {"kind": "file", "path": str(path), "sizeBytes": size, **extra}
+
+
+def make_pool(d, name, size=64 * MiB, suppliers=None, **extra):
+    """POST /v1/pools: pool `name` on `suppliers`, by default one file of
+    `size` bytes in the daemon's supplier directory (`extra`: more of the
+    pool's spec, e.g. chunkSizeBytes); asserts 201, returns the pool."""
+    if suppliers is None:
+        suppliers = [file_supplier(d.state_dir / "pools" / f"{name}.img", size)]
+    status, _, pool = d.api("POST", "/v1/pools", body={"name": name, "suppliers": suppliers, **extra})
+    assert status == 201, f"POST /v1/pools {name} -> {status} {pool}"
+    return pool
+
+
+def faults(d, *rules):
+    """PUT /v1/debug/faults (a daemon started with --fault-injection): the
+    rules now in force, replacing any before; returns the answer."""
+    status, _, body = d.api("PUT", "/v1/debug/faults", body={"rules": list(rules)})
+    assert status == 200, (status, body)
+    return body
+
+
+# -------------------------------------------------------------------- reservations, exports, events, operations
+
+def reserve(d, volume, spec, expect=201):
+    """POST a reservation of `volume`; with expect=507 the problem (which
+    must say what was asked and what was there), else the reservation."""
+    status, headers, body = d.api("POST", f"/v1/volumes/{volume}/reservations", body=spec)
+    if expect == 507:
+        assert_problem(status, headers, body, 507, "insufficient-space")
+        assert isinstance(body.get("requestedBytes"), int), body
+        assert isinstance(body.get("availableBytes"), int), body
+        assert body["availableBytes"] < body["requestedBytes"], body
+        return body
+    assert status == expect, f"reserve {volume} {spec} -> {status} {body}"
+    assert isinstance(body.get("id"), str) and body["id"], body
+    assert body.get("volume") == volume, body
+    return body
+
+
+def release(d, volume, rid):
+    status, _, body = d.api("DELETE", f"/v1/volumes/{volume}/reservations/{rid}")
+    assert status == 204, f"DELETE reservation {rid} -> {status} {body}"
+
+
+def reservations(d, volume):
+    body = d.get_ok(f"/v1/volumes/{volume}/reservations")
+    assert isinstance(body.get("reservations"), list), body
+    return body["reservations"]
+
+
+def bind_export(d, volume, rid, name=None):
+    """POST /v1/exports binding reservation `rid`; returns the export's name."""
+    spec = {"volume": volume, "reservation": rid}
+    if name:
+        spec["name"] = name
+    status, _, body = d.api("POST", "/v1/exports", body=spec)
+    assert status == 201, f"POST /v1/exports {spec} -> {status} {body}"
+    assert body.get("volume") == volume and body.get("reservation") == rid, body
+    assert body.get("name") == (name or f"{volume}+{rid}"), body
+    return body["name"]
+
+
+def last_seq(d):
+    body = d.get_ok("/v1/events")
+    assert isinstance(body.get("lastSeq"), int), body
+    return body["lastSeq"]
+
+
+def events_since(d, since):
+    body = d.get_ok(f"/v1/events?since={since}")
+    assert isinstance(body.get("events"), list), body
+    seqs = [e["seq"] for e in body["events"]]
+    assert all(s > since for s in seqs) and seqs == sorted(seqs), f"events not after {since}: {seqs}"
+    return body["events"]
+
+
+def parse_time(text):
+    """An API timestamp (RFC 3339, UTC) as seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+OPERATION_FIELDS = {"id", "kind", "state", "volume", "source", "totalBytes", "doneBytes", "progress",
+                    "createdAt", "finishedAt", "error"}
+
+
+def wait_operation(d, op_id, timeout=60, seen=None):
+    """Polls GET /v1/operations/{op_id} until it is no longer running;
+    every answer has the operation's fields and progress never goes
+    backwards. Returns the operation as it ended; `seen`, a list, gets
+    every answer."""
+    seen = [] if seen is None else seen
+    deadline = time.monotonic() + timeout
+    while True:
+        op = d.get_ok(f"/v1/operations/{op_id}")
+        assert set(op) <= OPERATION_FIELDS and OPERATION_FIELDS - {"finishedAt", "error"} <= set(op), op
+        assert 0.0 <= op["progress"] <= 1.0 and 0 <= op["doneBytes"] <= op["totalBytes"], op
+        seen.append(op)
+        if op["state"] != "running":
+            break
+        assert time.monotonic() < deadline, f"operation still running after {timeout}s: {op}"
+        time.sleep(0.02)
+    progress = [o["progress"] for o in seen]
+    assert progress == sorted(progress), f"progress went backwards: {progress}"
+    done = [o["doneBytes"] for o in seen]
+    assert done == sorted(done), f"doneBytes went backwards: {done}"
+    return op
+
+
+# -------------------------------------------------------------------- NBD
+
+def export_uri(d, name):
+    """The NBD URI of export `name` (any characters: percent-encoded)."""
+    return f"nbd+unix:///{quote(name, safe='')}?socket={d.nbd_sock}"
+
+
+def connect(d, name, strict=True, meta=False, full_info=False):
+    """A libnbd handle on export `name`, shut down at teardown (or by
+    `disconnect`). strict=False lets the server, not libnbd, refuse what
+    the export does not allow; meta asks for base:allocation (for
+    `block_status`); full_info for NBD_INFO_NAME and _DESCRIPTION."""
+    h = nbd.NBD()
+    h.set_handle_name(f"test-{name}")
+    if not strict:
+        h.set_strict_mode(0)
+    if meta:
+        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    if full_info:
+        h.set_full_info(True)
+    h.connect_uri(export_uri(d, name))
+    d._handles.append(h)
+    return h
+
+
+def disconnect(d, h):
+    h.shutdown()
+    d._handles.remove(h)
+
+
+def read_all(h, size, step=4 * MiB):
+    """The first `size` bytes of `h`'s export, read `step` bytes at a time."""
+    return b"".join(h.pread(min(step, size - off), off) for off in range(0, size, step))
+
+
+def block_status(h, offset, length, flags=0):
+    """base:allocation over [offset, offset+length): [(offset, length, flags)],
+    contiguous, clipped to the range (the server may answer in pieces)."""
+    out = []
+    pos, end = offset, offset + length
+    while pos < end:
+        got = []
+
+        def cb(metacontext, off, entries, err):
+            if metacontext == nbd.CONTEXT_BASE_ALLOCATION:
+                got.append((off, list(entries)))
+            return 0
+
+        h.block_status(min(end - pos, GiB), pos, cb, flags)
+        assert len(got) == 1, f"expected one base:allocation reply at {pos}, got {got}"
+        off, entries = got[0]
+        assert off == pos, f"block status for {pos} answered at {off}"
+        assert entries and len(entries) % 2 == 0, entries
+        advanced = 0
+        for i in range(0, len(entries), 2):
+            n, fl = entries[i], entries[i + 1]
+            assert n > 0, f"zero-length extent at {pos + advanced}: {entries}"
+            n = min(n, end - pos - advanced)
+            if n <= 0:
+                break
+            out.append((pos + advanced, n, fl))
+            advanced += n
+        assert advanced > 0
+        pos += advanced
+    return out
+
+
+def pattern(tag, offset, length):
+    """Bytes that say which volume and offset they belong to (8-byte words)."""
+    first = offset // 8
+    words = (length + (offset % 8) + 7) // 8 + 1
+    out = b"".join(f"{tag[:1]}{(first + i) % 10**7:07d}".encode() for i in range(words))
+    skip = offset % 8
+    return out[skip:skip + length]
+
+
+def expect_enospc(h, offset, length=4096, flags=0):
+    """A write that must fail for lack of space; returns its latency in seconds."""
+    data = b"\xee" * length
+    t0 = time.perf_counter()
+    try:
+        h.pwrite(data, offset, flags)
+    except nbd.Error as e:
+        dt = time.perf_counter() - t0
+        assert e.errnum == errno.ENOSPC, f"write at {offset}+{length}: expected ENOSPC, got {e}"
+        return dt
+    pytest.fail(f"write at {offset}+{length} succeeded on a full pool without a reservation covering it")
+
+
+def fill(h, start, tag, step=MiB, limit=None):
+    """Write `step`-sized patterns from `start` until ENOSPC; return the end."""
+    end = start
+    while True:
+        assert limit is None or end < limit, f"wrote up to {limit} without running out"
+        try:
+            h.pwrite(pattern(tag, end, step), end)
+        except nbd.Error as e:
+            assert e.errnum == errno.ENOSPC, f"write at {end}: {e}"
+            return end
+        end += step
+
+
+# -------------------------------------------------------------------- bytes
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def first_difference(a, b):
+    """The first offset where `a` and `b` differ (None when equal)."""
+    for off in range(0, max(len(a), len(b)), 4096):
+        if a[off:off + 4096] != b[off:off + 4096]:
+            for i in range(off, off + 4096):
+                if i >= len(a) or i >= len(b) or a[i] != b[i]:
+                    return i
+    return None
+
+
+def chunk_ranges(chunks, size=None, chunk=CHUNK):
+    """Sorted, merged byte ranges [(offset, length)] of chunk numbers (the
+    last one cut at `size`, the image's end)."""
+    out = []
+    for c in sorted(set(chunks)):
+        if out and out[-1][0] + out[-1][1] == c * chunk:
+            out[-1] = (out[-1][0], out[-1][1] + chunk)
+        else:
+            out.append((c * chunk, chunk))
+    if size is not None and out and out[-1][0] + out[-1][1] > size:
+        out[-1] = (out[-1][0], size - out[-1][0])
+    return out
+
+
+# -------------------------------------------------------------------- real clients
+
+def qemu_io(uri, *commands, timeout=60):
+    """qemu-io's commands (`-c`) on a raw image at `uri`: its output, which
+    must not mention an error, a failure or something not supported."""
+    cmd = ["qemu-io", "-f", "raw"]
+    for c in commands:
+        cmd += ["-c", c]
+    cmd.append(uri)
+    p = run(cmd, timeout=timeout)
+    out = p.stdout.decode() + p.stderr.decode()
+    low = out.lower()
+    assert p.returncode == 0 and "error" not in low and "fail" not in low \
+        and "not supported" not in low, f"qemu-io {commands}: exit {p.returncode}\n{out}"
+    return out
+
+
+def qemu_img_compare(path, uri):
+    """`qemu-img compare` of a raw file with a raw image at `uri`: equal."""
+    p = run(["qemu-img", "compare", "-f", "raw", "-F", "raw", path, uri], timeout=120)
+    assert p.returncode == 0, (f"qemu-img compare {path} {uri}: exit {p.returncode}\n"
+                               f"{p.stdout.decode()}{p.stderr.decode()}")
+
+
+def nbdinfo_json(*args):
+    p = run(["nbdinfo", "--json", *args], timeout=60)
+    assert p.returncode == 0, f"nbdinfo --json {args}: {p.stderr.decode()}"
+    return json.loads(p.stdout)
+
+
+def fio_has_nbd():
+    """fio is installed and has its nbd engine."""
+    if not shutil.which("fio"):
+        return False
+    p = subprocess.run(["fio", "--enghelp=nbd"], capture_output=True, text=True)
+    return p.returncode == 0 and "uri" in p.stdout

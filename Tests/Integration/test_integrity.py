@@ -7,14 +7,11 @@ injected through the daemon's seam are test_faults.py; faults of real
 devices (a failing block device, full filesystems) are test_device_faults.py.
 """
 
-import hashlib
 from random import Random
 
-from harness import MiB
+from harness import CHUNK, MiB, read_all, sha256
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
-
-CHUNK = 64 * 1024
 
 
 def snapshot(d, volume, name):
@@ -83,8 +80,7 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
     assert status == 200 and check["ok"], check
     d.restart(kill9=True)
     for name, expected in (("v@S1", p1), ("v@S2", bytes(p2)), ("v", p3)):
-        got = hashlib.sha256(b"".join(d.nbd(name).pread(4 * MiB, o) for o in range(0, size, 4 * MiB))).hexdigest()
-        assert got == hashlib.sha256(expected).hexdigest(), f"{name} changed across kill -9"
+        assert sha256(read_all(d.nbd(name), size)) == sha256(expected), f"{name} changed across kill -9"
 
 
 def test_a_zeroing_that_finds_no_space_is_answered_once(make_remapd):

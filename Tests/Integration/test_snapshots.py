@@ -13,7 +13,6 @@ The kill -9 variants are in test_snapshot_crash.py.
 """
 
 import errno
-import hashlib
 import json
 import os
 import subprocess
@@ -23,7 +22,9 @@ from random import Random
 
 import pytest
 
-from harness import CHUNK, check_space, space, KiB, MiB, REMAPCTL, assert_problem, clean_env, run, wait_until
+from harness import (CHUNK, KiB, MiB, REMAPCTL, assert_problem, check_space, chunk_ranges, clean_env, connect,
+                     disconnect, first_difference, qemu_img_compare, read_all, run, sha256, space, wait_operation,
+                     wait_until)
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -31,11 +32,6 @@ SNAPSHOT_FIELDS = {"id", "name", "volume", "pool", "sizeBytes", "createdAt", "ex
                    "uniqueBytes", "sharedBytes", "reservedBytes"}
 CHECK_FIELDS = {"pool", "ok", "usedChunks", "referencedChunks", "leakedChunks", "leakedCount",
                 "unbackedChunks", "unbackedCount", "conflicts", "conflictCount"}
-OPERATION_FIELDS = {"id", "kind", "state", "volume", "source", "totalBytes", "doneBytes", "progress",
-                    "createdAt", "finishedAt", "error"}
-READ_STEP = 4 * MiB
-
-
 # =================================================================== the model
 
 class Model:
@@ -200,56 +196,8 @@ def changes(d, ref, base=None):
     return body, ranges
 
 
-def chunk_ranges(chunks, size=None, chunk=CHUNK):
-    """Sorted, merged byte ranges of a set of chunk numbers (the last one
-    cut at `size`, the image's end)."""
-    out = []
-    for c in sorted(chunks):
-        if out and out[-1][0] + out[-1][1] == c * chunk:
-            out[-1] = (out[-1][0], out[-1][1] + chunk)
-        else:
-            out.append((c * chunk, chunk))
-    if size is not None and out and out[-1][0] + out[-1][1] > size:
-        out[-1] = (out[-1][0], size - out[-1][0])
-    return out
-
-
 def chunks_of(offset, length, chunk=CHUNK):
     return set(range(offset // chunk, (offset + length - 1) // chunk + 1))
-
-
-def connect(d, name, strict=True):
-    """A libnbd handle on export `name` (`VOL@SNAP` sent raw in the URI)."""
-    h = nbd.NBD()
-    h.set_handle_name("snap")
-    if not strict:
-        # Let the server, not libnbd, refuse writes to a read-only export.
-        h.set_strict_mode(0)
-    h.connect_uri(d.nbd_uri(name))
-    d._handles.append(h)
-    return h
-
-
-def disconnect(d, h):
-    h.shutdown()
-    d._handles.remove(h)
-
-
-def read_all(h, size):
-    return b"".join(h.pread(min(READ_STEP, size - off), off) for off in range(0, size, READ_STEP))
-
-
-def first_difference(a, b):
-    for off in range(0, max(len(a), len(b)), 4096):
-        if a[off:off + 4096] != b[off:off + 4096]:
-            for i in range(off, off + 4096):
-                if i >= len(a) or i >= len(b) or a[i] != b[i]:
-                    return i
-    return None
-
-
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def assert_reads(d, name, expected, what=None):
@@ -258,17 +206,11 @@ def assert_reads(d, name, expected, what=None):
     assert h.get_size() == len(expected), f"{name}: size {h.get_size()}, expected {len(expected)}"
     got = read_all(h, len(expected))
     disconnect(d, h)
-    if sha(got) != sha(expected):
+    if sha256(got) != sha256(expected):
         off = first_difference(got, expected)
         chunk = off // CHUNK
         pytest.fail(f"{what or name}: content differs from the model first at byte {off} (chunk {chunk}): "
                     f"got {got[off:off + 16].hex()}, expected {expected[off:off + 16].hex()}")
-
-
-def qemu_img_compare(path, d, name):
-    p = run(["qemu-img", "compare", "-f", "raw", "-F", "raw", path, d.nbd_uri(name)], timeout=120)
-    assert p.returncode == 0, (f"qemu-img compare {path} {d.nbd_uri(name)}: exit {p.returncode}\n"
-                               f"{p.stdout.decode()}{p.stderr.decode()}")
 
 
 def write_file(path, data):
@@ -322,7 +264,7 @@ def assert_images(d, model, tmp_path, names, qemu=True):
         assert_reads(d, name, expected)
         if qemu:
             path = write_file(tmp_path / f"model-{name.replace('@', '_at_')}.raw", expected)
-            qemu_img_compare(path, d, name)
+            qemu_img_compare(path, d.nbd_uri(name))
             path.unlink()
 
 
@@ -925,7 +867,7 @@ def test_sticky_reservation_snapshot_keeps_the_range_writable_in_a_full_pool(mak
         assert e.errnum == errno.ENOSPC, e
     disconnect(d, hf)
     got = read_all(h, STICKY)
-    assert sha(got) == sha(b"".join(new_blocks)), \
+    assert sha256(got) == sha256(b"".join(new_blocks)), \
         f"r differs from what was written at byte {first_difference(got, b''.join(new_blocks))}"
     disconnect(d, h)
     del got
@@ -1022,7 +964,7 @@ def test_content_streams_the_snapshot_byte_for_byte_with_ranges(remapd, tmp_path
     image = m.bytes("v@s")
     assert_reads(d, "v@s", image)
     hs = connect(d, "v@s")
-    nbd_sha = sha(read_all(hs, size))
+    nbd_sha = sha256(read_all(hs, size))
     disconnect(d, hs)
 
     out = tmp_path / "s.raw"
@@ -1034,8 +976,8 @@ def test_content_streams_the_snapshot_byte_for_byte_with_ranges(remapd, tmp_path
         assert headers.get("accept-ranges") == "bytes", headers
         assert out.stat().st_size == size
         got = out.read_bytes()
-        assert sha(got) == nbd_sha == sha(image), f"content differs at byte {first_difference(got, image)}"
-    qemu_img_compare(out, d, "v@s")
+        assert sha256(got) == nbd_sha == sha256(image), f"content differs at byte {first_difference(got, image)}"
+    qemu_img_compare(out, d.nbd_uri("v@s"))
 
     cases = [("bytes=0-0", 0, 0), ("bytes=0-65535", 0, CHUNK - 1),
              (f"bytes={3 * MiB}-{3 * MiB + 100 * KiB}", 3 * MiB, 3 * MiB + 100 * KiB),
@@ -1088,8 +1030,8 @@ def test_remapctl_snapshot_export_writes_a_sparse_identical_file(remapd, tmp_pat
     p = d.ctl("snapshot", "export", "v@s", str(out), timeout=120)
     assert p.returncode == 0, f"remapctl snapshot export: {p.stdout.decode()}{p.stderr.decode()}"
     assert out.stat().st_size == size
-    assert sha(out.read_bytes()) == sha(m.bytes("v@s"))
-    qemu_img_compare(out, d, "v@s")
+    assert sha256(out.read_bytes()) == sha256(m.bytes("v@s"))
+    qemu_img_compare(out, d.nbd_uri("v@s"))
     allocated = out.stat().st_blocks * 512
     data = m.mapped_bytes("v@s")
     assert allocated <= data + 2 * CHUNK, \
@@ -1100,25 +1042,6 @@ def test_remapctl_snapshot_export_writes_a_sparse_identical_file(remapd, tmp_pat
 def import_file(d, name, path, expect=202, **extra):
     status, headers, body = d.api("POST", "/v1/volumes", body={"name": name, "source": {"file": str(path)}, **extra})
     return status, headers, body
-
-
-def wait_operation(d, op_id, timeout=60):
-    seen = []
-    deadline = time.monotonic() + timeout
-    while True:
-        op = d.get_ok(f"/v1/operations/{op_id}")
-        assert set(op) <= OPERATION_FIELDS and OPERATION_FIELDS - {"finishedAt", "error"} <= set(op), op
-        assert 0.0 <= op["progress"] <= 1.0 and 0 <= op["doneBytes"] <= op["totalBytes"], op
-        seen.append(op)
-        if op["state"] != "running":
-            break
-        assert time.monotonic() < deadline, f"import still running after {timeout}s: {op}"
-        time.sleep(0.02)
-    progress = [o["progress"] for o in seen]
-    assert progress == sorted(progress), f"progress went backwards: {progress}"
-    done = [o["doneBytes"] for o in seen]
-    assert done == sorted(done), f"doneBytes went backwards: {done}"
-    return op, seen
 
 
 def test_import_of_a_sparse_file_allocates_only_its_data(remapd, tmp_path):
@@ -1160,7 +1083,7 @@ def test_import_of_a_sparse_file_allocates_only_its_data(remapd, tmp_path):
     assert op["state"] in ("running", "succeeded"), op
     assert (vol["name"], vol["sizeBytes"], vol["pool"]) == ("imp", vsize, "default"), vol
 
-    op, seen = wait_operation(d, op["id"])
+    op = wait_operation(d, op["id"])
     assert op["state"] == "succeeded", op
     assert op["progress"] == 1.0 and op["doneBytes"] == op["totalBytes"], op
     assert "error" not in op and op["finishedAt"] >= op["createdAt"], op
@@ -1174,7 +1097,7 @@ def test_import_of_a_sparse_file_allocates_only_its_data(remapd, tmp_path):
          f"{len(expected_chunks)} chunks ({len(expected_chunks) * CHUNK} bytes)")
     assert space(d)["allocatedBytes"] == before["allocatedBytes"] + len(expected_chunks) * CHUNK
     assert_reads(d, "imp", content + bytes(vsize - size))
-    qemu_img_compare(path, d, "imp")
+    qemu_img_compare(path, d.nbd_uri("imp"))
     # Which chunks: exactly the data's (block status of the export).
     take(d, "imp", "s")
     assert changes(d, "imp@s")[1] == chunk_ranges(expected_chunks, size=vsize)
@@ -1183,7 +1106,7 @@ def test_import_of_a_sparse_file_allocates_only_its_data(remapd, tmp_path):
     # An explicit size larger than the file: zeros after it.
     status, headers, body = import_file(d, "imp2", path, sizeBytes=64 * MiB)
     assert status == 202, body
-    op2, _ = wait_operation(d, body["operation"]["id"])
+    op2 = wait_operation(d, body["operation"]["id"])
     assert op2["state"] == "succeeded", op2
     assert d.volume("imp2")["sizeBytes"] == 64 * MiB
     assert d.volume("imp2")["allocatedBytes"] == len(expected_chunks) * CHUNK
@@ -1246,13 +1169,14 @@ def test_import_of_a_big_file_runs_as_an_operation_and_blocks_the_volume(make_re
     nbd_refused = run(["nbdinfo", d.nbd_uri("big")]).returncode != 0
     still_running = d.get_ok(f"/v1/operations/{op['id']}")["state"] == "running"
     assert nbd_refused or not still_running, "the export of a volume being imported must be refused"
-    op, seen = wait_operation(d, op["id"], timeout=120)
+    seen = []
+    op = wait_operation(d, op["id"], timeout=120, seen=seen)
     assert op["state"] == "succeeded", op
     assert op["progress"] == 1.0
     assert any(0.0 < o["progress"] < 1.0 for o in seen) or len(seen) < 3, \
         f"progress jumped from 0 to 1: {[o['progress'] for o in seen]}"
     assert d.volume("big")["allocatedBytes"] == data_end
-    qemu_img_compare(path, d, "big")
+    qemu_img_compare(path, d.nbd_uri("big"))
     pool_check(d, chunks=data_end // CHUNK)
     status, _, body = d.api("DELETE", "/v1/volumes/big")
     assert status == 204, body
@@ -1264,7 +1188,7 @@ def test_import_that_runs_out_of_space_fails_and_deletes_the_volume(make_remapd)
     path.write_bytes(rand(1, 32 * MiB))
     status, headers, body = import_file(d, "full", path)
     assert status == 202, body
-    op, _ = wait_operation(d, body["operation"]["id"])
+    op = wait_operation(d, body["operation"]["id"])
     assert op["state"] == "failed", op
     err = op.get("error")
     assert isinstance(err, dict) and err.get("status") == 507 and err.get("code") == "insufficient-space", op
@@ -1276,12 +1200,12 @@ def test_import_that_runs_out_of_space_fails_and_deletes_the_volume(make_remapd)
     # The space is usable again: the same import into a volume that fits.
     status, headers, body = import_file(d, "again", path, sizeBytes=32 * MiB)
     assert status == 202, body
-    assert wait_operation(d, body["operation"]["id"])[0]["state"] == "failed"
+    assert wait_operation(d, body["operation"]["id"])["state"] == "failed"
     small = d.state_dir / "pools" / "small.raw"
     small.write_bytes(rand(2, 8 * MiB))
     status, headers, body = import_file(d, "small", small)
     assert status == 202, body
-    assert wait_operation(d, body["operation"]["id"])[0]["state"] == "succeeded"
+    assert wait_operation(d, body["operation"]["id"])["state"] == "succeeded"
     assert d.volume("small")["allocatedBytes"] == 8 * MiB
     pool_check(d, chunks=8 * MiB // CHUNK)
 

@@ -16,17 +16,17 @@ import http.client
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import threading
 import time
-from datetime import datetime
 from urllib.parse import quote
 
 import pytest
 
-from harness import CHUNK, check_space, space, MiB, assert_problem, clean_env, wait_until
+from harness import (CHUNK, MiB, Api, assert_problem, bind_export, check_space, clean_env, connect, disconnect,
+                     events_since, expect_enospc, export_uri, fill, fio_has_nbd, last_seq, make_pool, parse_time,
+                     pattern, release, reservations, reserve, space, wait_until)
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -34,162 +34,6 @@ ENOSPC_BUDGET = 0.010  # seconds: an uncovered write on a full pool fails within
 
 
 # =================================================================== helpers
-
-class Api:
-    """A keep-alive HTTP/1.1 client on the daemon's unix socket: one
-    connection, reused (the property test makes thousands of calls; curl
-    costs a process each). Returns (status, headers, body) like Remapd.api."""
-
-    def __init__(self, sock_path, timeout=30):
-        self.path = str(sock_path)
-        self.timeout = timeout
-        self.conn = None
-
-    def _connect(self):
-        conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.path)
-        conn.sock = s
-        return conn
-
-    def close(self):
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-        self.conn = None
-
-    def __call__(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        for attempt in (0, 1):
-            reused = self.conn is not None
-            if self.conn is None:
-                self.conn = self._connect()
-            try:
-                self.conn.request(method, path, body=data, headers=headers)
-                resp = self.conn.getresponse()
-                raw = resp.read()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # A kept-alive connection the server had closed: the request
-                # never reached it, so sending it again is safe.
-                self.close()
-                if attempt or not reused:
-                    raise
-        hdrs = {k.lower(): v for k, v in resp.getheaders()}
-        if resp.will_close:
-            self.close()
-        text = raw.decode("utf-8", "replace")
-        result = text
-        if "json" in hdrs.get("content-type", "") and raw:
-            try:
-                result = json.loads(text)
-            except ValueError:
-                pass
-        return resp.status, hdrs, result
-
-    def ok(self, method, path, body=None, expect=200):
-        status, _, result = self(method, path, body)
-        assert status == expect, f"{method} {path} {body} -> {status} {result}"
-        return result
-
-
-def reserve(d, volume, spec, expect=201):
-    status, headers, body = d.api("POST", f"/v1/volumes/{volume}/reservations", body=spec)
-    if expect == 507:
-        assert_problem(status, headers, body, 507, "insufficient-space")
-        assert isinstance(body.get("requestedBytes"), int), body
-        assert isinstance(body.get("availableBytes"), int), body
-        assert body["availableBytes"] < body["requestedBytes"], body
-        return body
-    assert status == expect, f"reserve {volume} {spec} -> {status} {body}"
-    assert isinstance(body.get("id"), str) and body["id"], body
-    assert body.get("volume") == volume, body
-    return body
-
-
-def release(d, volume, rid):
-    status, _, body = d.api("DELETE", f"/v1/volumes/{volume}/reservations/{rid}")
-    assert status == 204, f"DELETE reservation {rid} -> {status} {body}"
-
-
-def reservations(d, volume):
-    body = d.get_ok(f"/v1/volumes/{volume}/reservations")
-    assert isinstance(body.get("reservations"), list), body
-    return body["reservations"]
-
-
-def bind_export(d, volume, rid, name=None):
-    spec = {"volume": volume, "reservation": rid}
-    if name:
-        spec["name"] = name
-    status, _, body = d.api("POST", "/v1/exports", body=spec)
-    assert status == 201, f"POST /v1/exports {spec} -> {status} {body}"
-    assert body.get("volume") == volume and body.get("reservation") == rid, body
-    assert body.get("name") == (name or f"{volume}+{rid}"), body
-    return body["name"]
-
-
-def last_seq(d):
-    body = d.get_ok("/v1/events")
-    assert isinstance(body.get("lastSeq"), int), body
-    return body["lastSeq"]
-
-
-def events_since(d, since):
-    body = d.get_ok(f"/v1/events?since={since}")
-    assert isinstance(body.get("events"), list), body
-    seqs = [e["seq"] for e in body["events"]]
-    assert all(s > since for s in seqs) and seqs == sorted(seqs), f"events not after {since}: {seqs}"
-    return body["events"]
-
-
-def export_uri(d, name):
-    return f"nbd+unix:///{quote(name, safe='')}?socket={d.nbd_sock}"
-
-
-def connect(d, name):
-    """A libnbd handle on export `name` (any characters); shut down at teardown."""
-    h = nbd.NBD()
-    h.set_handle_name("space")
-    h.connect_uri(export_uri(d, name))
-    d._handles.append(h)
-    return h
-
-
-def disconnect(d, h):
-    h.shutdown()
-    d._handles.remove(h)
-
-
-def pattern(tag, offset, length):
-    """Bytes that say which volume and offset they belong to (8-byte words)."""
-    first = offset // 8
-    words = (length + (offset % 8) + 7) // 8 + 1
-    out = b"".join(f"{tag[:1]}{(first + i) % 10**7:07d}".encode() for i in range(words))
-    skip = offset % 8
-    return out[skip:skip + length]
-
-
-def expect_enospc(h, offset, length=4096, flags=0):
-    """A write that must fail for lack of space; returns its latency in seconds."""
-    data = b"\xee" * length
-    t0 = time.perf_counter()
-    try:
-        h.pwrite(data, offset, flags)
-    except nbd.Error as e:
-        dt = time.perf_counter() - t0
-        assert e.errnum == errno.ENOSPC, f"write at {offset}+{length}: expected ENOSPC, got {e}"
-        return dt
-    pytest.fail(f"write at {offset}+{length} succeeded on a full pool without a reservation covering it")
-
-
-def parse_time(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
 
 def aio_wait(h, cookies, timeout):
     """Pump `h` until every cookie completed or `timeout`; return
@@ -207,13 +51,6 @@ def aio_wait(h, cookies, timeout):
             except nbd.Error as e:
                 done[c] = e
     return done
-
-
-def fio_has_nbd():
-    if not shutil.which("fio"):
-        return False
-    p = subprocess.run(["fio", "--enghelp=nbd"], capture_output=True, text=True)
-    return p.returncode == 0 and "uri" in p.stdout
 
 
 class Fio:
@@ -458,19 +295,6 @@ def test_full_pool_keeps_reservations_and_fails_uncovered_writes_fast(make_remap
 
 
 # ============================================= 2. space freed elsewhere is usable
-
-def fill(h, start, tag, step=MiB, limit=None):
-    """Write `step`-sized blocks from `start` until ENOSPC; return the end."""
-    end = start
-    while True:
-        assert limit is None or end < limit, f"wrote up to {limit} without running out"
-        try:
-            h.pwrite(pattern(tag, end, step), end)
-        except nbd.Error as e:
-            assert e.errnum == errno.ENOSPC, f"write at {end}: {e}"
-            return end
-        end += step
-
 
 def test_space_freed_elsewhere_is_usable_on_the_same_connection(make_remapd):
     """C runs out; a volume delete, a reservation release and C's own TRIM
@@ -1071,22 +895,13 @@ def test_lease_expires_across_a_restart(make_remapd, how):
 
 # ============================================ 7. thresholds and the queue
 
-def make_pool(d, name, chunks, **extra):
-    spec = {"name": name, "chunkSizeBytes": CHUNK,
-            "suppliers": [{"kind": "file", "path": str(d.state_dir / "pools" / f"{name}.img"),
-                           "sizeBytes": chunks * CHUNK}], **extra}
-    status, _, pool = d.api("POST", "/v1/pools", body=spec)
-    assert status == 201, pool
-    return pool
-
-
 def low_space(d, since, pool):
     return [e for e in events_since(d, since) if e["type"] == "pool.low-space" and e.get("pool") == pool]
 
 
 def test_low_space_threshold_events_fire_once_per_crossing(make_remapd):
     d = make_remapd(pool_size="1M")
-    make_pool(d, "t", 100)  # 1 chunk = 1 %
+    make_pool(d, "t", 100 * CHUNK, chunkSizeBytes=CHUNK)  # 1 chunk = 1 %
     assert d.pool("t")["lowSpaceThresholds"] == [80, 90, 95]
     status, _, pool = d.api("PATCH", "/v1/pools/t", body={"lowSpaceThresholds": [50, 75]})
     assert status == 200 and pool["lowSpaceThresholds"] == [50, 75], pool
@@ -1153,7 +968,7 @@ def test_low_space_threshold_events_fire_once_per_crossing(make_remapd):
 
 def test_queued_write_waits_for_a_grown_pool_then_succeeds(make_remapd):
     d = make_remapd(pool_size="1M")
-    pool = make_pool(d, "q", 16)
+    pool = make_pool(d, "q", 16 * CHUNK, chunkSizeBytes=CHUNK)
     sid = pool["suppliers"][0]["id"]
     status, _, pool = d.api("PATCH", "/v1/pools/q", body={"onNoSpace": {"queueSeconds": 5}})
     assert status == 200 and pool["onNoSpace"] == {"queueSeconds": 5}, pool
@@ -1200,7 +1015,7 @@ def test_queued_write_waits_for_a_grown_pool_then_succeeds(make_remapd):
 
 def test_queued_write_is_released_by_a_reservation_release(make_remapd):
     d = make_remapd(pool_size="1M")
-    make_pool(d, "q", 16)
+    make_pool(d, "q", 16 * CHUNK, chunkSizeBytes=CHUNK)
     d.api("PATCH", "/v1/pools/q", body={"onNoSpace": {"queueSeconds": 5}})
     d.create_volume("v", 8 * MiB, pool="q")
     d.create_volume("w", 8 * MiB, pool="q")
@@ -1220,7 +1035,7 @@ def test_queued_write_is_released_by_a_reservation_release(make_remapd):
 @pytest.mark.parametrize("queue", [1, 2])
 def test_queued_write_fails_with_enospc_after_queue_seconds(make_remapd, queue):
     d = make_remapd(pool_size="1M")
-    make_pool(d, "q", 16)
+    make_pool(d, "q", 16 * CHUNK, chunkSizeBytes=CHUNK)
     status, _, pool = d.api("PATCH", "/v1/pools/q", body={"onNoSpace": {"queueSeconds": queue}})
     assert status == 200, pool
     d.create_volume("v", 8 * MiB, pool="q")
@@ -1245,7 +1060,7 @@ def test_queued_write_fails_with_enospc_after_queue_seconds(make_remapd, queue):
 
 def test_supplier_patch_is_grow_only(make_remapd):
     d = make_remapd(pool_size="1M")
-    pool = make_pool(d, "g", 16)
+    pool = make_pool(d, "g", 16 * CHUNK, chunkSizeBytes=CHUNK)
     sid = pool["suppliers"][0]["id"]
     for body in ({"sizeBytes": 8 * CHUNK}, {"sizeBytes": "x"}, {}, {"sizeBytes": 32 * CHUNK, "bogus": 1}):
         status, headers, problem = d.api("PATCH", f"/v1/pools/g/suppliers/{sid}", body=body)
