@@ -16,7 +16,7 @@ import nbd
 import pytest
 
 from harness import CHUNK, DEFAULT_POOL_SIZE, REMAPD, MiB, connect, disconnect, run
-from test_snapshots import clone, delete_snapshot, rand, take
+from snapshots import clone, delete_snapshot, rand, take
 
 POOL_CHUNKS = DEFAULT_POOL_SIZE // CHUNK
 

@@ -10,14 +10,9 @@ devices (a failing block device, full filesystems) are test_device_faults.py.
 from random import Random
 
 from harness import CHUNK, MiB, read_all, sha256
+from snapshots import take
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
-
-
-def snapshot(d, volume, name):
-    status, _, body = d.api("POST", f"/v1/volumes/{volume}/snapshots", body={"name": name})
-    assert status == 201, (status, body)
-    return body
 
 
 def bad_chunks(h, expected):
@@ -40,7 +35,7 @@ def snapshotted(make_remapd, pool_size, size, seed):
     data = Random(seed).randbytes(size)
     h.pwrite(data, 0)
     h.flush()
-    snapshot(d, "v", "s")
+    take(d, "v", "s")
     return d, h, data
 
 
@@ -59,7 +54,7 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
     for offset in range(0, size, 4 * MiB):
         h.pwrite(p1[offset:offset + 4 * MiB], offset)
     h.flush()
-    snapshot(d, "v", "S1")
+    take(d, "v", "S1")
     p2 = bytearray(p1)
     for _ in range(300):
         offset = rng.randrange(size // 4096) * 4096
@@ -67,7 +62,7 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
         h.pwrite(data, offset)
         p2[offset:offset + 4096] = data
     h.flush()
-    snapshot(d, "v", "S2")
+    take(d, "v", "S2")
     p3 = rng.randbytes(size)
     for offset in range(0, size, 4 * MiB):
         h.pwrite(p3[offset:offset + 4 * MiB], offset)
@@ -163,7 +158,7 @@ def test_a_reserved_chunk_reads_the_same_in_the_volume_its_snapshot_and_after_re
     d.restart(kill9=True)
     h = d.nbd("v")
     seen = h.pread(CHUNK, 0)
-    snapshot(d, "v", "s")
+    take(d, "v", "s")
     assert d.nbd("v@s").pread(CHUNK, 0) == seen, "the snapshot reads other bytes than its volume did"
     h.pwrite(b"B" * 4096, 8192)       # a partial write into the same chunk
     h.flush()

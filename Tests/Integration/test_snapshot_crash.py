@@ -15,8 +15,8 @@ import random
 import time
 
 from harness import CHUNK, KiB, MiB, chunk_ranges, connect, disconnect, read_all, sha256, space
-from test_snapshots import (SIZE, Model, assert_images, assert_read_only, assert_usage, changes, clone,
-                            delete_snapshot, pool_check, rand, take, write_p1, write_p2, write_p3)
+from snapshots import (SIZE, Model, assert_images, assert_read_only, assert_usage, changes, clone, delete_snapshot,
+                       pool_check, rand, take, write_p1, write_p2, write_p3)
 
 import nbd  # noqa: E402
 
