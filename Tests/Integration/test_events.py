@@ -1,6 +1,7 @@
-"""The event log (docs/api-v1.md,
-"Reservations, exports, events (honest space)"; DESIGN.md, "The contract" 1): the server-sent event stream of GET /v1/events
-resumes after Last-Event-ID and agrees with polling; bad `since`.
+"""The event log (docs/api-v1.md, "Reservations, exports, events (honest
+space)"; DESIGN.md, "The contract" 1): the server-sent event stream of GET
+/v1/events resumes after Last-Event-ID and agrees with polling; bad
+`since`.
 
 REST over the unix socket with http.client (the stream stays open).
 """

@@ -1,8 +1,9 @@
-"""Honest space on a full pool (docs/api-v1.md,
-"Reservations, exports, events (honest space)"; DESIGN.md, "The contract" 1): writes a reservation covers succeed,
-every other write fails with ENOSPC within 10 ms; space freed elsewhere
-(a volume delete, a release, a TRIM) is usable on the same connection; a
-request needing more chunks than the prepared stash is served.
+"""Honest space on a full pool (docs/api-v1.md, "Reservations, exports, events
+(honest space)"; DESIGN.md, "The contract" 1): writes a reservation covers
+succeed, every other write fails with ENOSPC within 10 ms; space freed
+elsewhere (a volume delete, a release, a TRIM) is usable on the same
+connection; a request needing more chunks than the prepared stash is
+served.
 
 NBD through libnbd's Python binding and fio's nbd engine (or, without it,
 libnbd pattern writes). Sizes are the issue's scaled down by four (a

@@ -1,5 +1,5 @@
-"""onNoSpace queueing (docs/api-v1.md,
-"Reservations, exports, events (honest space)"; DESIGN.md, "The contract" 1): a write with no space waits up to
+"""onNoSpace queueing (docs/api-v1.md, "Reservations, exports, events (honest
+space)"; DESIGN.md, "The contract" 1): a write with no space waits up to
 queueSeconds for a pool to grow (supplier PATCH or a new supplier) or a
 reservation to be released, then succeeds; else ENOSPC on time; a
 supplier's PATCH only grows it.

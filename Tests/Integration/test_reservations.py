@@ -1,9 +1,9 @@
-"""Reservations and the exports bound to them (docs/api-v1.md,
-"Reservations, exports, events (honest space)"; DESIGN.md, "The contract" 1): 507 when the pool
-cannot back one (decided at once, nothing changed), races for the last
+"""Reservations and the exports bound to them (docs/api-v1.md, "Reservations,
+exports, events (honest space)"; DESIGN.md, "The contract" 1): 507 when the
+pool cannot back one (decided at once, nothing changed), races for the last
 space (two clients; a write and a reservation), objects, names, rounding
-and bad input, exports, thick and default reservations of a new volume,
-the order writes draw on reservations, overlapping ranges, a release with
+and bad input, exports, thick and default reservations of a new volume, the
+order writes draw on reservations, overlapping ranges, a release with
 writes in flight.
 
 Every test drives the real daemon: REST over the unix socket, NBD through

@@ -4,9 +4,9 @@ nobody references; a shrink keeps what a snapshot shares; a pool holding
 only snapshots is not deleted.
 
 Every test drives the real daemon: REST over the unix socket (curl), data
-through libnbd's Python binding, and `qemu-img compare` between the NBD
-exports (`VOLUME@SNAPSHOT` for snapshots) and local raw files; the model
-they are checked against, chunk for chunk, is in snapshots.py.
+through libnbd's Python binding (sha256 of every image), and nbdinfo for
+an export that must be gone; the model they are checked against, chunk
+for chunk, is in snapshots.py.
 """
 
 import pytest

@@ -1,7 +1,7 @@
-"""Low-space thresholds (docs/api-v1.md,
-"Reservations, exports, events (honest space)"; DESIGN.md, "The contract" 1): a pool.low-space event once per upward
-crossing of each threshold, counting allocated and reserved space; the
-thresholds' bad input.
+"""Low-space thresholds (docs/api-v1.md, "Reservations, exports, events
+(honest space)"; DESIGN.md, "The contract" 1): a pool.low-space event once
+per upward crossing of each threshold, counting allocated and reserved
+space; the thresholds' bad input.
 
 Every test drives the real daemon: REST over the unix socket, NBD through
 libnbd's Python binding.
