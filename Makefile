@@ -63,7 +63,12 @@ unit-test: build-debug
 # output ends with its summary.
 DATA_PATH_TESTS := Tests/Integration/test_nbd_data.py Tests/Integration/test_nbd_protocol.py Tests/Integration/test_nbd_robustness.py \
 	Tests/Integration/test_nbd_bounds.py \
-	Tests/Integration/test_space.py Tests/Integration/test_snapshots.py Tests/Integration/test_integrity.py Tests/Integration/test_faults.py \
+	Tests/Integration/test_full_pool.py Tests/Integration/test_reservations.py Tests/Integration/test_leases.py \
+	Tests/Integration/test_thresholds.py Tests/Integration/test_queued_writes.py Tests/Integration/test_events.py \
+	Tests/Integration/test_snapshot_create.py Tests/Integration/test_snapshot_delete.py Tests/Integration/test_clones.py \
+	Tests/Integration/test_snapshot_revert.py Tests/Integration/test_snapshot_changes.py Tests/Integration/test_snapshot_space.py \
+	Tests/Integration/test_snapshot_content.py Tests/Integration/test_volume_import.py \
+	Tests/Integration/test_integrity.py Tests/Integration/test_faults.py \
 	Tests/Integration/test_model.py
 
 integration-test: build-debug contract-deps

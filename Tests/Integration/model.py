@@ -39,11 +39,8 @@ import itertools
 import random
 import select
 import time
-from urllib.parse import quote
 
-from conftest import CHUNK, KiB, MiB, check_space
-from test_nbd_clients import block_status
-from test_space import Api, disconnect
+from harness import CHUNK, KiB, MiB, Api, block_status, check_space, disconnect, export_uri, read_all
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -606,10 +603,6 @@ class Model:
 
 # =================================================================== the daemon side
 
-def export_uri(d, name):
-    return f"nbd+unix:///{quote(name, safe='')}?socket={d.nbd_sock}"
-
-
 def allocation(h, size):
     """Per chunk: mapped (True) or a hole (False), from base:allocation."""
     flags = [None] * (-(-size // CHUNK))
@@ -646,10 +639,6 @@ def aio_wait(handles, timeout=0.02):
         except nbd.Error as e:
             failed.append((h, e))
     return gone, failed
-
-
-def read_all(h, size):
-    return b"".join(h.pread(min(4 * MiB, size - off), off) for off in range(0, size, 4 * MiB))
 
 
 # Operation weights of the random walk.

@@ -15,8 +15,8 @@ import threading
 import nbd
 import pytest
 
-from conftest import CHUNK, DEFAULT_POOL_SIZE, REMAPD, MiB, run
-from test_snapshots import clone, connect, delete_snapshot, disconnect, rand, take
+from harness import CHUNK, DEFAULT_POOL_SIZE, REMAPD, MiB, connect, disconnect, run
+from snapshots import clone, delete_snapshot, rand, take
 
 POOL_CHUNKS = DEFAULT_POOL_SIZE // CHUNK
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import MiB, assert_problem
+from harness import MiB, assert_problem
 
 
 def create_pool(d, name, path, size=64 * MiB):

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, check_space, assert_problem, wait_until
+from harness import CHUNK, MiB, assert_accounting, check_space, assert_problem, file_supplier, wait_until
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -39,16 +39,13 @@ def call(sock_path, method, path, body=None):
         conn.close()
 
 
-def file_supplier(d, name, size=64 * MiB, **extra):
-    return {"kind": "file", "path": str(d.state_dir / "pools" / name), "sizeBytes": size, **extra}
-
-
 # ------------------------------------------------------------------ pools
 
 def test_pool_lifecycle(remapd):
     d = remapd
     spec = {"name": "fast", "chunkSizeBytes": 131072,
-            "suppliers": [file_supplier(d, "fast-a.img"), file_supplier(d, "fast-b.img", 32 * MiB, preallocate=False)]}
+            "suppliers": [file_supplier(d.state_dir / "pools" / "fast-a.img"),
+                          file_supplier(d.state_dir / "pools" / "fast-b.img", 32 * MiB, preallocate=False)]}
     status, _, pool = d.api("POST", "/v1/pools", body=spec)
     assert status == 201, pool
     assert pool["capacityBytes"] == 96 * MiB and pool["chunkSizeBytes"] == 131072
@@ -61,7 +58,8 @@ def test_pool_lifecycle(remapd):
     status, headers, body = d.api("POST", "/v1/pools", body={**spec, "chunkSizeBytes": 65536})
     assert_problem(status, headers, body, 409, "already-exists")
     # Grow online; the new space is usable at once.
-    status, _, grown = d.api("POST", "/v1/pools/fast/suppliers", body=file_supplier(d, "fast-c.img", 16 * MiB))
+    status, _, grown = d.api("POST", "/v1/pools/fast/suppliers",
+                             body=file_supplier(d.state_dir / "pools" / "fast-c.img", 16 * MiB))
     assert status == 201 and grown["capacityBytes"] == 112 * MiB and len(grown["suppliers"]) == 3
     d.create_volume("v", 256 * MiB, pool="fast")
     p = d.pool("fast")
@@ -295,7 +293,8 @@ def test_2xx_survives_kill9_immediately(remapd):
         d.kill9()
         d.start()
         assert d.volume(f"k{round_}")["sizeBytes"] == 2 * MiB
-    status, _, _ = d.api("POST", "/v1/pools", body={"name": "q", "suppliers": [file_supplier(d, "q.img", 16 * MiB)]})
+    status, _, _ = d.api("POST", "/v1/pools", body={
+        "name": "q", "suppliers": [file_supplier(d.state_dir / "pools" / "q.img", 16 * MiB)]})
     assert status == 201
     d.kill9()
     d.start()

@@ -28,7 +28,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting
+from harness import CHUNK, MiB, assert_accounting
 from model import aio_wait
 
 import nbd  # noqa: E402

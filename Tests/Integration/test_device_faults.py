@@ -38,8 +38,8 @@ import pytest
 
 import nbd
 
-from conftest import (MiB, assert_accounting, check_space, clean_env, fuse_loop_unavailable, run,
-                      wait_until)
+from harness import (MiB, assert_accounting, check_space, clean_env, fuse_loop_unavailable, make_pool, run,
+                     wait_until)
 
 TOOLS = {"nbdkit": "nbdkit", "nbdfuse": "libnbd-bin", "fusermount3": "fuse3",
          "losetup": "mount", "blockdev": "util-linux"}
@@ -121,12 +121,6 @@ def log_mentions(d, *words):
     """Lines of the daemon's log (this start) that name every word."""
     return [line for line in d.last_output().splitlines()
             if all(w.lower() in line.lower() for w in words)]
-
-
-def create_pool(d, name, suppliers):
-    status, _, body = d.api("POST", "/v1/pools", body={"name": name, "suppliers": suppliers})
-    assert status == 201, f"POST /v1/pools {name} -> {status} {body}"
-    return body
 
 
 def clear_errors(d, name):
@@ -273,7 +267,7 @@ def daemon_on_device(make_remapd, dev, volume_bytes, flushed_bytes):
     data and flushed, and volume b (16 MiB) in pool default. Returns the
     daemon, a handle on a, and the data."""
     d = make_remapd(pool_size="64M")
-    create_pool(d, "faulty", [{"kind": "block", "path": dev.loop}])
+    make_pool(d, "faulty", suppliers=[{"kind": "block", "path": dev.loop}])
     d.create_volume("a", volume_bytes, pool="faulty")
     d.create_volume("b", 16 * MiB)
     h = d.nbd("a")
@@ -481,7 +475,7 @@ def test_full_state_filesystem_fails_flush_until_a_commit_succeeds(make_remapd, 
     suppliers = tmp_path / "suppliers"
     d = make_remapd(state_dir=fs / "state", pool_size="1M", extra_args=["--supplier-dir", str(suppliers)])
     reserve = d.state_dir / "metadata.reserve"
-    create_pool(d, "data", [{"kind": "file", "path": str(suppliers / "data.img"), "sizeBytes": 128 * MiB}])
+    make_pool(d, "data", suppliers=[{"kind": "file", "path": str(suppliers / "data.img"), "sizeBytes": 128 * MiB}])
     d.create_volume("v", 64 * MiB, pool="data")
     h = d.nbd("v")
     content = Content()
@@ -554,7 +548,7 @@ def test_sparse_supplier_on_full_filesystem_gets_enospc(make_remapd, tmpfs):
     p = Promises()
     fs = tmpfs("supplierfs", "16m")
     d = make_remapd(pool_size="64M", extra_args=["--supplier-dir", str(fs)])
-    create_pool(d, "sparse", [{"kind": "file", "path": str(fs / "sparse.img"),
+    make_pool(d, "sparse", suppliers=[{"kind": "file", "path": str(fs / "sparse.img"),
                                "sizeBytes": 64 * MiB, "preallocate": False}])
     d.create_volume("s", 64 * MiB, pool="sparse")
     d.create_volume("other", 16 * MiB)
@@ -623,7 +617,7 @@ def daemon_with_file_pool(make_remapd, tmp_path, pool_bytes):
     suppliers = tmp_path / "suppliers"
     d = make_remapd(pool_size="64M", extra_args=["--supplier-dir", str(suppliers)])
     path = suppliers / "p.img"
-    create_pool(d, "p", [{"kind": "file", "path": str(path), "sizeBytes": pool_bytes}])
+    make_pool(d, "p", suppliers=[{"kind": "file", "path": str(path), "sizeBytes": pool_bytes}])
     d.create_volume("v", 16 * MiB, pool="p")
     d.create_volume("w", 16 * MiB)
     return d, path

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MiB
+from harness import MiB
 
 SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
 

@@ -20,22 +20,15 @@ tmpfs) are in test_device_faults.py.
 """
 
 import errno
-import hashlib
 import json
 import os
 import time
 
 import pytest
 
-from conftest import CHUNK, MiB, check_space, wait_until
+from harness import CHUNK, MiB, check_space, faults, make_pool, wait_until
 
 import nbd  # noqa: F401
-
-
-def faults(d, *rules):
-    status, _, body = d.api("PUT", "/v1/debug/faults", body={"rules": list(rules)})
-    assert status == 200, (status, body)
-    return body
 
 
 def clear_faults(d):
@@ -63,21 +56,6 @@ def pool_check(d, pool="default", timeout=10.0):
     if result:
         return result
     return d.api("GET", f"/v1/pools/{pool}/check")[2]
-
-
-def make_pool(d, name, size=64 * MiB):
-    path = str(d.state_dir / "pools" / f"{name}.img")
-    status, _, body = d.api("POST", "/v1/pools", body={
-        "name": name, "suppliers": [{"kind": "file", "path": path, "sizeBytes": size}]})
-    assert status == 201, (status, body)
-    return path
-
-
-def sha(h, size):
-    digest = hashlib.sha256()
-    for offset in range(0, size, 4 * MiB):
-        digest.update(h.pread(min(4 * MiB, size - offset), offset))
-    return digest.hexdigest()
 
 
 @pytest.fixture

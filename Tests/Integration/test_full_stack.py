@@ -12,7 +12,6 @@ those are missing. The tools are required: nbdfuse (libnbd-bin), fusermount3
 (util-linux).
 """
 
-import hashlib
 import os
 import random
 import shutil
@@ -21,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, clean_env, fuse_loop_unavailable, run, wait_until
+from harness import CHUNK, MiB, assert_accounting, clean_env, file_sha256, fuse_loop_unavailable, run, sha256, wait_until
 
 VOLUME_SIZE = 512 * MiB      # XFS wants at least 300 MB
 N_FILES = 300
@@ -132,14 +131,6 @@ def settled_accounting(d, timeout=8.0):
     return assert_accounting(d)
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def test_xfs_on_loop_on_nbdfuse(make_remapd, tmp_path):
     missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
     assert not missing, f"tools missing (Debian packages): {', '.join(missing)}"
@@ -168,11 +159,11 @@ def test_xfs_on_loop_on_nbdfuse(make_remapd, tmp_path):
             data = rng.randbytes(size)
             path = sub / f"f{i:04d}.bin"
             path.write_bytes(data)
-            files[path.relative_to(stack.mnt)] = hashlib.sha256(data).hexdigest()
+            files[path.relative_to(stack.mnt)] = sha256(data)
             total += size
         sh("sync", "-f", stack.mnt)
         for rel, digest in files.items():
-            assert sha256(stack.mnt / rel) == digest, f"{rel} differs right after writing"
+            assert file_sha256(stack.mnt / rel) == digest, f"{rel} differs right after writing"
 
         assert wait_until(lambda: d.volume("fs")["allocatedBytes"] >= total, timeout=5), \
             f"volume allocation {d.volume('fs')['allocatedBytes']} < {total} bytes of file data"
@@ -217,7 +208,7 @@ def test_xfs_on_loop_on_nbdfuse(make_remapd, tmp_path):
         present = {p.relative_to(stack.mnt) for p in stack.mnt.rglob("*.bin")}
         assert present == set(files), (f"missing: {sorted(set(files) - present)[:5]}, "
                                        f"unexpected: {sorted(present - set(files))[:5]}")
-        bad = [str(rel) for rel, digest in sorted(files.items()) if sha256(stack.mnt / rel) != digest]
+        bad = [str(rel) for rel, digest in sorted(files.items()) if file_sha256(stack.mnt / rel) != digest]
         assert not bad, f"{len(bad)} files differ after remount: {bad[:10]}"
         stack.umount()
     finally:

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import MiB, assert_problem, curl_api, free_port, wait_until
+from harness import MiB, assert_problem, curl_api, free_port, wait_until
 
 
 def tcp_remapd(make_remapd, *flags, pool_size=None):

@@ -7,20 +7,12 @@ injected through the daemon's seam are test_faults.py; faults of real
 devices (a failing block device, full filesystems) are test_device_faults.py.
 """
 
-import hashlib
 from random import Random
 
-from conftest import MiB
+from harness import CHUNK, MiB, read_all, sha256
+from snapshots import take
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
-
-CHUNK = 64 * 1024
-
-
-def snapshot(d, volume, name):
-    status, _, body = d.api("POST", f"/v1/volumes/{volume}/snapshots", body={"name": name})
-    assert status == 201, (status, body)
-    return body
 
 
 def bad_chunks(h, expected):
@@ -43,7 +35,7 @@ def snapshotted(make_remapd, pool_size, size, seed):
     data = Random(seed).randbytes(size)
     h.pwrite(data, 0)
     h.flush()
-    snapshot(d, "v", "s")
+    take(d, "v", "s")
     return d, h, data
 
 
@@ -62,7 +54,7 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
     for offset in range(0, size, 4 * MiB):
         h.pwrite(p1[offset:offset + 4 * MiB], offset)
     h.flush()
-    snapshot(d, "v", "S1")
+    take(d, "v", "S1")
     p2 = bytearray(p1)
     for _ in range(300):
         offset = rng.randrange(size // 4096) * 4096
@@ -70,7 +62,7 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
         h.pwrite(data, offset)
         p2[offset:offset + 4096] = data
     h.flush()
-    snapshot(d, "v", "S2")
+    take(d, "v", "S2")
     p3 = rng.randbytes(size)
     for offset in range(0, size, 4 * MiB):
         h.pwrite(p3[offset:offset + 4 * MiB], offset)
@@ -83,8 +75,7 @@ def test_defect1_overwrite_after_two_snapshots_never_changes_them(remapd):
     assert status == 200 and check["ok"], check
     d.restart(kill9=True)
     for name, expected in (("v@S1", p1), ("v@S2", bytes(p2)), ("v", p3)):
-        got = hashlib.sha256(b"".join(d.nbd(name).pread(4 * MiB, o) for o in range(0, size, 4 * MiB))).hexdigest()
-        assert got == hashlib.sha256(expected).hexdigest(), f"{name} changed across kill -9"
+        assert sha256(read_all(d.nbd(name), size)) == sha256(expected), f"{name} changed across kill -9"
 
 
 def test_a_zeroing_that_finds_no_space_is_answered_once(make_remapd):
@@ -167,7 +158,7 @@ def test_a_reserved_chunk_reads_the_same_in_the_volume_its_snapshot_and_after_re
     d.restart(kill9=True)
     h = d.nbd("v")
     seen = h.pread(CHUNK, 0)
-    snapshot(d, "v", "s")
+    take(d, "v", "s")
     assert d.nbd("v@s").pread(CHUNK, 0) == seen, "the snapshot reads other bytes than its volume did"
     h.pwrite(b"B" * 4096, 8192)       # a partial write into the same chunk
     h.flush()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import GiB, MiB, REMAPD, CurlError, check_space, clean_env, curl_api, free_port, run, wait_until
+from harness import GiB, MiB, REMAPD, CurlError, check_space, clean_env, curl_api, free_port, run, wait_until
 
 
 def test_ready_means_both_sockets_exist(remapd):

@@ -11,7 +11,7 @@ import pytest
 
 import nbd
 
-from conftest import MiB, wait_until
+from harness import MiB, wait_until
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ from random import Random
 
 import pytest
 
-from conftest import CHUNK, KiB, MiB
-from model import VOLUME_SIZES, ModelFailure, World, export_uri
+from harness import CHUNK, KiB, MiB, connect, faults
+from model import VOLUME_SIZES, ModelFailure, World
 
 import nbd  # noqa: E402
 
@@ -130,19 +130,6 @@ def test_random_walk_with_faults_matches_the_model(make_remapd):
 # ------------------------------------------------------------------ defects the walk found
 # Each is the smallest scenario that shows one; they fail until it is fixed.
 
-def connect(d, name):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(export_uri(d, name))
-    d._handles.append(h)
-    return h
-
-
-def faults(d, *rules):
-    status, _, body = d.api("PUT", "/v1/debug/faults", body={"rules": list(rules)})
-    assert status == 200, body
-
-
 def held(d, snapshot):
     """Chunks of copy-on-write space the snapshot's volume holds."""
     return d.get_ok(f"/v1/snapshots/{snapshot}")["reservedBytes"] // CHUNK
@@ -159,9 +146,9 @@ def test_found_a_write_into_a_reserved_chunk_cut_by_kill9_leaves_it_reserved(mak
     status, _, r = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 4 * CHUNK})
     assert status == 201, r
     data = os.urandom(CHUNK)
-    connect(d, "v").pwrite(data, 0)
+    connect(d, "v", meta=True).pwrite(data, 0)
     d.restart(kill9=True)
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     got = h.pread(CHUNK, 0)
     if got != data:
         return      # the write was lost, which is allowed: nothing to check
@@ -169,7 +156,7 @@ def test_found_a_write_into_a_reserved_chunk_cut_by_kill9_leaves_it_reserved(mak
     assert d.volume("v")["reservedBytes"] == 3 * CHUNK, "a chunk that holds data still counts as reserved-unwritten"
     status, _, body = d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})
     assert status == 201, body
-    assert connect(d, "v@s").pread(CHUNK, 0) == data, "the snapshot does not read what its volume reads"
+    assert connect(d, "v@s", meta=True).pread(CHUNK, 0) == data, "the snapshot does not read what its volume reads"
     assert d.api("DELETE", f"/v1/volumes/v/reservations/{r['id']}")[0] == 204
     assert h.pread(CHUNK, 0) == data, "releasing the reservation lost flushed data"
 
@@ -180,7 +167,7 @@ def test_found_a_failed_write_leaves_bytes_in_reserved_chunks(make_remapd):
     must read them too."""
     d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
     d.create_volume("v", MiB)
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     h.pwrite(os.urandom(CHUNK), 4 * CHUNK)
     status, _, r = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 8 * CHUNK})
     assert status == 201, r
@@ -194,7 +181,7 @@ def test_found_a_failed_write_leaves_bytes_in_reserved_chunks(make_remapd):
     d.close_handles()
     status, _, body = d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})
     assert status == 201, body
-    assert connect(d, "v@s").pread(8 * CHUNK, 0) == volume, "the snapshot does not read what its volume reads"
+    assert connect(d, "v@s", meta=True).pread(8 * CHUNK, 0) == volume, "the snapshot does not read what its volume reads"
 
 
 def test_found_a_snapshot_delete_answered_500_lets_writes_change_it(make_remapd):
@@ -205,7 +192,7 @@ def test_found_a_snapshot_delete_answered_500_lets_writes_change_it(make_remapd)
     d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
     d.create_volume("v", MiB)
     held_data = os.urandom(CHUNK)
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     h.pwrite(held_data, 0)
     h.flush()
     assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
@@ -214,7 +201,7 @@ def test_found_a_snapshot_delete_answered_500_lets_writes_change_it(make_remapd)
     h.pwrite(b"\xee" * 4096, 0)
     d.restart(kill9=True)
     if d.api("GET", "/v1/snapshots/v@s")[0] == 200:
-        assert connect(d, "v@s").pread(CHUNK, 0) == held_data, "the snapshot came back with other bytes"
+        assert connect(d, "v@s", meta=True).pread(CHUNK, 0) == held_data, "the snapshot came back with other bytes"
 
 
 def test_found_a_failed_copy_on_write_loses_sticky_space_over_kill9(make_remapd):
@@ -226,7 +213,7 @@ def test_found_a_failed_copy_on_write_loses_sticky_space_over_kill9(make_remapd)
     d.create_volume("v", MiB)
     d.create_volume("w", MiB)
     assert d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": 4 * CHUNK})[0] == 201
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     h.pwrite(os.urandom(4 * CHUNK), 0)
     h.flush()
     assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
@@ -245,7 +232,7 @@ def test_found_a_short_write_that_fails_tears_a_sector(make_remapd):
     sector must hold its old or its new bytes, never a mix."""
     d = make_remapd(pool_size="16M", extra_args=["--fault-injection"])
     d.create_volume("v", MiB)
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     old = os.urandom(CHUNK)
     h.pwrite(old, 0)
     h.flush()
@@ -271,7 +258,7 @@ def written_range_and_snapshot(make_remapd):
     d = make_remapd(pool_size="16M")
     d.create_volume("v", MiB)
     assert d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": MiB})[0] == 201
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     h.pwrite(os.urandom(MiB), 0)
     h.flush()
     d.close_handles()
@@ -312,17 +299,17 @@ def test_found_a_copy_on_write_lost_in_kill9_brings_back_the_other_images_bytes(
     d = make_remapd(pool_size="16M")
     d.create_volume("v", MiB)
     old = os.urandom(CHUNK)
-    h = connect(d, "v")
+    h = connect(d, "v", meta=True)
     h.pwrite(old, 0)
     h.flush()
     d.close_handles()
     assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s"})[0] == 201
     assert d.api("POST", "/v1/snapshots/v@s/clone", body={"name": "c"})[0] == 201
     assert d.api("DELETE", "/v1/snapshots/v@s")[0] == 204
-    connect(d, "v").pwrite(os.urandom(4096), 0)
+    connect(d, "v", meta=True).pwrite(os.urandom(4096), 0)
     clone_bytes = os.urandom(4096)
-    connect(d, "c").pwrite(clone_bytes, 8192)
+    connect(d, "c", meta=True).pwrite(clone_bytes, 8192)
     d.restart(kill9=True)
-    got = connect(d, "v").pread(4096, 8192)
+    got = connect(d, "v", meta=True).pread(4096, 8192)
     assert got != clone_bytes, "after kill -9 the volume reads the clone's write"
     assert got == old[8192:12288]

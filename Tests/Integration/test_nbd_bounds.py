@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import MiB, wait_until
+from harness import MiB, wait_until
 from test_nbd_protocol import CMD_READ, CMD_WRITE, OPT_LIST, REQ_MAGIC, Raw
 from test_nbd_robustness import closes, healthy, raw_socket
 
@@ -383,7 +383,7 @@ def test_zeroing_a_snapshotted_range_that_runs_out_of_space_answers_once(make_re
     part way: the request gets ENOSPC once, the connection goes on, the
     snapshot keeps its bytes and the pool's figures add up."""
     import nbd
-    from conftest import check_space
+    from harness import check_space
     d = make_remapd(pool_size="12M")
     d.create_volume("v", 8 * MiB)
     h = d.nbd("v")

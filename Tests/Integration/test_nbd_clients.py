@@ -15,13 +15,13 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import (CHUNK, GiB, MiB, assert_accounting, chunks_touched, clean_env, run,
-                      wait_until)
+import harness
+from harness import (CHUNK, MiB, assert_accounting, block_status, chunks_touched, clean_env, fio_has_nbd,
+                     nbdinfo_json, qemu_io, read_all, run, wait_until)
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -31,16 +31,9 @@ HOLE_ZERO = nbd.STATE_HOLE | nbd.STATE_ZERO
 
 # ------------------------------------------------------------------ helpers
 
-def connect(d, name, meta=True):
-    """A libnbd handle with base:allocation requested; shut down at teardown."""
-    h = nbd.NBD()
-    h.set_handle_name(f"clients-{name}")
-    if meta:
-        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.set_full_info(True)
-    h.connect_uri(d.nbd_uri(name))
-    d._handles.append(h)
-    return h
+def connect(d, name):
+    """A libnbd handle with base:allocation and full info requested; shut down at teardown."""
+    return harness.connect(d, name, meta=True, full_info=True)
 
 
 def volume_alloc(d, name):
@@ -67,38 +60,6 @@ def merge(extents):
             out[-1] = (out[-1][0], out[-1][1] + length, kind)
         else:
             out.append((off, length, kind))
-    return out
-
-
-def block_status(h, offset, length, flags=0):
-    """base:allocation over [offset, offset+length): [(offset, length, flags)],
-    contiguous, clipped to the range (the server may answer in pieces)."""
-    out = []
-    pos, end = offset, offset + length
-    while pos < end:
-        got = []
-
-        def cb(metacontext, off, entries, err):
-            if metacontext == nbd.CONTEXT_BASE_ALLOCATION:
-                got.append((off, list(entries)))
-            return 0
-
-        h.block_status(min(end - pos, GiB), pos, cb, flags)
-        assert len(got) == 1, f"expected one base:allocation reply at {pos}, got {got}"
-        off, entries = got[0]
-        assert off == pos, f"block status for {pos} answered at {off}"
-        assert entries and len(entries) % 2 == 0, entries
-        advanced = 0
-        for i in range(0, len(entries), 2):
-            n, fl = entries[i], entries[i + 1]
-            assert n > 0, f"zero-length extent at {pos + advanced}: {entries}"
-            n = min(n, end - pos - advanced)
-            if n <= 0:
-                break
-            out.append((pos + advanced, n, fl))
-            advanced += n
-        assert advanced > 0
-        pos += advanced
     return out
 
 
@@ -130,29 +91,6 @@ def chunks_of(ranges):
 def nonzero_chunks(data):
     zero = bytes(CHUNK)
     return {i for i in range(len(data) // CHUNK) if data[i * CHUNK:(i + 1) * CHUNK] != zero}
-
-
-def read_all(h, size, step=16 * MiB):
-    return b"".join(h.pread(min(step, size - off), off) for off in range(0, size, step))
-
-
-def qemu_io(uri, *commands, timeout=60):
-    cmd = ["qemu-io", "-f", "raw"]
-    for c in commands:
-        cmd += ["-c", c]
-    cmd.append(uri)
-    p = run(cmd, timeout=timeout)
-    out = p.stdout.decode() + p.stderr.decode()
-    low = out.lower()
-    assert p.returncode == 0 and "error" not in low and "fail" not in low \
-        and "not supported" not in low, f"qemu-io {commands}: exit {p.returncode}\n{out}"
-    return out
-
-
-def nbdinfo_json(*args):
-    p = run(["nbdinfo", "--json", *args], timeout=60)
-    assert p.returncode == 0, f"nbdinfo --json {args}: {p.stderr.decode()}"
-    return json.loads(p.stdout)
 
 
 def nbdinfo_map(uri):
@@ -426,13 +364,6 @@ def test_qemu_io_battery(remapd):
 
 # ------------------------------------------------------------------ fio
 
-def fio_has_nbd():
-    if not shutil.which("fio"):
-        return False
-    p = subprocess.run(["fio", "--enghelp=nbd"], capture_output=True, text=True)
-    return p.returncode == 0 and "uri" in p.stdout
-
-
 FIO_JOB = ["--name=verify", "--ioengine=nbd", "--rw=randwrite", "--bsrange=512-256k",
            "--numjobs=4", "--size=16M", "--offset_increment=16M", "--iodepth=16",
            "--verify=crc32c", "--verify_fatal=1", "--randseed=4242",
@@ -678,7 +609,7 @@ def test_libnbd_zero_no_hole_allocates_zero_without_frees(remapd):
     # A WRITE_ZEROES larger than the maximum block size carries no payload: served.
     h.zero(size, 0)
     h.flush()
-    assert read_all(h, size) == bytes(size)
+    assert read_all(h, size, step=16 * MiB) == bytes(size)
     expect_alloc(d, "z", 0)
 
 
@@ -721,7 +652,7 @@ def test_libnbd_trim(remapd):
     h.trim(size, 0)
     h.flush()
     expect_alloc(d, "t", 0)
-    assert read_all(h, size) == bytes(size)
+    assert read_all(h, size, step=16 * MiB) == bytes(size)
     assert allocation_map(h, size) == [(0, size, "hole")]
 
 
@@ -846,7 +777,7 @@ def test_each_engine_serves_the_data_path(make_remapd, tmp_path, engine):
     p = run(["nbdcopy", "--connections=2", "--flush", src, uri], timeout=60)
     assert p.returncode == 0, p.stderr.decode()
     h = connect(d, "e")
-    assert read_all(h, size) == image
+    assert read_all(h, size, step=16 * MiB) == image
     assert allocation_map(h, size) == expected_map(size, data_chunks)
     h.trim(3 * CHUNK, 0)
     h.zero(CHUNK, 9 * CHUNK, nbd.CMD_FLAG_NO_HOLE)
@@ -858,7 +789,7 @@ def test_each_engine_serves_the_data_path(make_remapd, tmp_path, engine):
     expected = bytearray(image)
     expected[0:3 * CHUNK] = bytes(3 * CHUNK)
     expected[9 * CHUNK:10 * CHUNK] = bytes(CHUNK)
-    assert read_all(h, size) == bytes(expected)
+    assert read_all(h, size, step=16 * MiB) == bytes(expected)
     expect_alloc(d, "e", (len(data_chunks) - 1) * CHUNK)
 
 

@@ -1,7 +1,6 @@
 """The NBD data path, driven by qemu-img, qemu-io, nbdinfo and libnbd."""
 
 import errno
-import json
 import os
 import random
 import re
@@ -10,8 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import (CHUNK, GiB, KiB, MiB, assert_accounting, check_space, assert_problem,
-                      chunks_touched, run, wait_until)
+from harness import (CHUNK, GiB, KiB, MiB, assert_accounting, check_space, assert_problem,
+                     chunks_touched, nbdinfo_json, qemu_img_compare, qemu_io, run, wait_until)
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 
@@ -33,24 +32,6 @@ def qemu_img_write(src, uri):
         check=True, timeout=120)
 
 
-def qemu_img_compare(src, uri):
-    p = run(["qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri], timeout=120)
-    assert p.returncode == 0, (f"qemu-img compare {src} {uri}: exit {p.returncode}\n"
-                               f"{p.stdout.decode()}{p.stderr.decode()}")
-
-
-def qemu_io(uri, *commands):
-    cmd = ["qemu-io", "-f", "raw"]
-    for c in commands:
-        cmd += ["-c", c]
-    cmd.append(uri)
-    p = run(cmd, timeout=60)
-    out = p.stdout.decode() + p.stderr.decode()
-    assert p.returncode == 0 and "error" not in out.lower() \
-        and "fail" not in out.lower(), f"qemu-io {commands}: exit {p.returncode}\n{out}"
-    return out
-
-
 def alloc_is(d, name, expected, timeout=3.0):
     """Wait briefly for the published accounting to reach `expected` bytes for the
     volume; return (volume, pool) for assertions."""
@@ -65,12 +46,6 @@ def align_of(h):
     except nbd.Error:
         m = 0
     return max(1, m)
-
-
-def nbdinfo_json(uri, *extra):
-    p = run(["nbdinfo", "--json", *extra, uri], timeout=60)
-    assert p.returncode == 0, f"nbdinfo {uri}: {p.stderr.decode()}"
-    return json.loads(p.stdout)
 
 
 # ------------------------------------------------------------------ (a) data + allocation
@@ -290,14 +265,14 @@ def test_nbdinfo_list_shows_volumes(remapd):
     d = remapd
     d.create_volume("alpha", 8 * MiB)
     d.create_volume("beta", 16 * MiB)
-    info = nbdinfo_json(d.nbd_list_uri(), "--list")
+    info = nbdinfo_json("--list", d.nbd_list_uri())
     exports = {e["export-name"]: e for e in info["exports"]}
     assert set(exports) == {"alpha", "beta"}, info
     assert exports["alpha"]["export-size"] == 8 * MiB
     assert exports["beta"]["export-size"] == 16 * MiB
 
     d.delete_volume("beta")
-    info = nbdinfo_json(d.nbd_list_uri(), "--list")
+    info = nbdinfo_json("--list", d.nbd_list_uri())
     assert [e["export-name"] for e in info["exports"]] == ["alpha"]
 
     # The plain (non-JSON) listing a user reads.

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, MiB, assert_accounting, wait_until
+from harness import CHUNK, MiB, assert_accounting, wait_until
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)
 

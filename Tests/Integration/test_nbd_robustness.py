@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import MiB
+from harness import MiB
 from test_nbd_protocol import (CMD_READ, CMD_WRITE, NBD_EINVAL, OPT_MAGIC, REQ_MAGIC, Raw)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REMAPD, MiB, clean_env, free_port, run, wait_until
+from harness import REMAPD, MiB, clean_env, free_port, run, wait_until
 from test_nbd_protocol import OPT_ABORT, OPT_EXPORT_NAME, OPT_LIST, REP_ACK, Raw
 
 import nbd  # noqa: E402  (python3-libnbd; a missing package must fail, not skip)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, clean_env, free_port
+from harness import REPO_ROOT, clean_env, free_port
 
 SPEC = REPO_ROOT / "openapi" / "remap.yaml"
 DOC = REPO_ROOT / "docs" / "api-v1.md"

@@ -29,7 +29,7 @@ import time
 import nbd
 import pytest
 
-from conftest import GiB, KiB, MiB, assert_problem, run
+from harness import GiB, KiB, MiB, assert_problem, file_supplier, run
 
 TiB = 1024 * GiB
 PiB = 1024 * TiB
@@ -48,10 +48,6 @@ def shm_dir():
     path = tempfile.mkdtemp(prefix="remap-bounds-", dir="/dev/shm")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def file_supplier(path, size):
-    return {"kind": "file", "path": str(path), "sizeBytes": size, "preallocate": False}
 
 
 def rss_bytes(d):
@@ -131,7 +127,7 @@ def test_a_pool_of_a_huge_supplier_of_4k_chunks_is_refused(make_remapd, shm_dir,
     d = make_remapd(extra_args=["--supplier-dir", shm_dir])
     path = os.path.join(shm_dir, "huge.img")
     status, headers, body = d.api("POST", "/v1/pools", timeout=60, body={
-        "name": "huge", "chunkSizeBytes": 4096, "suppliers": [file_supplier(path, size)]})
+        "name": "huge", "chunkSizeBytes": 4096, "suppliers": [file_supplier(path, size, preallocate=False)]})
     assert_problem(status, headers, body, 400, "invalid-argument")
     assert str(size // 4096) in body["detail"] and str(DEFAULT_LIMIT) in body["detail"], body
     assert "--max-chunks-per-pool" in body["detail"], body
@@ -145,7 +141,8 @@ def test_adding_a_huge_supplier_is_refused(make_remapd, shm_dir):
     path = os.path.join(shm_dir, "huge.img")
     # 16 TiB of the default pool's 64 KiB chunks is the limit itself; with
     # the pool's first 512 MiB that is past it.
-    status, headers, body = d.api("POST", "/v1/pools/default/suppliers", timeout=60, body=file_supplier(path, 16 * TiB))
+    status, headers, body = d.api("POST", "/v1/pools/default/suppliers", timeout=60,
+                                  body=file_supplier(path, 16 * TiB, preallocate=False))
     assert_problem(status, headers, body, 400, "invalid-argument")
     assert str(DEFAULT_LIMIT) in body["detail"], body
     assert not os.path.exists(path)
@@ -156,16 +153,18 @@ def test_create_add_and_grow_stop_at_the_limit(make_remapd):
     d = make_remapd(extra_args=["--max-chunks-per-pool", "10000"])  # the default pool has 8192 chunks of 64 KiB
     pools = d.state_dir / "pools"
     status, headers, body = d.api("POST", "/v1/pools", body={
-        "name": "p", "chunkSizeBytes": 4096, "suppliers": [file_supplier(pools / "p.img", 64 * MiB)]})
+        "name": "p", "chunkSizeBytes": 4096, "suppliers": [file_supplier(pools / "p.img", 64 * MiB, preallocate=False)]})
     assert_problem(status, headers, body, 400, "invalid-argument")
     assert "16384 chunks" in body["detail"] and "10000" in body["detail"], body
     assert not (pools / "p.img").exists()
 
-    status, headers, body = d.api("POST", "/v1/pools/default/suppliers", body=file_supplier(pools / "b.img", 128 * MiB))
+    status, headers, body = d.api("POST", "/v1/pools/default/suppliers",
+                                  body=file_supplier(pools / "b.img", 128 * MiB, preallocate=False))
     assert_problem(status, headers, body, 400, "invalid-argument")
     assert "10240 chunks" in body["detail"], body
     assert not (pools / "b.img").exists()
-    status, _, pool = d.api("POST", "/v1/pools/default/suppliers", body=file_supplier(pools / "b.img", 64 * MiB))
+    status, _, pool = d.api("POST", "/v1/pools/default/suppliers",
+                            body=file_supplier(pools / "b.img", 64 * MiB, preallocate=False))
     assert status == 201, pool
     supplier = pool["suppliers"][1]["id"]
 
@@ -202,7 +201,7 @@ def test_a_pool_over_a_lowered_limit_is_served(make_remapd):
     h.pwrite(data, 4 * MiB)
     h.flush()
     status, headers, body = d.api("POST", "/v1/pools/default/suppliers",
-                                  body=file_supplier(d.state_dir / "pools" / "more.img", 1 * MiB))
+                                  body=file_supplier(d.state_dir / "pools" / "more.img", 1 * MiB, preallocate=False))
     assert_problem(status, headers, body, 400, "invalid-argument")
     assert d.get_ok("/v1/pools/default/check")["ok"]
 
@@ -213,7 +212,7 @@ def big_pool(d, chunks):
     """A pool of `chunks` 4 KiB chunks on one sparse file."""
     status, _, pool = d.api("POST", "/v1/pools", timeout=120, body={
         "name": "big", "chunkSizeBytes": 4096,
-        "suppliers": [file_supplier(d.state_dir / "pools" / "big.img", chunks * 4096)]})
+        "suppliers": [file_supplier(d.state_dir / "pools" / "big.img", chunks * 4096, preallocate=False)]})
     assert status == 201, pool
     return pool
 
@@ -268,7 +267,8 @@ def test_adding_and_growing_a_large_supplier_does_not_stall_readers(make_remapd)
     path = d.state_dir / "pools" / "added.img"
     reader = reader_volume(d)
     with reader:
-        status, _, pool = d.api("POST", "/v1/pools/big/suppliers", timeout=120, body=file_supplier(path, 64 * GiB))
+        status, _, pool = d.api("POST", "/v1/pools/big/suppliers", timeout=120,
+                                body=file_supplier(path, 64 * GiB, preallocate=False))
         assert status == 201, pool
         supplier = pool["suppliers"][1]["id"]
         status, _, pool = d.api("PATCH", f"/v1/pools/big/suppliers/{supplier}", timeout=120, body={"sizeBytes": 128 * GiB})

@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 
-from conftest import REMAPCTL, REPO_ROOT, MiB, Remapd, clean_env
+from harness import REMAPCTL, REPO_ROOT, MiB, Remapd, clean_env
 
 
 def walkthrough():

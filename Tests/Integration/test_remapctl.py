@@ -4,13 +4,7 @@ import json
 
 import pytest
 
-from conftest import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, run
-
-
-def ok(p):
-    assert p.returncode == 0, (f"exit {p.returncode}\nstdout: {p.stdout.decode()}\n"
-                               f"stderr: {p.stderr.decode()}")
-    return p.stdout.decode()
+from harness import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, ok, run
 
 
 def one_line_error(p, code=1):

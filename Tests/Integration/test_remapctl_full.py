@@ -14,18 +14,12 @@ import shutil
 
 import pytest
 
-from conftest import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, check_space, free_port, run
+from harness import DEFAULT_POOL_SIZE, GiB, MiB, REMAPCTL, check_space, free_port, ok, run
 
 ERROR_LINE = re.compile(r"^remapctl: (?P<detail>.+) \((?P<code>[a-z][a-z-]*), HTTP (?P<status>\d{3})\)$")
 
 
 # ------------------------------------------------------------------ helpers
-
-def ok(p):
-    assert p.returncode == 0, (f"exit {p.returncode}\nstdout: {p.stdout.decode()}\n"
-                               f"stderr: {p.stderr.decode()}")
-    return p.stdout.decode()
-
 
 def ok_json(p):
     text = ok(p)

@@ -8,18 +8,17 @@ API (curl) answers; API errors must be exit 1 with one line
 `remapctl: <detail> (<code>, HTTP <n>)`, command-line mistakes exit 2.
 """
 
-import hashlib
 import random
 import re
 
 import pytest
 
-from conftest import CHUNK, MiB, REMAPCTL, run, wait_until
-from test_remapctl_full import ERROR_LINE, api_error, bash_complete, ok, ok_json, table, usage_error
+import harness
+from harness import CHUNK, MiB, REMAPCTL, chunk_ranges, file_sha256, ok, run, sha256, wait_operation, wait_until
+from test_remapctl_full import ERROR_LINE, api_error, bash_complete, ok_json, table, usage_error
 from test_remapctl_space import field
 
 VOLUME_SIZE = 64 * MiB
-READ_PIECE = 4 * MiB  # well below NBD's 32 MiB request limit
 
 
 # ------------------------------------------------------------------ helpers
@@ -57,36 +56,9 @@ def read_all(d, export):
     """Every byte of `export`, read over NBD on a connection closed afterwards."""
     h = nbd_connect(d, export)
     try:
-        size = h.get_size()
-        out = bytearray()
-        while len(out) < size:
-            out += h.pread(min(READ_PIECE, size - len(out)), len(out))
-        return bytes(out)
+        return harness.read_all(h, h.get_size())
     finally:
         h.shutdown()
-
-
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def merged(chunks):
-    """Chunk indices as sorted, merged byte ranges [(offset, length)]."""
-    ranges = []
-    for i in sorted(set(chunks)):
-        if ranges and ranges[-1][0] + ranges[-1][1] == i * CHUNK:
-            ranges[-1] = (ranges[-1][0], ranges[-1][1] + CHUNK)
-        else:
-            ranges.append((i * CHUNK, CHUNK))
-    return ranges
 
 
 def error_status(p, status):
@@ -118,15 +90,6 @@ def supplier_dir(d):
     path = d.state_dir / "pools"
     assert path.is_dir(), path
     return path
-
-
-def wait_operation(d, op_id, timeout=60):
-    def ended():
-        op = d.get_ok(f"/v1/operations/{op_id}")
-        return op if op["state"] != "running" else None
-    op = wait_until(ended, timeout=timeout, interval=0.1)
-    assert op, f"operation {op_id} still running after {timeout}s"
-    return op
 
 
 # ------------------------------------------------------------------ create, list, show, delete
@@ -311,7 +274,7 @@ def test_snapshot_changes(remapd):
     answer = ok_json(d.ctl("snapshot", "changes", "vm1@s2", "--base", "vm1@s1", "--json"))
     assert answer["snapshot"] == s2["id"] and answer["base"] == s1["id"], answer
     assert answer["granularityBytes"] == CHUNK and answer["sizeBytes"] == VOLUME_SIZE, answer
-    expected = merged(later)
+    expected = chunk_ranges(later)
     assert [(r["offsetBytes"], r["lengthBytes"]) for r in answer["ranges"]] == expected, answer
     assert answer["changedBytes"] == len(later) * CHUNK
     # The base by plain name and by ID: the same ranges.
@@ -331,7 +294,7 @@ def test_snapshot_changes(remapd):
     # Without a base: where the snapshot holds data.
     data = ok_json(d.ctl("snapshot", "changes", "vm1@s2", "--json"))
     assert data["base"] is None, data
-    assert [(r["offsetBytes"], r["lengthBytes"]) for r in data["ranges"]] == merged(first + later), data
+    assert [(r["offsetBytes"], r["lengthBytes"]) for r in data["ranges"]] == chunk_ranges(first + later), data
     assert data["changedBytes"] == len(set(first + later)) * CHUNK
     out = ok(d.ctl("snapshot", "changes", "vm1@s1"))
     assert out.splitlines()[-1].endswith("of 64 MiB mapped; the rest reads zeros"), out

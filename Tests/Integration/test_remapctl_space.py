@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from conftest import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, run, wait_until
+from harness import CHUNK, DEFAULT_POOL_SIZE, MiB, REMAPCTL, clean_env, last_seq, ok, reserve, run, wait_until
 
 LOW_SPACE_BYTES = 420 * MiB  # 82% of the 512 MiB default pool: crosses the 80% threshold
-from test_remapctl_full import api_error, bash_complete, ok, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)
+from test_remapctl_full import api_error, bash_complete, ok_json, table, usage_error  # noqa: E402  (shared remapctl checks)
 
 FOLLOW_DEADLINE = 5.0
 
@@ -43,12 +43,6 @@ def rest_reservation(d, volume, rid):
 
 def rest_reservations(d, volume):
     return d.get_ok(f"/v1/volumes/{volume}/reservations")["reservations"]
-
-
-def reserve(d, volume, body, expect=201):
-    status, _, answer = d.api("POST", f"/v1/volumes/{volume}/reservations", body=body)
-    assert status == expect, f"POST reservation {body} -> {status} {answer}"
-    return answer
 
 
 def committed(pool):
@@ -122,10 +116,6 @@ def follow(request):
     yield start
     for f in started:
         f.stop()
-
-
-def last_seq(d):
-    return d.get_ok("/v1/events")["lastSeq"]
 
 
 # ------------------------------------------------------------------ reservations

@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from conftest import (CHUNK, DEFAULT_POOL_SIZE, GiB, MiB, check_space,
+from harness import (CHUNK, DEFAULT_POOL_SIZE, GiB, MiB, check_space,
                       assert_problem)
 
 VOLUME_FIELDS = {"id", "name", "pool", "sizeBytes", "allocatedBytes", "createdAt", "exportName"}

@@ -14,10 +14,9 @@ import os
 import random
 import time
 
-from conftest import CHUNK, KiB, MiB
-from test_snapshots import (SIZE, Model, assert_images, assert_read_only, assert_usage, changes, chunk_ranges,
-                            clone, connect, delete_snapshot, disconnect, pool_check, rand, read_all, sha,
-                            space, take, write_p1, write_p2, write_p3)
+from harness import CHUNK, KiB, MiB, chunk_ranges, connect, disconnect, read_all, sha256, space
+from snapshots import (SIZE, Model, assert_images, assert_read_only, assert_usage, changes, clone, delete_snapshot,
+                       pool_check, rand, take, write_p1, write_p2, write_p3)
 
 import nbd  # noqa: E402
 
@@ -250,13 +249,13 @@ def test_kill9_in_the_middle_of_copy_on_write_keeps_snapshots_and_leaks_nothing(
                               + "\n".join(problems[:20]))
         for i in copied:
             m.write(VOL, stream.target(i), stream.data[i])
-        assert sha(m.bytes(VOL)) == sha(got)
+        assert sha256(m.bytes(VOL)) == sha256(got)
         del got, base
 
         # The snapshots: unchanged, all of them.
         for s in snaps:
             hs = connect(d, s)
-            assert sha(read_all(hs, VOL_SIZE)) == sha(m.bytes(s)), \
+            assert sha256(read_all(hs, VOL_SIZE)) == sha256(m.bytes(s)), \
                 f"REMAP_CRASH_SEED={seed}, round {round_no}: {s} changed"
             disconnect(d, hs)
         # The books: one chunk per chunk the volume copied, nothing leaked.
@@ -282,5 +281,5 @@ def test_kill9_in_the_middle_of_copy_on_write_keeps_snapshots_and_leaks_nothing(
     pool = space(d)
     assert pool["allocatedBytes"] == VOL_SIZE, pool
     h = connect(d, VOL)
-    assert sha(read_all(h, VOL_SIZE)) == sha(m.bytes(VOL))
+    assert sha256(read_all(h, VOL_SIZE)) == sha256(m.bytes(VOL))
     print(f"seed {seed}: (acked, flushed, copied, in flight at kill, flushes) per round: {stats}")

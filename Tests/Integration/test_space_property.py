@@ -30,8 +30,7 @@ import time
 
 import pytest
 
-from conftest import CHUNK, GiB, wait_until
-from test_space import Api, check_space, export_uri, parse_time
+from harness import CHUNK, GiB, Api, check_space, export_uri, parse_time, wait_until
 
 import nbd  # noqa: E402
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REMAPD, REPO_ROOT, run
+from harness import REMAPD, REPO_ROOT, run
 
 UNIT_DIR = REPO_ROOT / "systemd"
 UNITS = ("remapd.socket", "remapd.service")

@@ -42,9 +42,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "Integration"))
 
-from conftest import CHUNK, KiB, MiB, REMAPD, Remapd, check_space, run  # noqa: E402
-from model import SECTOR, Image, aio_wait, errname, export_uri, read_all  # noqa: E402
-from test_space import Api  # noqa: E402
+from harness import CHUNK, KiB, MiB, REMAPD, Api, Remapd, check_space, export_uri, read_all, run  # noqa: E402
+from model import SECTOR, Image, aio_wait, errname  # noqa: E402
 
 import nbd  # noqa: E402
 
