@@ -32,6 +32,7 @@ extension Engine {
     }
 
     func install(_ fds: [Int32], for pool: Pool) {
+        assertEngineThread()
         supplierFDs[pool.name] = fds
         for fd in fds { faults.register(fd: fd, pool: pool.name) }
     }
@@ -68,6 +69,7 @@ extension Engine {
 
     /// Supplier `fd` failed `what` with `error`: its pool degrades.
     func supplierFailed(fd: Int32, errno error: Int32, during what: String) {
+        assertEngineThread()
         guard let (pool, index) = supplier(of: fd) else { return }
         let path = pool.suppliers[index].path
         supplierFailed(pool, index, SupplierFault(kind: .failed, message: "\(what) of supplier \(path) failed: \(String(cString: strerror(error)))"))

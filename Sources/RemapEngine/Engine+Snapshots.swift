@@ -265,6 +265,7 @@ extension Engine {
     /// then; `endRelease` frees it if so. A copy on write holds it from the
     /// moment it is planned (`held`).
     func releaseShared(_ volume: Volume, virtual: UInt64, physical: UInt64, held: Bool = false) {
+        assertEngineThread()
         let family = volume.family
         let pool = volume.pool
         if !held { family.holdRelease(physical) }

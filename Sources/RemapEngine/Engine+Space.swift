@@ -90,6 +90,7 @@ extension Engine {
     /// The chunk source for a write to `volume` through an export bound to
     /// `bound` (a reservation id), in the documented order.
     func chunkSource(for volume: Volume, bound: String?) -> WriteChunks {
+        assertEngineThread()
         var drawOn: [Reservation] = []
         if let bound, let reservation = volume.reservations.first(where: { $0.id == bound && $0.kind == .pooled }) {
             drawOn.append(reservation)
@@ -144,6 +145,7 @@ extension Engine {
     /// waits (`retry` runs later) or fails now (`fail` runs).
     func noChunk(for volume: Volume, offset: UInt64, source: WriteChunks, deadline: Int64?,
                  retry: @escaping (_ deadline: Int64?) -> Void, fail: @escaping () -> Void) {
+        assertEngineThread()
         // A request may need more chunks than the stash holds (a 16 MiB
         // write of 4 KiB chunks, a large WRITE_ZEROES keeping holes
         // allocated): the stash grows for it, doubling until it fits.
@@ -243,6 +245,7 @@ extension Engine {
     /// Drops the holder's reference; the reservation ends once no write
     /// drawing on it is in flight.
     func release(_ reservation: Reservation) {
+        assertEngineThread()
         guard !reservation.released else { return }
         reservation.released = true
         if reservation.inFlight == 0 { finishRelease(reservation) }
@@ -291,6 +294,7 @@ extension Engine {
     /// Creates a reservation on the engine thread; `reply` gets it once durable.
     func reserve(_ volume: Volume, _ spec: ReservationSpec, role: Reservation.Role,
                  reply: @escaping (Result<(ReservationInfo, created: Bool), RemapError>) -> Void) {
+        assertEngineThread()
         let pool = volume.pool
         let chunkSize = pool.chunkSize
         if let name = spec.name, let existing = volume.reservations.first(where: { $0.name == name && !$0.released }) {

@@ -29,6 +29,7 @@ extension Engine {
     /// `body` now, or later if a snapshot of the volume is waiting for the
     /// writes already in flight to finish.
     func whenWritable(_ volume: Volume, _ body: @escaping () -> Void) {
+        assertEngineThread()
         if frozenVolumes[volume.key] != nil {
             frozenVolumes[volume.key]!.append(body)  // invariant: checked just above
             return
@@ -52,6 +53,7 @@ extension Engine {
     /// have completed, then lets the held writes go. So a snapshot has every
     /// write acknowledged before it and none that started after.
     func quiesced(_ volume: Volume, _ body: @escaping (_ resume: @escaping () -> Void) -> Void) {
+        assertEngineThread()
         guard frozenVolumes[volume.key] == nil else {
             // Another snapshot of it is waiting: go after it.
             frozenVolumes[volume.key]!.append { [self] in quiesced(volume, body) }  // invariant: checked just above
@@ -105,6 +107,7 @@ extension Engine {
 
     func planWrite(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
                    bound: String?, deadline: Int64?, completion: @escaping (Result<Void, RemapError>) -> Void) {
+        assertEngineThread()
         if let refusal = ioRefusal(volume.pool) { return completion(.failure(refusal)) }
         if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
             copying[busy]!.append { [self] in  // invariant: found just above
@@ -253,6 +256,7 @@ extension Engine {
     /// write into them completes; every write into an unsettled chunk
     /// (this one, and later ones planned in place into it) counts as its writer.
     func willWrite(_ volume: Volume, _ plan: WritePlan, drawnFrom source: WriteChunks, offset: UInt64, length: Int) {
+        assertEngineThread()
         var replaced: [UInt64: UInt64] = [:]
         for copy in plan.copies { replaced[copy.virtualChunk] = copy.oldPhysical }
         let drawn = source.reservationsByChunk
@@ -268,6 +272,7 @@ extension Engine {
     /// the pending metadata once a write into it succeeded; one whose every
     /// write failed is given back (a failed write maps no chunk).
     func didWrite(_ volume: Volume, offset: UInt64, length: Int, succeeded: Bool) {
+        assertEngineThread()
         forEachUnsettled(volume, offset: offset, length: length) { entry in
             entry.writers -= 1
             if succeeded { entry.succeeded = true }
@@ -351,6 +356,7 @@ extension Engine {
     /// engine thread. `segments` says which parts were holes.
     func readData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
                   completion: @escaping (_ result: Int32, _ segments: [IOSegment]) -> Void) {
+        assertEngineThread()
         // An offline pool's suppliers are not open; a degraded one still reads.
         if volume.pool.state == .offline { return completion(-EIO, []) }
         if let busy = chunkBeingCopied(volume, offset: offset, length: length) {

@@ -20,6 +20,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     private let inbox: Inbox
     private let wakeBuffer = IOBuffer(count: 8)
+    /// The thread that owns the state above and below: the caller of `init`
+    /// until `start()`, the engine thread from then on.
+    let owner = ThreadOwner()
     let store: MetadataStore
     let committer: Committer
     private let stopped = DispatchSemaphore(value: 0)
@@ -321,6 +324,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             }
         }
         startThread(name: "remap-engine") { [self] in
+            owner.claim()
             ring.activate()
             while !finished {
                 var wait = heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000
@@ -358,6 +362,13 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         committer.stop()
     }
 
+    /// Traps in debug builds unless called on the engine thread (or before
+    /// `start()`): for every method that touches the engine's state.
+    @inline(__always)
+    func assertEngineThread(_ function: StaticString = #function) {
+        owner.assertOwner(function)
+    }
+
     /// Runs `work` on the engine thread; `command` names it in the engine's
     /// timings (`remap_engine_command_seconds`), the caller's name by default.
     func post(_ command: String = #function, _ work: @escaping @Sendable () -> Void) {
@@ -392,6 +403,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     private var lastSpaceCheck: Int64 = 0
 
     private func tick() {
+        assertEngineThread()
         let now = monotonicNanoseconds()
         expireSpaceWaiters(now: now)
         if now - lastSpaceCheck >= 500_000_000 {
@@ -464,7 +476,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     // MARK: - Used by connections (engine thread)
 
     func supplierFD(pool: Pool, index: Int) -> Int32 {
-        supplierFDs[pool.name]![index]  // invariant: every pool but an offline one has its fds; I/O on those is refused first
+        assertEngineThread()
+        return supplierFDs[pool.name]![index]  // invariant: every pool but an offline one has its fds; I/O on those is refused first
     }
 
     /// A volume's own export or an extra one, with the reservation it is bound to.
@@ -526,6 +539,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// `command` names it in the engine's timings: the caller's name by default.
     func call<T: Sendable>(_ command: String = #function,
                            _ work: @escaping @Sendable (_ reply: @escaping @Sendable (Result<T, RemapError>) -> Void) -> Void) throws(RemapError) -> T {
+        // The engine thread would wait for itself for ever.
+        owner.assertNotOwner("\(command): call() from the engine thread")
         let answer = Mutex<Result<T, RemapError>?>(nil)
         let done = DispatchSemaphore(value: 0)
         post(command) {
@@ -743,6 +758,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
 
     private func applyPatch(_ volume: Volume, _ patch: VolumePatch, tailZeroed: Bool = false,
                             reply: @escaping (Result<Void, RemapError>) -> Void) {
+        assertEngineThread()
         let name = volume.name
         if importing.contains(volume.key) { return reply(.failure(.inUse("volume '\(name)' is being imported"))) }
         var changes: [MetadataChange] = []
