@@ -152,7 +152,7 @@ extension Engine {
             do throws(RemapError) {
                 try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
                     guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-                    flush(volume) { reply($0) }
+                    volumeIO(for: volume).flush { reply($0) }
                 }
             } catch {
                 failure = error
@@ -205,8 +205,8 @@ extension Engine {
         let box = UncheckedBox(buffer)
         try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            writeData(volume, offset: offset, length: run.count, data: box.value.pointer + run.lowerBound,
-                      owner: box.value, bound: nil) { reply($0) }
+            volumeIO(for: volume).write(offset: offset, length: run.count, from: box.value.pointer + run.lowerBound,
+                                        owner: box.value, fua: false) { reply($0) }
         }
     }
 
@@ -238,8 +238,8 @@ extension Engine {
             guard let snapshot = snapshots[id], offset <= snapshot.sizeBytes, UInt64(length) <= snapshot.sizeBytes - offset else {
                 return reply(.failure(.notFound(kind: "snapshot", name: id)))
             }
-            readData(snapshot, offset: offset, length: length, data: target.pointer, owner: snapshot) { result, _ in
-                reply(result == 0 ? .success(()) : .failure(.io(errno: -result, context: "reading the supplier")))
+            volumeIO(for: snapshot).read(offset: offset, length: length, into: target.pointer, owner: snapshot) { result in
+                reply(result.map { _ in () })
             }
         }
     }

@@ -93,13 +93,15 @@ extension Engine {
     /// chunks on write, draws on reservations (`bound`: the export's), waits
     /// or fails per the pool's no-space policy. `completion` runs on the
     /// engine thread once the data is on the supplier and its mappings are
-    /// pending (durable at the next commit).
+    /// pending (durable at the next commit) — with `fua`, once a flush has
+    /// made them durable.
     func writeData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
-                   bound: String?, deadline: Int64? = nil, completion: @escaping (Result<Void, RemapError>) -> Void) {
+                   bound: String?, fua: Bool = false, completion: @escaping (Result<Void, RemapError>) -> Void) {
         whenWritable(volume) { [self] in
             beginVolumeWrite(volume)
-            planWrite(volume, offset: offset, length: length, data: data, owner: owner, bound: bound, deadline: deadline) { [self] result in
+            planWrite(volume, offset: offset, length: length, data: data, owner: owner, bound: bound, deadline: nil) { [self] result in
                 endVolumeWrite(volume)
+                if fua, case .success = result { return flush(volume, completion) }
                 completion(result)
             }
         }
@@ -352,13 +354,13 @@ extension Engine {
     // MARK: - Read
 
     /// Reads `length` bytes of `volume` (or snapshot) at `offset` into
-    /// `data` (kept alive by `owner`); `completion` gets 0 or -errno on the
-    /// engine thread. `segments` says which parts were holes.
+    /// `data` (kept alive by `owner`); `completion` gets, on the engine
+    /// thread, the segments (which parts were holes) or the failure.
     func readData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
-                  completion: @escaping (_ result: Int32, _ segments: [IOSegment]) -> Void) {
+                  completion: @escaping (Result<[IOSegment], RemapError>) -> Void) {
         assertEngineThread()
         // An offline pool's suppliers are not open; a degraded one still reads.
-        if volume.pool.state == .offline { return completion(-EIO, []) }
+        if volume.pool.state == .offline { return completion(.failure(Self.readFailure(EIO))) }
         if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
             copying[busy]!.append { [self] in  // invariant: found just above
                 readData(volume, offset: offset, length: length, data: data, owner: owner, completion: completion)
@@ -370,7 +372,7 @@ extension Engine {
         let epoch = beginIO()
         let finish = { [self] in
             endIO(epoch)
-            completion(progress.failure, segments)
+            completion(progress.failure == 0 ? .success(segments) : .failure(Self.readFailure(-progress.failure)))
         }
         for segment in segments {
             switch segment.target {
@@ -387,4 +389,35 @@ extension Engine {
         }
         if progress.issued() { finish() }
     }
+
+    static func readFailure(_ error: Int32) -> RemapError {
+        .io(errno: error, context: "reading the supplier")
+    }
 }
+/// Counts the pieces of one request still in flight and remembers the first
+/// failure. The code issuing the pieces holds one more count, given up by
+/// `issued()` once all are issued: a piece that completes at once (an error
+/// found before any I/O) can never finish the request while others are still
+/// being issued, nor twice.
+final class Progress {
+    private var remaining: Int
+    private(set) var failure: Int32 = 0
+    /// The supplier written or zeroed by the first failed piece, if known.
+    private(set) var failedFD: Int32?
+
+    init(pieces: Int) { remaining = pieces + 1 }
+
+    /// One piece is done; true when it was the last (finish the request).
+    func complete(_ result: Int32, fd: Int32? = nil) -> Bool {
+        remaining -= 1
+        if result < 0 && failure == 0 {
+            failure = result
+            failedFD = fd
+        }
+        return remaining == 0
+    }
+
+    /// Every piece is issued; true when all are done already.
+    func issued() -> Bool { complete(0) }
+}
+

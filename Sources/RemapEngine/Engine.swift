@@ -113,11 +113,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     static let stashTarget = 1024
     static let stashLowWater = 512
 
-    private var listeners: [Int32] = []
-    /// The credentials a TCP listener demands (STARTTLS); none on the unix socket.
-    private var listenerCredentials: [Int32: TLSCredentials] = [:]
-    private var connections: [ObjectIdentifier: NBDConnection] = [:]
-    private(set) var admission = NBDAdmission()
+    /// The NBD server, a front end: it sees the engine only as an
+    /// `ExportDirectory` and through `VolumeIO`.
+    private(set) lazy var nbd = NBDServer(ring: ring, exports: self)
     var exportUsers: [Int64: Int] = [:]
     /// Extra NBD exports: name → the volume and the reservation writes draw on.
     var extraExports: [String: (volume: Volume, reservation: String?)] = [:]
@@ -328,7 +326,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             ring.activate()
             while !finished {
                 var wait = heartbeat.map { min($0.interval, 1_000_000_000) } ?? 1_000_000_000
-                if let resume = admission.untilNextResume(now: monotonicNanoseconds()) { wait = min(wait, resume) }
+                if let resume = nbd.untilNextResume(now: monotonicNanoseconds()) { wait = min(wait, resume) }
                 ring.run(timeoutNanoseconds: wait)
                 timed("tick", countingCPU: false) { tick() }
             }
@@ -340,12 +338,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// before anything else (NBDConnection+TLS.swift).
     public func serveNBD(listener fd: Int32, tls: TLSCredentials? = nil) {
         post { [self] in
-            if listeners.isEmpty && admission.descriptorRoom < limits.nbdMaxConnections {
-                log("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
-            }
-            listeners.append(fd)
-            listenerCredentials[fd] = tls
-            accept(on: fd, tls: tls)
+            nbd.limits = limits
+            nbd.serve(listener: fd, tls: tls)
         }
     }
 
@@ -354,8 +348,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func stop() {
         post { [self] in
             stopping = true
-            for fd in listeners { shutdown(fd, Int32(SHUT_RDWR)) }
-            for connection in connections.values { connection.endInput() }
+            nbd.stop()
             tick()
         }
         stopped.wait()
@@ -415,11 +408,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 for pool in pools.values { retrySpaceWaiters(pool) }
             }
         }
-        // Idle or stuck clients cannot pile up.
-        for connection in connections.values { connection.enforceDeadlines(now: now) }
-        if !stopping {
-            for listener in admission.resumable(now: now) { accept(on: listener, tls: listenerCredentials[listener]) }
-        }
+        nbd.tick(now: now)
         if let beat = heartbeat {
             let now = monotonicNanoseconds()
             if now - beat.last >= beat.interval {
@@ -427,7 +416,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 heartbeat?.last = now
             }
         }
-        if stopping && connections.isEmpty && !finalCommitSubmitted {
+        if stopping && nbd.connectionCount == 0 && !finalCommitSubmitted {
             finalCommitSubmitted = true
             commit { [self] result in
                 if case .failure(let error) = result {
@@ -443,55 +432,41 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         retryReclaims(now: monotonicNanoseconds())
     }
 
-    private func accept(on fd: Int32, tls: TLSCredentials?) {
-        ring.accept(fd: fd) { [self] result in
-            if result >= 0 {
-                if stopping || !admission.admits(result, serving: connections.count, limit: limits.nbdMaxConnections) {
-                    close(result)
-                } else {
-                    var one: Int32 = 1
-                    setsockopt(result, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-                    let connection = NBDConnection(fd: result, engine: self, credentials: tls)
-                    connections[ObjectIdentifier(connection)] = connection
-                    connection.greet()
-                }
-            } else {
-                switch NBDAdmission.reaction(to: -result) {
-                case .next:
-                    break
-                case .pause:
-                    // Trying again at once would spin: the listener pauses.
-                    if !stopping { admission.acceptFailed(listener: fd, error: -result, now: monotonicNanoseconds()) }
-                    return
-                case .stop:
-                    // The listener was shut down (stop) or is broken.
-                    if !stopping { log("NBD accept failed: \(String(cString: strerror(-result))): no more clients on this listener") }
-                    return
-                }
-            }
-            if !stopping { accept(on: fd, tls: tls) }
-        }
-    }
-
-    // MARK: - Used by connections (engine thread)
+    // MARK: - Used by front ends (engine thread)
 
     func supplierFD(pool: Pool, index: Int) -> Int32 {
         assertEngineThread()
         return supplierFDs[pool.name]![index]  // invariant: every pool but an offline one has its fds; I/O on those is refused first
     }
 
-    /// A volume's own export or an extra one, with the reservation it is bound to.
-    /// Snapshots are exported read-only as `VOLUME@SNAPSHOT`; a volume being
-    /// imported is not exported until the import is done.
-    func export(named name: String) -> (volume: Volume, reservation: String?)? {
-        if let volume = volumes[name] { return importing.contains(volume.key) ? nil : (volume, nil) }
-        if let export = extraExports[name] { return importing.contains(export.volume.key) ? nil : export }
-        if name.contains("@"), let snapshot = snapshots.values.first(where: { $0.exportName == name }) { return (snapshot, nil) }
+    /// A volume's own export or an extra one (writes draw on the reservation
+    /// it is bound to), for I/O. Snapshots are exported read-only as
+    /// `VOLUME@SNAPSHOT`; a volume being imported is not exported until the
+    /// import is done.
+    func export(named name: String) -> VolumeIO? {
+        assertEngineThread()
+        if let volume = volumes[name] {
+            return importing.contains(volume.key) ? nil : VolumeIO(engine: self, volume: volume, name: name, reservation: nil)
+        }
+        if let export = extraExports[name] {
+            guard !importing.contains(export.volume.key) else { return nil }
+            return VolumeIO(engine: self, volume: export.volume, name: name, reservation: export.reservation)
+        }
+        if name.contains("@"), let snapshot = snapshots.values.first(where: { $0.exportName == name }) {
+            return VolumeIO(engine: self, volume: snapshot, name: name, reservation: nil)
+        }
         return nil
     }
 
+    /// The I/O surface of `image` for the engine's own front ends (imports,
+    /// content streams), whatever its export state.
+    func volumeIO(for image: Volume) -> VolumeIO {
+        VolumeIO(engine: self, volume: image, name: image.exportName, reservation: nil)
+    }
+
     var exportNames: [String] {
-        (Array(volumes.keys) + Array(extraExports.keys) + snapshots.values.map(\.exportName)).sorted()
+        assertEngineThread()
+        return (Array(volumes.keys) + Array(extraExports.keys) + snapshots.values.map(\.exportName)).sorted()
     }
 
     func attach(_ volume: Volume, exportName: String) {
@@ -499,24 +474,9 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
         if extraExports[exportName] != nil { extraExportUsers[exportName, default: 0] += 1 }
     }
 
-    func detach(_ volume: Volume, exportName: String?) {
+    func detach(_ volume: Volume, exportName: String) {
         exportUsers[volume.key, default: 1] -= 1
-        if let exportName, let users = extraExportUsers[exportName] { extraExportUsers[exportName] = users - 1 }
-    }
-
-    /// Counts a finished NBD request for /metrics.
-    func record(command: String, bytes: Int, error: NBD.Error?, started: Int64) {
-        var entry = statistics.commands[command] ?? CommandStatistics()
-        entry.requests += 1
-        entry.bytes += UInt64(bytes)
-        if let error { entry.errors[error.name, default: 0] += 1 }
-        entry.latency.observe(Double(monotonicNanoseconds() - started) / 1e9)
-        statistics.commands[command] = entry
-    }
-
-    func connectionClosed(_ connection: NBDConnection) {
-        connections[ObjectIdentifier(connection)] = nil
-        if stopping { tick() }
+        if let users = extraExportUsers[exportName] { extraExportUsers[exportName] = users - 1 }
     }
 
     /// A job zeroing `chunks` (freed, marked dirty) and clearing their marks;
@@ -606,7 +566,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func dataPathStatistics() -> DataPathStatistics {
         (try? call { [self] reply in
             var copy = statistics
-            copy.connections = connections.count
+            copy.commands = nbd.commands
+            copy.connections = nbd.connectionCount
             copy.metadataCommitFailures = commitFailures
             // `createPool(_:)` → `createPool`: a few fixed names, so few series.
             copy.engineCommands = [:]
