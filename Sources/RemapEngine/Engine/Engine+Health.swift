@@ -37,6 +37,13 @@ extension Engine {
         for fd in fds { faults.register(fd: fd, pool: pool.name) }
     }
 
+    /// The open descriptor of supplier `index` of `pool`. It stays on the
+    /// engine thread: a pool deletion may close it at any time.
+    func supplierFD(pool: Pool, index: Int) -> Int32 {
+        assertEngineThread()
+        return supplierFDs[pool.name]![index]  // invariant: every pool but an offline one has its fds; I/O on those is refused first
+    }
+
     // MARK: - Failures
 
     /// The error I/O gets from a pool that is not online, or nil.

@@ -153,6 +153,19 @@ extension Engine {
         for (pool, chunks) in ready { zero(chunks, of: pool) }
     }
 
+    /// A job zeroing `chunks` (freed, marked dirty) and clearing their marks;
+    /// the committer works out the supplier ranges.
+    func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
+        let pieces = pool.segments.map { segment in
+            let supplier = pool.suppliers[segment.supplier]
+            return ChunkZeroing.Piece(firstChunk: segment.firstChunk, chunks: segment.chunks,
+                                      fd: supplierFD(pool: pool, index: segment.supplier), supplierOffset: segment.supplierOffset,
+                                      punch: supplier.kind == .file && !supplier.preallocated)
+        }
+        return CommitJob(syncFDs: [], changes: [],
+                         zeroing: ChunkZeroing(pool: pool.name, chunkSize: pool.chunkSize, pieces: pieces, chunks: chunks)) { _ in }
+    }
+
     /// How long a chunk whose zeroing failed waits before the next try.
     static let reclaimRetryInterval: Int64 = 2_000_000_000
 

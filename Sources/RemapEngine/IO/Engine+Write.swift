@@ -19,9 +19,9 @@ struct UnsettledChunk {
     var succeeded = false
 }
 
-/// The two-phase write and read on the engine thread, shared by NBD, the
-/// content stream and imports; with copy on write for chunks a snapshot or
-/// clone shares.
+/// The two-phase write on the engine thread, behind the I/O surface's
+/// `write` (and `zero`, for chunks it must copy); with copy on write for
+/// chunks a snapshot or clone shares.
 extension Engine {
     // MARK: - Writers in flight (a snapshot waits for them)
 
@@ -350,74 +350,4 @@ extension Engine {
         guard let entry = unsettled.removeValue(forKey: key) else { return }
         rollBack(volume, chunk, entry)
     }
-
-    // MARK: - Read
-
-    /// Reads `length` bytes of `volume` (or snapshot) at `offset` into
-    /// `data` (kept alive by `owner`); `completion` gets, on the engine
-    /// thread, the segments (which parts were holes) or the failure.
-    func readData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
-                  completion: @escaping (Result<[IOSegment], RemapError>) -> Void) {
-        assertEngineThread()
-        // An offline pool's suppliers are not open; a degraded one still reads.
-        if volume.pool.state == .offline { return completion(.failure(Self.readFailure(EIO))) }
-        if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
-            copying[busy]!.append { [self] in  // invariant: found just above
-                readData(volume, offset: offset, length: length, data: data, owner: owner, completion: completion)
-            }
-            return
-        }
-        let segments = volume.readPlan(offset: offset, length: length)
-        let progress = Progress(pieces: segments.count)
-        let epoch = beginIO()
-        let finish = { [self] in
-            endIO(epoch)
-            completion(progress.failure == 0 ? .success(segments) : .failure(Self.readFailure(-progress.failure)))
-        }
-        for segment in segments {
-            switch segment.target {
-            case .zeros:
-                memset(data + segment.bufferOffset, 0, segment.length)
-                _ = progress.complete(0)
-            case .supplier(let index, let supplierOffset):
-                let fd = supplierFD(pool: volume.pool, index: index)
-                suppliers.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
-                    _ = owner  // the buffer lives until the read completes
-                    if progress.complete(result) { finish() }
-                }
-            }
-        }
-        if progress.issued() { finish() }
-    }
-
-    static func readFailure(_ error: Int32) -> RemapError {
-        .io(errno: error, context: "reading the supplier")
-    }
 }
-/// Counts the pieces of one request still in flight and remembers the first
-/// failure. The code issuing the pieces holds one more count, given up by
-/// `issued()` once all are issued: a piece that completes at once (an error
-/// found before any I/O) can never finish the request while others are still
-/// being issued, nor twice.
-final class Progress {
-    private var remaining: Int
-    private(set) var failure: Int32 = 0
-    /// The supplier written or zeroed by the first failed piece, if known.
-    private(set) var failedFD: Int32?
-
-    init(pieces: Int) { remaining = pieces + 1 }
-
-    /// One piece is done; true when it was the last (finish the request).
-    func complete(_ result: Int32, fd: Int32? = nil) -> Bool {
-        remaining -= 1
-        if result < 0 && failure == 0 {
-            failure = result
-            failedFD = fd
-        }
-        return remaining == 0
-    }
-
-    /// Every piece is issued; true when all are done already.
-    func issued() -> Bool { complete(0) }
-}
-
