@@ -155,11 +155,11 @@ extension Engine {
             return nil
         }
         operations.requestCancel(id)
-        for _ in 0..<600 {
-            if let now = operations.find(id), now.state != .running { return now }
-            usleep(50_000)
+        // The import thread sees the request between two blocks and ends it.
+        guard let ended = operations.waitForEnd(id, timeoutNanoseconds: 30_000_000_000) else {
+            throw .internal("the import did not stop within 30 s")
         }
-        throw .internal("the import did not stop within 30 s")
+        return ended
     }
 
     /// Writes `run` of `buffer` to volume `name` at `offset` through the

@@ -2,9 +2,10 @@ import Synchronization
 import RemapCore
 
 /// Operations by id, newest last; shared by the import threads and the
-/// control plane. Keeps the last 100 finished ones.
+/// control plane. Keeps the last 100 finished ones. A caller can wait for
+/// one to end (`waitForEnd`): every change wakes it.
 public final class OperationLog: Sendable {
-    private let entries = Mutex<[OperationInfo]>([])
+    private let entries = ConditionLock<[OperationInfo]>([])
     /// Running operations asked to stop.
     private let cancelled = Mutex<Set<String>>([])
 
@@ -36,4 +37,12 @@ public final class OperationLog: Sendable {
     }
 
     public func find(_ id: String) -> OperationInfo? { entries.withLock { list in list.first { $0.id == id } } }
+
+    /// Operation `id` once it is no longer running, waiting for that up to
+    /// `timeoutNanoseconds`; nil if it is still running then.
+    func waitForEnd(_ id: String, timeoutNanoseconds: Int64) -> OperationInfo? {
+        entries.wait(timeoutNanoseconds: timeoutNanoseconds) { list in
+            list.first { $0.id == id && $0.state != .running }
+        }
+    }
 }
