@@ -235,22 +235,59 @@ extension Engine {
     /// hands out its maps and allocator (copy-on-write values); the check
     /// runs on the caller's thread, on a bitmap (see `PoolCheck.init`).
     public func checkPool(named name: String) throws(RemapError) -> PoolCheck {
-        for attempt in 0..<50 {
-            let input: PoolCheck.Input? = try call { [self] reply in
+        let input: PoolCheck.Input = try call { [self] reply in
+            guard pools[name] != nil else { return reply(.failure(.notFound(kind: "pool", name: name))) }
+            whenSettled(name) { [self] in
                 guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
-                // Chunks let go of by changes not yet durable are freed once they are.
-                let releasing = volumes.values.contains { !$0.family.pendingReleases.isEmpty }
-                let settling = !unmapped.isEmpty || !draining.isEmpty || reclaimJobs > 0 || preparingPools.contains(name) || releasing
-                if settling && attempt < 49 {
-                    if !unmapped.isEmpty || !pending.isEmpty { commit { _ in } }
-                    return reply(.success(nil))
-                }
                 reply(.success(checkInput(pool)))
             }
-            if let input { return PoolCheck(input) }
-            usleep(100_000)
         }
-        throw .internal("the pool did not settle")
+        return PoolCheck(input)
+    }
+
+    /// How long a pool check waits for reclaim to settle before it checks
+    /// what is there.
+    static let settleTimeout: Int64 = 5_000_000_000
+
+    /// Runs `body` once nothing of pool `name` is being freed, zeroed or
+    /// prepared — now, or after the batch of completions that settles it
+    /// (`wakeSettleWaiters`, from `tick`), or after `settleTimeout` —
+    /// committing meanwhile what holds it up.
+    func whenSettled(_ name: String, _ body: @escaping () -> Void) {
+        assertEngineThread()
+        let releasing = hasPendingReleases
+        guard settling(name, releasing: releasing) else { return body() }
+        settleWaiters.append(SettleWaiter(pool: name, deadline: monotonicNanoseconds() + Self.settleTimeout,
+                                          command: runningCommand ?? "checkPool", run: body))
+        nudgeSettling(releasing: releasing)
+    }
+
+    /// The pool checks whose pool has settled, or whose wait is over, run.
+    func wakeSettleWaiters(now: Int64) {
+        guard !settleWaiters.isEmpty else { return }
+        let releasing = hasPendingReleases
+        var ready: [SettleWaiter] = []
+        settleWaiters.removeAll { waiter in
+            guard !settling(waiter.pool, releasing: releasing) || now >= waiter.deadline else { return false }
+            ready.append(waiter)
+            return true
+        }
+        if !settleWaiters.isEmpty { nudgeSettling(releasing: releasing) }
+        for waiter in ready { timed(waiter.command) { waiter.run() } }
+    }
+
+    /// Chunks let go of by changes not yet durable are freed once they are.
+    private var hasPendingReleases: Bool {
+        volumes.values.contains { !$0.family.pendingReleases.isEmpty }
+    }
+
+    private func settling(_ name: String, releasing: Bool) -> Bool {
+        !unmapped.isEmpty || !draining.isEmpty || reclaimJobs > 0 || preparingPools.contains(name) || releasing
+    }
+
+    /// Unmapped chunks and pending releases move on with the next commit.
+    private func nudgeSettling(releasing: Bool) {
+        if (!unmapped.isEmpty || releasing) && !commitInFlight { commit { _ in } }
     }
 
     /// Engine thread: what the check of `pool` reads, copied in O(images).
@@ -270,4 +307,13 @@ extension Engine {
         }
         return PoolCheck.Input(pool: pool.name, allocator: pool.allocator, stashed: pool.stashedChunkList, families: maps)
     }
+}
+
+/// A pool check waiting for its pool to settle (`Engine.whenSettled`).
+struct SettleWaiter {
+    var pool: String
+    var deadline: Int64
+    /// The command it is timed under when it runs.
+    var command: String
+    var run: () -> Void
 }

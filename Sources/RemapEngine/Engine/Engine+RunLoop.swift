@@ -129,6 +129,7 @@ extension Engine {
             }
         }
         nbd.tick(now: now)
+        wakeSettleWaiters(now: now)
         if let beat = heartbeat {
             let now = monotonicNanoseconds()
             if now - beat.last >= beat.interval {

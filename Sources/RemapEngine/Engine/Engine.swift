@@ -148,6 +148,8 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     var waitingForChunks: [() -> Void] = []
     /// Pools with a chunk preparation commit in flight.
     var preparingPools: Set<String> = []
+    /// Pool checks waiting for reclaim in flight to settle.
+    var settleWaiters: [SettleWaiter] = []
     static let stashTarget = 1024
     static let stashLowWater = 512
 
