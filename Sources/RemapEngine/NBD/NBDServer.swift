@@ -6,12 +6,16 @@ import RemapCore
 /// connections, and what their requests did (for /metrics). Lives on the
 /// engine thread, which drives it (`tick`, `stop`).
 ///
-/// The NBD code (this folder) uses of the engine only the front-end surface
-/// — `ExportDirectory` to find an export, `VolumeIO` to serve it
-/// (IO/VolumeIO.swift) — and the engine's `IOQueue` for its sockets. It
-/// never names the engine type; this shows nothing:
+/// The NBD code (this folder) may use of the engine only the front-end
+/// surface — `ExportDirectory` to find an export, `VolumeIO` to serve it
+/// (IO/VolumeIO.swift) — and, for its sockets, the `IOQueue` it is given.
+/// It holds no reference to the engine and names none of its state: outside
+/// comments, this finds nothing in NBD/ (run from the repository root):
 ///
-///     grep -rnwiE 'engine' Sources/RemapEngine/NBD --include='*.swift' | grep -v '^[^:]*:[0-9]*: *///'
+///     grep -rnwE 'Engine|engine|Volume|Pool|Reservation|Supplier' Sources/RemapEngine/NBD | grep -vE '^[^:]+:[0-9]+: *//'
+///
+/// and since `VolumeIO` keeps the engine and the volume private, the
+/// compiler holds the NBD code to the surface too.
 final class NBDServer {
     /// Socket I/O (accept, receive, send) for the connections.
     let ring: any IOQueue
