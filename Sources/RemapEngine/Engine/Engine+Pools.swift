@@ -192,14 +192,22 @@ extension Engine {
             } catch {
                 return reply(.failure(error))
             }
-            reply(.success((supplierFD(pool: pool, index: index), pool.suppliers[index])))
+            do throws(RemapError) {
+                reply(.success((try lendSupplierFD(pool: pool, index: index), pool.suppliers[index])))
+            } catch {
+                reply(.failure(error))
+            }
         }
+        defer { close(fd) }
         guard supplier.kind == .file else {
             throw .invalidArgument("block device suppliers are used whole; grow the device and add it again")
         }
         guard sizeBytes > supplier.sizeBytes else {
             throw .invalidArgument("sizeBytes \(sizeBytes) must be larger than the supplier's \(supplier.sizeBytes) bytes; suppliers do not shrink")
         }
+        #if DEBUG
+        whileGrowingSupplier?()
+        #endif
         try SupplierFile.grow(fd: fd, supplier, to: sizeBytes)
         return try call { [self] reply in
             guard let pool = pools[name], let index = pool.suppliers.firstIndex(where: { $0.id == supplier.id }) else {

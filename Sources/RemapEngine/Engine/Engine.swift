@@ -63,6 +63,12 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     let suppliers: SupplierIO
     /// Pools being created (their suppliers are being made off this thread).
     var poolsInCreation: Set<String> = []
+    #if DEBUG
+    /// A test's code, run by `growSupplier` on its caller's thread between
+    /// looking the supplier up and growing it: where a pool deletion may
+    /// race in. Set and used by that thread only.
+    var whileGrowingSupplier: (@Sendable () -> Void)?
+    #endif
 
     // MARK: Volumes and snapshots (Engine+Volumes.swift, Engine+Snapshots.swift)
 
