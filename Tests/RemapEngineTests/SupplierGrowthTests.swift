@@ -46,18 +46,3 @@ import Testing
         return UInt64(status.st_size)
     }
 }
-
-/// A directory under /tmp, removed with what it holds when the value goes.
-final class TemporaryDirectory {
-    let path: String
-
-    init() throws {
-        var template = Array("/tmp/remap-test.XXXXXX".utf8CString)
-        let made = try #require(mkdtemp(&template))
-        path = String(cString: made)
-    }
-
-    deinit {
-        try? FileManager.default.removeItem(atPath: path)
-    }
-}
