@@ -38,6 +38,10 @@ public protocol ControlPlane: Sendable {
 
     /// Events after `seq` (oldest first) and the newest event's number.
     func events(after seq: UInt64) -> (events: [Event], last: UInt64)
+    /// Calls `wake` (quickly: it may run on the engine thread) after each
+    /// new event until the function returned is called, so event streams
+    /// wait instead of polling. The default never calls it.
+    func watchEvents(_ wake: @escaping @Sendable () -> Void) -> @Sendable () -> Void
 
     // Snapshots and clones: a snapshot is named by its id or `VOLUME@NAME`.
     func createSnapshot(volume name: String, snapshot snapshotName: String) throws(RemapError) -> (SnapshotInfo, created: Bool)

@@ -1,9 +1,12 @@
+import Dispatch
 import Foundation
 import RemapCore
 import Synchronization
 
 /// A Server-Sent Events stream of remap's events for one client. libmicrohttpd
-/// pulls from it on the connection's own thread, which may block here.
+/// pulls from it on the connection's own thread, which sleeps here until an
+/// event is recorded (the control plane wakes it), the stream ends, or a
+/// keep-alive is due.
 final class EventStream: ResponseStream, @unchecked Sendable {  // used by one connection thread at a time; `ended` is atomic
     private let control: any ControlPlane
     private var after: UInt64
@@ -11,12 +14,16 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
     private let ended = Atomic<Bool>(false)
     /// The stream's place under its listener's cap, given back when it ends.
     private let slot: EventStreamSlots.Slot?
-    /// Whether the client closed its connection (checked at every poll, so
-    /// a follower that leaves gives its place back at once, not at the next
-    /// keep-alive that fails).
+    /// Whether the client closed its connection. Nothing wakes the stream
+    /// when it does (its socket is libmicrohttpd's), so it is asked every
+    /// `clientCheckInterval` while the stream waits: a follower that leaves
+    /// gives its place back within that, not at the next keep-alive.
     private let clientLeft: @Sendable () -> Bool
-    static let pollInterval: useconds_t = 200_000
-    static let keepAliveEvery = 15 * 5  // polls
+    /// Signalled for each new event and when the stream ends.
+    private let wakeUp = DispatchSemaphore(value: 0)
+    private let stopWatching: @Sendable () -> Void
+    static let clientCheckInterval: Int64 = 1_000_000_000
+    static let keepAliveInterval: Int64 = 15_000_000_000
 
     init(control: any ControlPlane, after: UInt64, slot: EventStreamSlots.Slot?,
          clientLeft: @escaping @Sendable () -> Bool = { false }) {
@@ -24,12 +31,16 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
         self.after = after
         self.slot = slot
         self.clientLeft = clientLeft
+        stopWatching = control.watchEvents { [wakeUp] in wakeUp.signal() }
     }
 
-    /// Ends the stream at the next poll (the server is stopping, or the client left).
+    /// Ends the stream: a read waiting returns at once (the server is
+    /// stopping, or the client left).
     func end() {
-        ended.store(true, ordering: .relaxed)
+        guard !ended.exchange(true, ordering: .relaxed) else { return }
+        stopWatching()
         slot?.release()
+        wakeUp.signal()
     }
 
     var isEnded: Bool { ended.load(ordering: .relaxed) }
@@ -46,13 +57,15 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
 
     /// Up to `maximum` bytes of stream, waiting for events; nil ends it.
     func read(maximum: Int) -> [UInt8]? {
-        var polls = 0
+        let keepAliveDue = Self.now() + Self.keepAliveInterval
         while pending.isEmpty {
             if ended.load(ordering: .relaxed) { return nil }
             if clientLeft() {
                 end()
                 return nil
             }
+            // An event recorded after this look signals `wakeUp`: the wait
+            // below returns at once for it.
             let (events, _) = control.events(after: after)
             if !events.isEmpty {
                 let encoder = JSONEncoder()
@@ -64,16 +77,20 @@ final class EventStream: ResponseStream, @unchecked Sendable {  // used by one c
                 }
                 break
             }
-            polls += 1
-            if polls >= Self.keepAliveEvery {
+            let now = Self.now()
+            if now >= keepAliveDue {
                 pending = Array(": keep-alive\n\n".utf8)
                 break
             }
-            usleep(Self.pollInterval)
+            _ = wakeUp.wait(timeout: .now() + .nanoseconds(Int(min(Self.clientCheckInterval, keepAliveDue - now))))
         }
         let count = min(maximum, pending.count)
         defer { pending.removeFirst(count) }
         return Array(pending.prefix(count))
+    }
+
+    private static func now() -> Int64 {
+        Int64(DispatchTime.now().uptimeNanoseconds)
     }
 }
 
@@ -108,4 +125,10 @@ final class EventStreamSlots: Sendable {
             slots.used.withLock { $0 -= 1 }
         }
     }
+}
+
+extension ControlPlane {
+    /// Never wakes: a stream over such a control plane sees new events at
+    /// its next keep-alive or client check.
+    public func watchEvents(_ wake: @escaping @Sendable () -> Void) -> @Sendable () -> Void { {} }
 }

@@ -11,109 +11,6 @@ struct LayerNode {
 
 /// Snapshots, clones and revert on the engine thread.
 extension Engine {
-    // MARK: - Load
-
-    /// Rebuilds every image's chunk map from the layers: each layer's rows
-    /// over its parent's, from the roots up; marks what they map as used.
-    /// Returns fixes for unwritten marks no reservation owns.
-    func loadMappings(volumes byKey: [Int64: Volume]) throws(RemapError) -> [MetadataChange] {
-        var nodes: [Int64: LayerNode] = [:]
-        for (key, parent) in try store.layerParents() { nodes[key] = LayerNode(parent: parent) }
-        for volume in byKey.values where nodes[volume.layer] == nil { nodes[volume.layer] = LayerNode() }
-        var images: [Int64: [Volume]] = [:]
-        for volume in byKey.values { images[volume.layer, default: []].append(volume) }
-        for stored in try store.snapshots() {
-            guard let pool = pools[stored.pool] else {
-                throw .internal("metadata: snapshot '\(stored.name)' names missing pool '\(stored.pool)'")
-            }
-            let snapshot = Volume(
-                key: stored.key, id: stored.id,
-                snapshot: SnapshotIdentity(name: stored.name, volume: stored.volumeName, volumeKey: stored.volumeKey),
-                pool: pool, sizeBytes: stored.sizeBytes, createdAt: stored.createdAt, layer: stored.layer, family: Family())
-            snapshots[snapshot.id] = snapshot
-            images[stored.layer, default: []].append(snapshot)
-            if nodes[stored.layer] == nil { nodes[stored.layer] = LayerNode() }
-            nextVolumeKey = max(nextVolumeKey, stored.key + 1, stored.layer + 1)
-        }
-        // A volume's first layer is its key and has no row of its own: a
-        // parent with no row is such a root.
-        for parent in nodes.values.compactMap(\.parent) where nodes[parent] == nil { nodes[parent] = LayerNode() }
-        for (key, node) in nodes {
-            nextVolumeKey = max(nextVolumeKey, key + 1)
-            guard let parent = node.parent else { continue }
-            nodes[parent]!.children.insert(key)  // invariant: every parent has a node (just above)
-        }
-        for (key, list) in images { nodes[key]?.images = list.count }
-        // Never hand out a key that rows still use.
-        if let key = try store.largestMappedLayer() { nextVolumeKey = max(nextVolumeKey, key + 1) }
-        layers = nodes
-
-        var orphans: [MetadataChange] = []
-        for (root, node) in nodes where node.parent == nil {
-            // Every image of the tree fits in the largest one's size.
-            var largest: UInt64 = 0
-            var tree: [Volume] = []
-            var stack = [root]
-            while let key = stack.popLast() {
-                for image in images[key] ?? [] {
-                    largest = max(largest, image.map.virtualChunks)
-                    tree.append(image)
-                }
-                stack += nodes[key]?.children ?? []
-            }
-            guard !tree.isEmpty else { continue }
-            let family = Family()
-            for image in tree.sorted(by: { $0.key < $1.key }) {
-                image.leaveFamily()
-                image.family = family
-                family.members.append(image)
-            }
-            var work: [(key: Int64, map: ChunkMap)] = [(root, ChunkMap(virtualChunks: largest))]
-            while let (key, inherited) = work.popLast() {
-                var map = inherited
-                let owner = images[key]?.first { !$0.isSnapshot }
-                try store.forEachMapping(layer: key) { (virtual, physical, unwritten) throws(RemapError) in
-                    guard virtual < map.virtualChunks else { return }
-                    guard let physical else {
-                        map.unmap(virtual)
-                        return
-                    }
-                    map.map(virtual, to: physical)
-                    if unwritten {
-                        if let owner, let reservation = owner.rangeReservation(covering: virtual) {
-                            // A write may have reached it before a crash without its mark
-                            // being committed: it reads zeros, and its first write fills it.
-                            reservation.markUnwritten(virtual, clean: false)
-                            owner.pool.unwrittenReservedChunks += 1
-                        } else {
-                            orphans.append(.markWritten(volume: key, virtualChunk: virtual))
-                        }
-                    }
-                }
-                for image in images[key] ?? [] {
-                    var own = map
-                    own.resize(virtualChunks: image.map.virtualChunks)
-                    image.map = own
-                }
-                for child in nodes[key]?.children ?? [] { work.append((child, map)) }
-            }
-            for image in tree {
-                let pool = image.pool
-                var invalid: UInt64?
-                image.map.forEachRun { _, physical, length in
-                    guard physical + length <= pool.allocator.capacity else { invalid = physical; return }
-                    for chunk in physical..<(physical + length) where !pool.allocator.isUsed(chunk) {
-                        pool.allocator.markUsed(chunk)
-                    }
-                }
-                if let invalid {
-                    throw .internal("metadata: image '\(image.exportName)' maps chunk \(invalid) beyond pool '\(pool.name)'")
-                }
-            }
-        }
-        return orphans
-    }
-
     // MARK: - Layers
 
     /// Drops what no image needs any more, starting at layer `key`: a layer
@@ -265,6 +162,7 @@ extension Engine {
     /// then; `endRelease` frees it if so. A copy on write holds it from the
     /// moment it is planned (`held`).
     func releaseShared(_ volume: Volume, virtual: UInt64, physical: UInt64, held: Bool = false) {
+        assertEngineThread()
         let family = volume.family
         let pool = volume.pool
         if !held { family.holdRelease(physical) }

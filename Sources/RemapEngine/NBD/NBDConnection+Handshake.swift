@@ -7,24 +7,24 @@ extension NBDConnection {
         switch NBD.Option(rawValue: code) {
         case .exportName:
             let name = String(decoding: data, as: UTF8.self)
-            guard let volume = engine.export(named: name)?.volume else {
+            guard let io = exports.export(named: name) else {
                 // EXPORT_NAME has no way to report an error: the spec says close.
                 log("NBD client asked for unknown export '\(name)'")
                 return protocolError("unknown export '\(name)'")
             }
             var reply = WireWriter()
-            reply.u64(volume.sizeBytes)
-            if volume.isSnapshot { readOnly = true }
+            reply.u64(io.sizeBytes)
+            if io.isReadOnly { readOnly = true }
             reply.u16(transmissionFlags(readOnly: readOnly))
             if !noZeroes { reply.append(repeatElement(0, count: 124)) }
             send(reply.bytes)
-            enterTransmission(volume, name: name)
+            enterTransmission(io)
         case .abort:
             send(encodeOptionReply(option: code, reply: .ack))
             endInput()
         case .list:
             guard data.isEmpty else { return optionError(code, .errorInvalid, "LIST takes no data") }
-            for name in engine.exportNames {
+            for name in exports.exportNames {
                 var entry = WireWriter()
                 entry.u32(UInt32(name.utf8.count))
                 entry.append(name.utf8)
@@ -60,25 +60,25 @@ extension NBDConnection {
             asked.insert(request)
         }
         guard reader.atEnd else { return optionError(code, .errorInvalid, "option length does not match its content") }
-        guard let volume = engine.export(named: name)?.volume else {
+        guard let io = exports.export(named: name) else {
             return optionError(code, .errorUnknown, "export '\(name)' not found")
         }
         var export = WireWriter()
         export.u16(NBD.Info.export.rawValue)
-        export.u64(volume.sizeBytes)
-        if volume.isSnapshot && go { readOnly = true }
-        export.u16(transmissionFlags(readOnly: readOnly || volume.isSnapshot))
+        export.u64(io.sizeBytes)
+        if io.isReadOnly && go { readOnly = true }
+        export.u16(transmissionFlags(readOnly: readOnly || io.isReadOnly))
         send(encodeOptionReply(option: code, reply: .info, data: export.bytes))
         if asked.contains(NBD.Info.name.rawValue) {
             var info = WireWriter()
             info.u16(NBD.Info.name.rawValue)
-            info.append(volume.exportName.utf8)
+            info.append(io.imageName.utf8)
             send(encodeOptionReply(option: code, reply: .info, data: info.bytes))
         }
         if asked.contains(NBD.Info.description.rawValue) {
             var info = WireWriter()
             info.u16(NBD.Info.description.rawValue)
-            info.append("remap \(volume.isSnapshot ? "snapshot" : "volume") '\(volume.exportName)' in pool '\(volume.pool.name)'".utf8)
+            info.append("remap \(io.isReadOnly ? "snapshot" : "volume") '\(io.imageName)' in pool '\(io.poolName)'".utf8)
             send(encodeOptionReply(option: code, reply: .info, data: info.bytes))
         }
         if asked.contains(NBD.Info.blockSize.rawValue) {
@@ -90,7 +90,7 @@ extension NBDConnection {
             send(encodeOptionReply(option: code, reply: .info, data: info.bytes))
         }
         send(encodeOptionReply(option: code, reply: .ack))
-        if go { enterTransmission(volume, name: name) }
+        if go { enterTransmission(io) }
     }
 
     /// LIST_META_CONTEXT and SET_META_CONTEXT: remap serves `base:allocation`.
@@ -110,7 +110,7 @@ extension NBDConnection {
             queries.append(query)
         }
         guard reader.atEnd else { return optionError(code, .errorInvalid, "option length does not match its content") }
-        guard engine.export(named: name) != nil else {
+        guard exports.export(named: name) != nil else {
             return optionError(code, .errorUnknown, "export '\(name)' not found")
         }
         let matches: Bool
@@ -145,12 +145,11 @@ extension NBDConnection {
         return flags
     }
 
-    private func enterTransmission(_ volume: Volume, name: String) {
-        export = volume
-        exportName = name
-        boundReservation = engine.export(named: name)?.reservation
-        if allocationContextFor != name { allocationContextFor = nil }
-        engine.attach(volume, exportName: name)
+    private func enterTransmission(_ io: VolumeIO) {
+        export = io
+        exportName = io.name
+        if allocationContextFor != io.name { allocationContextFor = nil }
+        io.attach()
         phase = .transmission
     }
 }

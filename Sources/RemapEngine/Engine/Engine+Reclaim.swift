@@ -8,6 +8,7 @@ import RemapStore
 extension Engine {
     /// Starts a data I/O; returns its epoch for `endIO`.
     func beginIO() -> UInt64 {
+        assertEngineThread()
         ioInFlight[epoch, default: 0] += 1
         return epoch
     }
@@ -26,6 +27,7 @@ extension Engine {
     /// before their mapping commits still gets them zeroed. `want`: a
     /// waiting request needs the stash to hold that many.
     func prepareChunks(_ pool: Pool, want: Int = 0) {
+        assertEngineThread()
         guard !preparingPools.contains(pool.name), pool.preparedCount < max(Self.stashLowWater, want),
               pool.state != .offline
         else { return }
@@ -76,6 +78,7 @@ extension Engine {
     /// freed after the next commit and once older I/O has drained — unless
     /// a snapshot or clone still maps it.
     func unmapChunk(_ volume: Volume, _ virtual: UInt64) {
+        assertEngineThread()
         if let owner = volume.unwrittenOwner(of: virtual) {
             owner.markWritten(virtual)
             volume.pool.unwrittenReservedChunks -= 1
@@ -150,6 +153,19 @@ extension Engine {
         for (pool, chunks) in ready { zero(chunks, of: pool) }
     }
 
+    /// A job zeroing `chunks` (freed, marked dirty) and clearing their marks;
+    /// the committer works out the supplier ranges.
+    func zeroJob(pool: Pool, chunks: [UInt64]) -> CommitJob {
+        let pieces = pool.segments.map { segment in
+            let supplier = pool.suppliers[segment.supplier]
+            return ChunkZeroing.Piece(firstChunk: segment.firstChunk, chunks: segment.chunks,
+                                      fd: supplierFD(pool: pool, index: segment.supplier), supplierOffset: segment.supplierOffset,
+                                      punch: supplier.kind == .file && !supplier.preallocated)
+        }
+        return CommitJob(syncFDs: [], changes: [],
+                         zeroing: ChunkZeroing(pool: pool.name, chunkSize: pool.chunkSize, pieces: pieces, chunks: chunks)) { _ in }
+    }
+
     /// How long a chunk whose zeroing failed waits before the next try.
     static let reclaimRetryInterval: Int64 = 2_000_000_000
 
@@ -158,6 +174,7 @@ extension Engine {
     /// marked dirty, and are tried again later: never reused unzeroed,
     /// never leaked until a restart.
     func zero(_ chunks: [UInt64], of pool: Pool, afterCommit: Bool = false) {
+        assertEngineThread()
         guard pools[pool.name] === pool, !chunks.isEmpty else { return }
         guard pool.state != .offline else {
             reclaimRetries.append((pool, chunks, monotonicNanoseconds() + Self.reclaimRetryInterval))
@@ -221,6 +238,7 @@ extension Engine {
     /// hole, or zero-range to keep the blocks), else writes of zeros unless
     /// `fast` (then the handler gets -EOPNOTSUPP).
     func zeroSupplier(fd: Int32, offset: UInt64, length: UInt64, punch: Bool, fast: Bool, _ handler: @escaping (Int32) -> Void) {
+        assertEngineThread()
         let mode = punch ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
         suppliers.allocateSpace(fd: fd, mode: mode, offset: offset, length: length) { [self] result in
             guard result == -EOPNOTSUPP || result == -EINVAL else { return handler(result) }

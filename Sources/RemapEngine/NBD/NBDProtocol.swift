@@ -1,4 +1,5 @@
 import Glibc
+import RemapCore
 
 /// Numbers of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md).
 enum NBD {
@@ -172,4 +173,21 @@ func encodeOptionReply(option: UInt32, reply: NBD.Reply, data: [UInt8] = []) -> 
     writer.u32(UInt32(data.count))
     writer.append(data)
     return writer.bytes
+}
+
+extension RemapError {
+    /// The NBD error a client sees for a failure: the one table from remap's
+    /// errors (those of the I/O surface above all, see `VolumeIO`) to NBD's.
+    var nbdError: NBD.Error {
+        switch self {
+        case .noSpace: return .noSpace
+        // A host filesystem full under a sparse supplier is space, not I/O.
+        case .io(let errno, _) where errno == ENOSPC: return .noSpace
+        // A fast zero the suppliers could only do by writing zeros.
+        case .io(let errno, _) where errno == EOPNOTSUPP: return .notSupported
+        case .invalidArgument, .notFound, .shrinkNotAllowed: return .invalid
+        case .inUse: return .permission
+        case .alreadyExists, .io, .internal, .poolUnavailable, .supplierFailed: return .io
+        }
+    }
 }

@@ -3,43 +3,6 @@ import RemapCore
 import RemapStore
 import Synchronization
 
-/// Operations by id, newest last; shared by the import threads and the
-/// control plane. Keeps the last 100 finished ones.
-public final class OperationLog: Sendable {
-    private let entries = Mutex<[OperationInfo]>([])
-    /// Running operations asked to stop.
-    private let cancelled = Mutex<Set<String>>([])
-
-    func add(_ operation: OperationInfo) {
-        entries.withLock { list in
-            list.append(operation)
-            let finished = list.filter { $0.state != .running }
-            if finished.count > 100, let oldest = finished.first {
-                list.removeAll { $0.id == oldest.id }
-            }
-        }
-    }
-
-    func update(_ id: String, _ change: (inout OperationInfo) -> Void) {
-        entries.withLock { list in
-            if let index = list.firstIndex(where: { $0.id == id }) { change(&list[index]) }
-        }
-    }
-
-    public func all() -> [OperationInfo] { entries.withLock { Array($0.reversed()) } }
-
-    func requestCancel(_ id: String) { _ = cancelled.withLock { $0.insert(id) } }
-
-    func isCancelled(_ id: String) -> Bool { cancelled.withLock { $0.contains(id) } }
-
-    func forget(_ id: String) {
-        entries.withLock { list in list.removeAll { $0.id == id } }
-        _ = cancelled.withLock { $0.remove(id) }
-    }
-
-    public func find(_ id: String) -> OperationInfo? { entries.withLock { list in list.first { $0.id == id } } }
-}
-
 extension Engine {
     // MARK: - Import
 
@@ -152,7 +115,7 @@ extension Engine {
             do throws(RemapError) {
                 try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
                     guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-                    flush(volume) { reply($0) }
+                    volumeIO(for: volume).flush { reply($0) }
                 }
             } catch {
                 failure = error
@@ -192,11 +155,11 @@ extension Engine {
             return nil
         }
         operations.requestCancel(id)
-        for _ in 0..<600 {
-            if let now = operations.find(id), now.state != .running { return now }
-            usleep(50_000)
+        // The import thread sees the request between two blocks and ends it.
+        guard let ended = operations.waitForEnd(id, timeoutNanoseconds: 30_000_000_000) else {
+            throw .internal("the import did not stop within 30 s")
         }
-        throw .internal("the import did not stop within 30 s")
+        return ended
     }
 
     /// Writes `run` of `buffer` to volume `name` at `offset` through the
@@ -205,96 +168,10 @@ extension Engine {
         let box = UncheckedBox(buffer)
         try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
             guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            writeData(volume, offset: offset, length: run.count, data: box.value.pointer + run.lowerBound,
-                      owner: box.value, bound: nil) { reply($0) }
+            volumeIO(for: volume).write(offset: offset, length: run.count, from: box.value.pointer + run.lowerBound,
+                                        owner: box.value, fua: false) { reply($0) }
         }
     }
-
-    // MARK: - Reading a snapshot outside NBD
-
-    /// Pins a snapshot for a content stream: it cannot be deleted until
-    /// `endSnapshotRead`. Returns its size.
-    public func beginSnapshotRead(_ reference: String) throws(RemapError) -> (id: String, sizeBytes: UInt64) {
-        try call { [self] reply in
-            guard let snapshot = findSnapshot(reference) else { return reply(.failure(.notFound(kind: "snapshot", name: reference))) }
-            snapshotReaders[snapshot.key, default: 0] += 1
-            reply(.success((snapshot.id, snapshot.sizeBytes)))
-        }
-    }
-
-    public func endSnapshotRead(_ id: String) {
-        post { [self] in
-            guard let snapshot = snapshots[id] else { return }
-            let left = (snapshotReaders[snapshot.key] ?? 1) - 1
-            snapshotReaders[snapshot.key] = left > 0 ? left : nil
-        }
-    }
-
-    /// Reads `length` bytes of a pinned snapshot at `offset` into `data`,
-    /// which the caller owns and keeps until this returns. Blocks.
-    public func readSnapshot(_ id: String, offset: UInt64, length: Int, into data: UnsafeMutableRawPointer) throws(RemapError) {
-        let target = UncheckedPointer(data)
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-            guard let snapshot = snapshots[id], offset <= snapshot.sizeBytes, UInt64(length) <= snapshot.sizeBytes - offset else {
-                return reply(.failure(.notFound(kind: "snapshot", name: id)))
-            }
-            readData(snapshot, offset: offset, length: length, data: target.pointer, owner: snapshot) { result, _ in
-                reply(result == 0 ? .success(()) : .failure(.io(errno: -result, context: "reading the supplier")))
-            }
-        }
-    }
-
-    // MARK: - Pool check
-
-    /// Checks that every chunk the pool counts as used is mapped by some
-    /// image (or is prepared, or being reclaimed), that every mapped chunk
-    /// is counted as used, and that no chunk is mapped twice except by
-    /// images of one family at the same place. Waits (a few seconds at
-    /// most) for reclaim in flight to settle first. The engine thread only
-    /// hands out its maps and allocator (copy-on-write values); the check
-    /// runs on the caller's thread, on a bitmap (see `PoolCheck.init`).
-    public func checkPool(named name: String) throws(RemapError) -> PoolCheck {
-        for attempt in 0..<50 {
-            let input: PoolCheck.Input? = try call { [self] reply in
-                guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
-                // Chunks let go of by changes not yet durable are freed once they are.
-                let releasing = volumes.values.contains { !$0.family.pendingReleases.isEmpty }
-                let settling = !unmapped.isEmpty || !draining.isEmpty || reclaimJobs > 0 || preparingPools.contains(name) || releasing
-                if settling && attempt < 49 {
-                    if !unmapped.isEmpty || !pending.isEmpty { commit { _ in } }
-                    return reply(.success(nil))
-                }
-                reply(.success(checkInput(pool)))
-            }
-            if let input { return PoolCheck(input) }
-            usleep(100_000)
-        }
-        throw .internal("the pool did not settle")
-    }
-
-    /// Engine thread: what the check of `pool` reads, copied in O(images).
-    private func checkInput(_ pool: Pool) -> PoolCheck.Input {
-        let images = volumes.values.filter { $0.pool === pool } + snapshots.values.filter { $0.pool === pool }
-            + leaving.filter { $0.pool === pool }
-        var families: [ObjectIdentifier: Int] = [:]
-        var maps: [[ChunkMap]] = []
-        for image in images {
-            let family = ObjectIdentifier(image.family)
-            if let index = families[family] {
-                maps[index].append(image.map)
-            } else {
-                families[family] = maps.count
-                maps.append([image.map])
-            }
-        }
-        return PoolCheck.Input(pool: pool.name, allocator: pool.allocator, stashed: pool.stashedChunkList, families: maps)
-    }
-}
-
-/// A caller-owned buffer handed to the engine thread for a blocking call.
-struct UncheckedPointer: @unchecked Sendable {  // the caller blocks until the engine is done with it
-    let pointer: UnsafeMutableRawPointer
-    init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
 }
 
 /// The runs of `count` bytes at `data` (which lie at byte `position` of a

@@ -32,8 +32,30 @@ extension Engine {
     }
 
     func install(_ fds: [Int32], for pool: Pool) {
+        assertEngineThread()
         supplierFDs[pool.name] = fds
         for fd in fds { faults.register(fd: fd, pool: pool.name) }
+    }
+
+    /// The open descriptor of supplier `index` of `pool`. It stays on the
+    /// engine thread: a pool deletion may close it at any time.
+    func supplierFD(pool: Pool, index: Int) -> Int32 {
+        assertEngineThread()
+        return supplierFDs[pool.name]![index]  // invariant: every pool but an offline one has its fds; I/O on those is refused first
+    }
+
+    /// A descriptor of supplier `index` of `pool` for another thread (a
+    /// growth, a recheck): a duplicate the caller closes. A pool deletion
+    /// closes the engine's own at any time; the duplicate stays this
+    /// supplier's, so its number never comes to mean another file meanwhile.
+    func lendSupplierFD(pool: Pool, index: Int) throws(RemapError) -> Int32 {
+        let fd = supplierFD(pool: pool, index: index)
+        let lent = try systemCall("duplicating the descriptor of supplier \(pool.suppliers[index].path)") {
+            fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        }
+        // Faults injected into the pool's suppliers reach it too.
+        faults.register(fd: lent, pool: pool.name)
+        return lent
     }
 
     // MARK: - Failures
@@ -68,6 +90,7 @@ extension Engine {
 
     /// Supplier `fd` failed `what` with `error`: its pool degrades.
     func supplierFailed(fd: Int32, errno error: Int32, during what: String) {
+        assertEngineThread()
         guard let (pool, index) = supplier(of: fd) else { return }
         let path = pool.suppliers[index].path
         supplierFailed(pool, index, SupplierFault(kind: .failed, message: "\(what) of supplier \(path) failed: \(String(cString: strerror(error)))"))
@@ -116,8 +139,19 @@ extension Engine {
     public func clearPoolErrors(named name: String) throws(RemapError) -> PoolInfo {
         let (suppliers, fds, state, recorded): ([Supplier], [Int32], PoolState, UInt64) = try call { [self] reply in
             guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
-            reply(.success((pool.suppliers, supplierFDs[name] ?? [], pool.state, pool.faultsRecorded)))
+            // A degraded pool's suppliers are rechecked on the caller's thread, through duplicates.
+            var lent: [Int32] = []
+            do throws(RemapError) {
+                if pool.state == .degraded {
+                    for index in pool.suppliers.indices { lent.append(try lendSupplierFD(pool: pool, index: index)) }
+                }
+            } catch {
+                for fd in lent { close(fd) }
+                return reply(.failure(error))
+            }
+            reply(.success((pool.suppliers, lent, pool.state, pool.faultsRecorded)))
         }
+        defer { for fd in fds { close(fd) } }
         if state == .online { return try poolInfo(named: name) }
         var opened: [Int32] = []
         do throws(RemapError) {

@@ -8,6 +8,8 @@ import Synchronization
 public final class EventLog: Sendable {
     public static let capacity = 1000
     private let state: Mutex<(next: UInt64, events: [Event])>
+    /// Called after each new event (`watch`), by number.
+    private let watchers = Mutex<(next: UInt64, wake: [UInt64: @Sendable () -> Void])>((0, [:]))
 
     /// Numbers start at the start time in milliseconds, so they keep
     /// growing across restarts and a client resuming with an old
@@ -29,10 +31,31 @@ public final class EventLog: Sendable {
             if state.events.count > Self.capacity { state.events.removeFirst(state.events.count - Self.capacity) }
         }
         log("event \(type.rawValue): \(detail)")
+        for wake in watchers.withLock({ Array($0.wake.values) }) { wake() }
+    }
+
+    /// Calls `wake` after every event recorded from now on, on the thread
+    /// that records it (the engine's: `wake` must only signal), until the
+    /// function returned is called.
+    public func watch(_ wake: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        let number = watchers.withLock { watchers in
+            defer { watchers.next += 1 }
+            watchers.wake[watchers.next] = wake
+            return watchers.next
+        }
+        return { [self] in _ = watchers.withLock { $0.wake.removeValue(forKey: number) } }
     }
 
     /// Events after `seq`, oldest first, and the number of the newest event.
     public func events(after seq: UInt64) -> (events: [Event], last: UInt64) {
         state.withLock { state in (state.events.filter { $0.seq > seq }, state.next - 1) }
+    }
+}
+
+extension Engine {
+    /// Calls `wake` after each new event (see `EventLog.watch`): event
+    /// streams wait on it.
+    public func watchEvents(_ wake: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        events.watch(wake)
     }
 }

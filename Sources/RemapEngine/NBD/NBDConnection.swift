@@ -13,7 +13,7 @@ import RemapCore
 /// is gone or said goodbye, every request in flight has been answered and no
 /// socket operation is outstanding.
 ///
-/// A client cannot make it hold more than its bounds (`Engine.limits`): it
+/// A client cannot make it hold more than its bounds (`NBDServer.limits`): it
 /// takes no more requests or options while `heldBytes` (replies not yet
 /// sent, and the buffers of reads and writes in flight) is at the reply
 /// queue's cap, and goes on as the client reads its replies; it drops a
@@ -46,11 +46,12 @@ final class NBDConnection {
     /// The client's socket, or after STARTTLS the plaintext end of its TLS
     /// tunnel (NBDConnection+TLS.swift).
     var fd: Int32
-    unowned let engine: Engine
+    unowned let server: NBDServer
     /// What the listener demands TLS with (nil: no TLS offered), and how far it is.
     let credentials: TLSCredentials?
     var tlsState = TLSState.off
-    var ring: any IOQueue { engine.ring }
+    var ring: any IOQueue { server.ring }
+    var exports: any ExportDirectory { server.exports }
     var phase = Phase.clientFlags
     private let input = IOBuffer(count: NBDConnection.inputCapacity)
     private var start = 0
@@ -66,10 +67,10 @@ final class NBDConnection {
     private var processing = false
 
     // Negotiated in the handshake.
-    var export: Volume?
-    /// The export name chosen, and the pooled reservation it is bound to.
+    /// The image served, through the I/O surface (IO/VolumeIO.swift).
+    var export: VolumeIO?
+    /// The export name chosen.
     var exportName: String?
-    var boundReservation: String?
     var readOnly = false
     var noZeroes = false
     var structuredReplies = false
@@ -108,9 +109,9 @@ final class NBDConnection {
     /// When the client connected, for the handshake deadline.
     let connectedAt = monotonicNanoseconds()
 
-    init(fd: Int32, engine: Engine, credentials: TLSCredentials?) {
+    init(fd: Int32, server: NBDServer, credentials: TLSCredentials?) {
         self.fd = fd
-        self.engine = engine
+        self.server = server
         self.credentials = credentials
     }
 
@@ -139,7 +140,7 @@ final class NBDConnection {
     /// Whether the connection takes more requests (or options): under
     /// both its cap on requests in flight and its reply queue's cap.
     private var takesRequests: Bool {
-        requestsInFlight < Self.maximumInFlight && UInt64(heldBytes) < engine.limits.nbdReplyQueueBytes
+        requestsInFlight < Self.maximumInFlight && UInt64(heldBytes) < server.limits.nbdReplyQueueBytes
     }
 
     /// Counts `bytes` of a request's buffer against the reply queue's cap
@@ -154,7 +155,7 @@ final class NBDConnection {
     /// for ever on many connections would add up).
     func enforceDeadlines(now: Int64) {
         guard !broken else { return }  // dropped already
-        let limits = engine.limits
+        let limits = server.limits
         if inHandshake && now - connectedAt > Int64(limits.nbdHandshakeTimeoutSeconds) * 1_000_000_000 {
             protocolError("no export chosen within \(limits.nbdHandshakeTimeoutSeconds) s")
         } else if let payload, now - payload.started > Int64(limits.nbdRequestTimeoutSeconds) * 1_000_000_000 {
@@ -269,8 +270,8 @@ final class NBDConnection {
                 let data = reader.bytes(length)
                 start += NBD.optionHeaderSize + length
                 optionsReceived += 1
-                guard optionsReceived <= engine.limits.nbdMaxOptions else {
-                    return protocolError("more than \(engine.limits.nbdMaxOptions) options before choosing an export")
+                guard optionsReceived <= server.limits.nbdMaxOptions else {
+                    return protocolError("more than \(server.limits.nbdMaxOptions) options before choosing an export")
                 }
                 handleOption(option, data)
             case .transmission:
@@ -396,9 +397,9 @@ final class NBDConnection {
               unsent.isEmpty || broken
         else { return }
         closed = true
-        if let export { engine.detach(export, exportName: exportName) }
+        export?.detach()
         close(fd)
-        engine.connectionClosed(self)
+        server.connectionClosed(self)
     }
 }
 
@@ -423,32 +424,5 @@ private final class Gather {
     deinit {
         vectors.deallocate()
         message.deallocate()
-    }
-}
-
-extension RemapError {
-    /// The NBD error a client sees for this failure.
-    var nbdError: NBD.Error {
-        switch self {
-        case .noSpace: return .noSpace
-        // A host filesystem full under a sparse supplier is space, not I/O.
-        case .io(let errno, _) where errno == ENOSPC: return .noSpace
-        case .invalidArgument, .notFound, .shrinkNotAllowed: return .invalid
-        case .inUse: return .permission
-        case .alreadyExists, .io, .internal, .poolUnavailable, .supplierFailed: return .io
-        }
-    }
-}
-
-extension Result where Failure == RemapError {
-    var nbdError: NBD.Error? {
-        if case .failure(let error) = self { return error.nbdError }
-        return nil
-    }
-
-    /// The error's text for a structured reply ("" on success).
-    var failureMessage: String {
-        if case .failure(let error) = self { return error.description }
-        return ""
     }
 }

@@ -26,6 +26,7 @@ extension Engine {
     /// durable. A pool that is not online fails it at once: its write-back
     /// already lost data.
     func flush(_ volume: Volume, _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+        assertEngineThread()
         if let refusal = ioRefusal(volume.pool) { return completion(.failure(refusal)) }
         commit(syncing: [volume.pool.name], completion)
     }
@@ -41,6 +42,7 @@ extension Engine {
     /// before `completion`, also when that takes a retry.
     func commit(extra: [MetadataChange] = [], syncing pools: Set<String> = [], onDurable: (() -> Void)? = nil,
                 _ completion: @escaping (Result<Void, RemapError>) -> Void) {
+        assertEngineThread()
         pending += extra
         if let onDurable { durableActions.append(onDurable) }
         commitWaiters.append(CommitWaiter(pools: pools, completion: completion))
@@ -125,6 +127,7 @@ extension Engine {
     /// Hands `job` to the committer; `completion` comes back on the engine
     /// thread with everything that happened.
     func submitJob(_ job: CommitJob, _ completion: @escaping (CommitOutcome) -> Void) {
+        assertEngineThread()
         var job = job
         let done = UncheckedBox(completion)
         // Its completion counts as part of the command that asked for it.

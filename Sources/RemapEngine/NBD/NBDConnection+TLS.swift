@@ -52,7 +52,7 @@ extension NBDConnection {
     func startTLSTunnel() {
         guard let credentials else { return }
         do {
-            fd = try TLSTunnel.start(socket: fd, credentials: credentials, below: engine.admission.descriptorCeiling)
+            fd = try TLSTunnel.start(socket: fd, credentials: credentials, below: server.descriptorCeiling)
         } catch {
             return protocolError("cannot start TLS: \(error)")
         }

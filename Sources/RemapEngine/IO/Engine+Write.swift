@@ -19,9 +19,9 @@ struct UnsettledChunk {
     var succeeded = false
 }
 
-/// The two-phase write and read on the engine thread, shared by NBD, the
-/// content stream and imports; with copy on write for chunks a snapshot or
-/// clone shares.
+/// The two-phase write on the engine thread, behind the I/O surface's
+/// `write` (and `zero`, for chunks it must copy); with copy on write for
+/// chunks a snapshot or clone shares.
 extension Engine {
     // MARK: - Writers in flight (a snapshot waits for them)
 
@@ -29,6 +29,7 @@ extension Engine {
     /// `body` now, or later if a snapshot of the volume is waiting for the
     /// writes already in flight to finish.
     func whenWritable(_ volume: Volume, _ body: @escaping () -> Void) {
+        assertEngineThread()
         if frozenVolumes[volume.key] != nil {
             frozenVolumes[volume.key]!.append(body)  // invariant: checked just above
             return
@@ -52,6 +53,7 @@ extension Engine {
     /// have completed, then lets the held writes go. So a snapshot has every
     /// write acknowledged before it and none that started after.
     func quiesced(_ volume: Volume, _ body: @escaping (_ resume: @escaping () -> Void) -> Void) {
+        assertEngineThread()
         guard frozenVolumes[volume.key] == nil else {
             // Another snapshot of it is waiting: go after it.
             frozenVolumes[volume.key]!.append { [self] in quiesced(volume, body) }  // invariant: checked just above
@@ -91,13 +93,15 @@ extension Engine {
     /// chunks on write, draws on reservations (`bound`: the export's), waits
     /// or fails per the pool's no-space policy. `completion` runs on the
     /// engine thread once the data is on the supplier and its mappings are
-    /// pending (durable at the next commit).
+    /// pending (durable at the next commit) — with `fua`, once a flush has
+    /// made them durable.
     func writeData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
-                   bound: String?, deadline: Int64? = nil, completion: @escaping (Result<Void, RemapError>) -> Void) {
+                   bound: String?, fua: Bool = false, completion: @escaping (Result<Void, RemapError>) -> Void) {
         whenWritable(volume) { [self] in
             beginVolumeWrite(volume)
-            planWrite(volume, offset: offset, length: length, data: data, owner: owner, bound: bound, deadline: deadline) { [self] result in
+            planWrite(volume, offset: offset, length: length, data: data, owner: owner, bound: bound, deadline: nil) { [self] result in
                 endVolumeWrite(volume)
+                if fua, case .success = result { return flush(volume, completion) }
                 completion(result)
             }
         }
@@ -105,6 +109,7 @@ extension Engine {
 
     func planWrite(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
                    bound: String?, deadline: Int64?, completion: @escaping (Result<Void, RemapError>) -> Void) {
+        assertEngineThread()
         if let refusal = ioRefusal(volume.pool) { return completion(.failure(refusal)) }
         if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
             copying[busy]!.append { [self] in  // invariant: found just above
@@ -253,6 +258,7 @@ extension Engine {
     /// write into them completes; every write into an unsettled chunk
     /// (this one, and later ones planned in place into it) counts as its writer.
     func willWrite(_ volume: Volume, _ plan: WritePlan, drawnFrom source: WriteChunks, offset: UInt64, length: Int) {
+        assertEngineThread()
         var replaced: [UInt64: UInt64] = [:]
         for copy in plan.copies { replaced[copy.virtualChunk] = copy.oldPhysical }
         let drawn = source.reservationsByChunk
@@ -268,6 +274,7 @@ extension Engine {
     /// the pending metadata once a write into it succeeded; one whose every
     /// write failed is given back (a failed write maps no chunk).
     func didWrite(_ volume: Volume, offset: UInt64, length: Int, succeeded: Bool) {
+        assertEngineThread()
         forEachUnsettled(volume, offset: offset, length: length) { entry in
             entry.writers -= 1
             if succeeded { entry.succeeded = true }
@@ -342,43 +349,5 @@ extension Engine {
         let key = ChunkKey(volume: volume.key, chunk: chunk)
         guard let entry = unsettled.removeValue(forKey: key) else { return }
         rollBack(volume, chunk, entry)
-    }
-
-    // MARK: - Read
-
-    /// Reads `length` bytes of `volume` (or snapshot) at `offset` into
-    /// `data` (kept alive by `owner`); `completion` gets 0 or -errno on the
-    /// engine thread. `segments` says which parts were holes.
-    func readData(_ volume: Volume, offset: UInt64, length: Int, data: UnsafeMutableRawPointer, owner: AnyObject,
-                  completion: @escaping (_ result: Int32, _ segments: [IOSegment]) -> Void) {
-        // An offline pool's suppliers are not open; a degraded one still reads.
-        if volume.pool.state == .offline { return completion(-EIO, []) }
-        if let busy = chunkBeingCopied(volume, offset: offset, length: length) {
-            copying[busy]!.append { [self] in  // invariant: found just above
-                readData(volume, offset: offset, length: length, data: data, owner: owner, completion: completion)
-            }
-            return
-        }
-        let segments = volume.readPlan(offset: offset, length: length)
-        let progress = Progress(pieces: segments.count)
-        let epoch = beginIO()
-        let finish = { [self] in
-            endIO(epoch)
-            completion(progress.failure, segments)
-        }
-        for segment in segments {
-            switch segment.target {
-            case .zeros:
-                memset(data + segment.bufferOffset, 0, segment.length)
-                _ = progress.complete(0)
-            case .supplier(let index, let supplierOffset):
-                let fd = supplierFD(pool: volume.pool, index: index)
-                suppliers.readFully(fd: fd, into: data + segment.bufferOffset, count: segment.length, offset: supplierOffset) { result in
-                    _ = owner  // the buffer lives until the read completes
-                    if progress.complete(result) { finish() }
-                }
-            }
-        }
-        if progress.issued() { finish() }
     }
 }

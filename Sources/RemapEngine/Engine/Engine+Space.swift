@@ -90,6 +90,7 @@ extension Engine {
     /// The chunk source for a write to `volume` through an export bound to
     /// `bound` (a reservation id), in the documented order.
     func chunkSource(for volume: Volume, bound: String?) -> WriteChunks {
+        assertEngineThread()
         var drawOn: [Reservation] = []
         if let bound, let reservation = volume.reservations.first(where: { $0.id == bound && $0.kind == .pooled }) {
             drawOn.append(reservation)
@@ -144,6 +145,7 @@ extension Engine {
     /// waits (`retry` runs later) or fails now (`fail` runs).
     func noChunk(for volume: Volume, offset: UInt64, source: WriteChunks, deadline: Int64?,
                  retry: @escaping (_ deadline: Int64?) -> Void, fail: @escaping () -> Void) {
+        assertEngineThread()
         // A request may need more chunks than the stash holds (a 16 MiB
         // write of 4 KiB chunks, a large WRITE_ZEROES keeping holes
         // allocated): the stash grows for it, doubling until it fits.
@@ -243,6 +245,7 @@ extension Engine {
     /// Drops the holder's reference; the reservation ends once no write
     /// drawing on it is in flight.
     func release(_ reservation: Reservation) {
+        assertEngineThread()
         guard !reservation.released else { return }
         reservation.released = true
         if reservation.inFlight == 0 { finishRelease(reservation) }
@@ -291,6 +294,7 @@ extension Engine {
     /// Creates a reservation on the engine thread; `reply` gets it once durable.
     func reserve(_ volume: Volume, _ spec: ReservationSpec, role: Reservation.Role,
                  reply: @escaping (Result<(ReservationInfo, created: Bool), RemapError>) -> Void) {
+        assertEngineThread()
         let pool = volume.pool
         let chunkSize = pool.chunkSize
         if let name = spec.name, let existing = volume.reservations.first(where: { $0.name == name && !$0.released }) {
@@ -445,134 +449,4 @@ extension Engine {
             commit { result in reply(result.map { reservation.info }) }
         }
     }
-
-    // MARK: Exports
-
-    public func exportInfos() -> [ExportInfo] {
-        (try? call { [self] reply in
-            var list = volumes.values.map { ExportInfo(name: $0.name, volume: $0.name, reservation: nil) }
-            list += extraExports.map { ExportInfo(name: $0.key, volume: $0.value.volume.name, reservation: $0.value.reservation) }
-            list += snapshots.values.map { ExportInfo(name: $0.exportName, volume: $0.name, reservation: nil) }
-            reply(.success(list.sorted { $0.name < $1.name }))
-        }) ?? []
-    }
-
-    public func createExport(volume name: String, reservation: String?, exportName: String?) throws(RemapError) -> ExportInfo {
-        if let exportName {
-            try Name.validate(exportName.replacingPlus(), kind: "export")
-        }
-        return try call { [self] reply in
-            guard let volume = volumes[name] else { return reply(.failure(.notFound(kind: "volume", name: name))) }
-            if let reservation {
-                guard let bound = volume.reservations.first(where: { $0.id == reservation && !$0.released }) else {
-                    return reply(.failure(.notFound(kind: "reservation", name: reservation)))
-                }
-                guard bound.kind == .pooled else {
-                    return reply(.failure(.invalidArgument("only pooled reservations can be bound to an export; \(reservation) is a range")))
-                }
-            }
-            let chosen = exportName ?? (reservation.map { "\(name)+\($0)" } ?? "\(name)+\(randomUUID().prefix(8))")
-            guard volumes[chosen] == nil, extraExports[chosen] == nil else {
-                return reply(.failure(.alreadyExists(kind: "export", name: chosen, detail: "export '\(chosen)' exists already")))
-            }
-            extraExports[chosen] = (volume, reservation)
-            pending.append(.createExport(name: chosen, volume: volume.key, reservation: reservation))
-            commit { result in reply(result.map { ExportInfo(name: chosen, volume: name, reservation: reservation) }) }
-        }
-    }
-
-    public func deleteExport(named name: String) throws(RemapError) {
-        try call { [self] (reply: @escaping @Sendable (Result<Void, RemapError>) -> Void) in
-            guard extraExports[name] != nil else {
-                if volumes[name] != nil {
-                    return reply(.failure(.invalidArgument("'\(name)' is a volume's own export; delete the volume instead")))
-                }
-                return reply(.failure(.notFound(kind: "export", name: name)))
-            }
-            if let users = extraExportUsers[name], users > 0 {
-                return reply(.failure(.inUse("export '\(name)' has \(users) NBD client(s) connected")))
-            }
-            extraExports[name] = nil
-            pending.append(.deleteExport(name: name))
-            commit { result in reply(result) }
-        }
-    }
-
-    // MARK: Pool settings and growth
-
-    public func updatePool(named name: String, onNoSpace: NoSpacePolicy?, thresholds: [Int]?) throws(RemapError) -> PoolInfo {
-        if case .queue(let seconds)? = onNoSpace, !(1...NoSpacePolicy.maximumQueueSeconds).contains(seconds) {
-            throw .invalidArgument("queueSeconds must be from 1 to \(NoSpacePolicy.maximumQueueSeconds)")
-        }
-        if let thresholds {
-            guard thresholds.count <= 10, thresholds.allSatisfy({ (1...100).contains($0) }), Set(thresholds).count == thresholds.count else {
-                throw .invalidArgument("lowSpaceThresholds must be at most 10 distinct percentages from 1 to 100")
-            }
-        }
-        return try call { [self] reply in
-            guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
-            if let onNoSpace { pool.onNoSpace = onNoSpace }
-            if let thresholds { pool.lowSpaceThresholds = thresholds.sorted() }
-            var seconds = 0
-            if case .queue(let queue) = pool.onNoSpace { seconds = queue }
-            pending.append(.setPoolSettings(name: name, queueSeconds: seconds, thresholds: pool.lowSpaceThresholds))
-            checkThresholds()
-            commit { [self] result in reply(result.map { info(pool) }) }
-        }
-    }
-
-    /// Grows a file supplier to `sizeBytes` (allocated on the host like the
-    /// rest of it); the new space is usable at once.
-    public func growSupplier(pool name: String, supplier id: String, to sizeBytes: UInt64) throws(RemapError) -> PoolInfo {
-        let (fd, supplier): (Int32, Supplier) = try call { [self] reply in
-            guard let pool = pools[name] else { return reply(.failure(.notFound(kind: "pool", name: name))) }
-            guard let index = pool.suppliers.firstIndex(where: { $0.id == id || $0.path == id }) else {
-                return reply(.failure(.notFound(kind: "supplier", name: id)))
-            }
-            if let refusal = changeRefusal(pool) { return reply(.failure(refusal)) }
-            // Refused before the file grows.
-            do throws(RemapError) {
-                try pool.checkRoom(for: pool.chunksAdded(growing: index, to: sizeBytes), maximum: limits.maxChunksPerPool)
-            } catch {
-                return reply(.failure(error))
-            }
-            reply(.success((supplierFD(pool: pool, index: index), pool.suppliers[index])))
-        }
-        guard supplier.kind == .file else {
-            throw .invalidArgument("block device suppliers are used whole; grow the device and add it again")
-        }
-        guard sizeBytes > supplier.sizeBytes else {
-            throw .invalidArgument("sizeBytes \(sizeBytes) must be larger than the supplier's \(supplier.sizeBytes) bytes; suppliers do not shrink")
-        }
-        try SupplierFile.grow(fd: fd, supplier, to: sizeBytes)
-        return try call { [self] reply in
-            guard let pool = pools[name], let index = pool.suppliers.firstIndex(where: { $0.id == supplier.id }) else {
-                return reply(.failure(.notFound(kind: "pool", name: name)))
-            }
-            var changes: [MetadataChange] = [.setSupplierSize(id: supplier.id, sizeBytes: sizeBytes)]
-            do throws(RemapError) {
-                if let segment = try pool.grow(supplier: index, to: sizeBytes, maximumChunks: limits.maxChunksPerPool) {
-                    changes.append(.addSegment(pool: name, segment: storedSegment(segment, of: pool)))
-                }
-            } catch {
-                // Another growth took the room meanwhile; the file stays larger than the pool uses.
-                return reply(.failure(error))
-            }
-            pending += changes
-            commit { [self] result in
-                if case .success = result {
-                    events.record(.poolGrown, pool: name, detail: "supplier \(supplier.path) grew to \(sizeBytes) bytes")
-                    chunksReleased(pool)
-                }
-                reply(result.map { info(pool) })
-            }
-        }
-    }
-}
-
-
-
-extension String {
-    /// Export names may contain '+' (VOLUME+ID); the rest follows volume names.
-    func replacingPlus() -> String { String(map { $0 == "+" ? "-" : $0 }) }
 }
