@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapWire
 
 /// The JSON bodies of the API, checked field by field.
 enum RequestBodies {

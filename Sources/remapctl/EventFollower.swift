@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import RemapWire
 
 /// Follows remapd's event stream (`GET /v1/events`, Server-Sent Events),
 /// printing each event as it arrives, for as long as remapctl runs.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl export …`: the NBD exports volumes are served under.
 struct ExportCommand: ParsableCommand {

@@ -1,4 +1,5 @@
 import Glibc
+import RemapWire
 
 /// Where remapctl's text goes: results to standard output, the one-line
 /// error to standard error.

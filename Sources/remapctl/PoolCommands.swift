@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl pool …`: the storage pools volumes draw from.
 struct PoolCommand: ParsableCommand {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl reservation …`: promises of space for a volume's writes.
 struct ReservationCommand: ParsableCommand {

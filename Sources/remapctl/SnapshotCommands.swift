@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl snapshot …`: read-only point-in-time images of volumes.
 struct SnapshotCommand: ParsableCommand {

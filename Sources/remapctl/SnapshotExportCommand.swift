@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 extension SnapshotCommand {
     /// `remapctl snapshot export SNAPSHOT FILE [--force] [--progress | --no-progress]`

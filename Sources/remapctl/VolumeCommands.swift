@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl volume …`: create, inspect, change and delete volumes.
 struct VolumeCommand: ParsableCommand {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 extension VolumeCommand {
     /// `remapctl volume list [--pool POOL] [--label SELECTOR] [--limit N [--all]] [--page-token TOKEN]`

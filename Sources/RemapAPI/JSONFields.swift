@@ -1,14 +1,6 @@
-/// A parsed JSON document, so request bodies can be checked field by field
-/// and every mistake named precisely.
-enum JSONValue: Equatable, Sendable {
-    case null
-    case bool(Bool)
-    case integer(Int64)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
+import RemapWire
 
+extension JSONValue {
     /// Parses a request body that must be a JSON object (strictly: see
     /// `JSONParser`).
     static func object(from body: [UInt8]) throws(Problem) -> [String: JSONValue] {
@@ -20,18 +12,6 @@ enum JSONValue: Equatable, Sendable {
         }
         guard case .object(let object) = value else { throw .invalidArgument("request body must be a JSON object") }
         return object
-    }
-
-    var typeName: String {
-        switch self {
-        case .null: return "null"
-        case .bool: return "a boolean"
-        case .integer: return "an integer"
-        case .number: return "a fractional number"
-        case .string: return "a string"
-        case .array: return "an array"
-        case .object: return "an object"
-        }
     }
 }
 

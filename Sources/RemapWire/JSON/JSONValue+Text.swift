@@ -1,44 +1,9 @@
-import Foundation
-
-/// Any JSON document, kept as a tree so `--json` can print what the daemon
-/// sent in a stable form: keys sorted, two-space indentation.
-enum JSONValue: Decodable, Equatable, Sendable {
-    case null
-    case bool(Bool)
-    case integer(Int64)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let value = try? container.decode(Bool.self) {
-            self = .bool(value)
-        } else if let value = try? container.decode(Int64.self) {
-            self = .integer(value)
-        } else if let value = try? container.decode(Double.self) {
-            self = .number(value)
-        } else if let value = try? container.decode(String.self) {
-            self = .string(value)
-        } else if let value = try? container.decode([JSONValue].self) {
-            self = .array(value)
-        } else {
-            self = .object(try container.decode([String: JSONValue].self))
-        }
-    }
-
-    /// Parses `bytes`, or returns `nil` if they are not JSON.
-    init?(parsing bytes: [UInt8]) {
-        guard let value = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)) else { return nil }
-        self = value
-    }
-
+/// JSON as text: keys sorted, so that the same document always reads the
+/// same, in two forms — indented for people, one line for streams.
+extension JSONValue {
     /// The document as indented text with sorted keys, without a trailing
     /// newline.
-    var prettyPrinted: String {
+    public var prettyPrinted: String {
         var output = ""
         write(to: &output, indent: "")
         return output
@@ -46,7 +11,7 @@ enum JSONValue: Decodable, Equatable, Sendable {
 
     /// The document on one line, keys sorted, no spaces: one event per
     /// line for streams.
-    var compact: String {
+    public var compact: String {
         var output = ""
         write(to: &output, indent: nil)
         return output

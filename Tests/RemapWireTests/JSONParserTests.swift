@@ -1,4 +1,4 @@
-@testable import RemapAPI
+import RemapWire
 import Testing
 
 @Suite struct JSONParserTests {

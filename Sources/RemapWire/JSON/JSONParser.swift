@@ -1,19 +1,21 @@
-/// A strict RFC 8259 parser for request bodies.
+/// A strict RFC 8259 parser: remapd reads request bodies with it, remapctl
+/// the daemon's answers.
 ///
 /// Foundation's JSONDecoder accepts trailing commas (`{"a": 1,}`) and
 /// duplicate keys (keeping the first), so two parsers (a proxy's and
 /// remapd's) could read one body two ways. This one refuses both, and
 /// everything else RFC 8259 does not allow, naming what and where.
 /// Nesting is limited, so a deep body cannot exhaust the thread's stack.
-struct JSONParser {
+public struct JSONParser {
     /// Deeper than any body of the API.
-    static let maximumDepth = 64
+    public static let maximumDepth = 64
 
-    struct Failure: Error, Equatable {
-        let message: String
+    /// Why the bytes are not JSON, and where.
+    public struct Failure: Error, Equatable, CustomStringConvertible {
+        public let message: String
         /// The byte at which parsing stopped, from 0.
-        let offset: Int
-        var description: String { "\(message) at byte \(offset)" }
+        public let offset: Int
+        public var description: String { "\(message) at byte \(offset)" }
     }
 
     private let bytes: [UInt8]
@@ -21,7 +23,7 @@ struct JSONParser {
 
     /// Parses one JSON value filling all of `bytes` (whitespace around it
     /// allowed).
-    static func parse(_ bytes: [UInt8]) throws(Failure) -> JSONValue {
+    public static func parse(_ bytes: [UInt8]) throws(Failure) -> JSONValue {
         var parser = JSONParser(bytes: bytes)
         parser.skipWhitespace()
         let value = try parser.value(depth: 0)
