@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapWire
 
 /// Routes REST requests to the control plane and turns answers and errors
 /// into JSON and problem+json.
@@ -177,7 +178,7 @@ public struct Router: Sendable {
                 }
                 guard let slot = connection.eventStreams.take() else {
                     var problem = Problem(
-                        status: 503, code: "too-many-streams", title: "Too many event streams",
+                        .tooManyStreams,
                         detail: "this listener already serves \(connection.eventStreams.limit) event streams (--http-max-event-streams); try again later, or poll GET /v1/events?since=N")
                     problem.retryAfterSeconds = 5
                     throw problem
@@ -265,7 +266,7 @@ public struct Router: Sendable {
 
     func allow(_ request: HTTPRequest, _ methods: [String]) throws(Problem) {
         guard methods.contains(request.method) else {
-            var problem = Problem(status: 405, code: "method-not-allowed", title: "Method not allowed",
+            var problem = Problem(.methodNotAllowed,
                                   detail: "\(request.method) is not allowed on \(request.path); allowed: \(methods.joined(separator: ", "))")
             problem.allow = methods.joined(separator: ", ")
             throw problem
@@ -284,7 +285,7 @@ public struct Router: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         guard let data = try? encoder.encode(value) else {
-            return problem(Problem(status: 500, code: "internal", title: "Internal error", detail: "response encoding failed"))
+            return problem(Problem(.internalError, detail: "response encoding failed"))
         }
         return HTTPResponse(status: status, contentType: "application/json", body: Array(data) + [0x0a])
     }

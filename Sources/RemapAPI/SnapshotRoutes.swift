@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapWire
 import Synchronization
 
 /// The routes of snapshots, clones, imports and the pool check.
@@ -102,7 +103,7 @@ extension Router {
                 (start, end, status) = (first, last + 1, 206)
             case .unsatisfiable:
                 control.endSnapshotRead(id)
-                var response = Self.problem(Problem(status: 416, code: "range-not-satisfiable", title: "Range not satisfiable",
+                var response = Self.problem(Problem(.rangeNotSatisfiable,
                                                     detail: "range '\(header)' lies outside the \(size)-byte image"))
                 response.headers.append(("Content-Range", "bytes */\(size)"))
                 return response

@@ -1,4 +1,5 @@
 import Foundation
+import RemapWire
 
 /// Typed calls to remapd's REST API (v1).
 ///
@@ -315,12 +316,7 @@ struct APIClient: Sendable {
     /// The problem document in an error response. A body that is not one
     /// (say, a proxy's plain-text page) still lends its first line as detail.
     static func problem(in response: HTTPResponse) -> Problem {
-        if let problem = try? JSONDecoder().decode(Problem.self, from: Data(response.body)) {
-            return problem
-        }
-        let text = String(decoding: response.body, as: UTF8.self)
-        let firstLine = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
-        return Problem(detail: firstLine.count <= 200 ? firstLine : nil)
+        (try? JSONDecoder().decode(Problem.self, from: Data(response.body))) ?? Problem(plainText: response.body)
     }
 
     /// A short account of why a body did not decode, naming the field.

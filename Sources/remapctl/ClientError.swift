@@ -1,3 +1,4 @@
+import RemapWire
 /// Everything that can go wrong between remapctl and remapd once the command
 /// line has been accepted. remapctl prints ``message`` as one line on
 /// standard error and exits with status 1.

@@ -1,3 +1,4 @@
+import RemapWire
 /// Work remapd does in the background, such as importing a file into a new
 /// volume, as the API describes it.
 struct Operation: Decodable, Equatable, Sendable {
@@ -82,7 +83,7 @@ extension Operation: Detailed {
         fields.append("created", createdAt ?? "-")
         fields.append("finished", finishedAt ?? "-")
         if let error {
-            fields.append("error", error.summary(httpStatus: error.status ?? 500, reason: ""))
+            fields.append("error", error.summary(httpStatus: error.statusOr500, reason: ""))
         }
         return fields.rendered()
     }

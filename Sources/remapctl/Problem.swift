@@ -1,36 +1,12 @@
-/// An API error as remapd reports it: an RFC 9457 problem document
-/// (`application/problem+json`) plus remap's short machine-readable `code`.
-///
-/// Every field is optional on decoding so that a proxy's or a half-written
-/// error body still yields a usable message; ``code`` and ``detail`` fill the
-/// gaps from the HTTP status.
-struct Problem: Decodable, Equatable, Sendable {
-    var type: String?
-    var title: String?
-    var status: Int?
-    var detail: String?
-    var code: String?
-}
+import RemapWire
 
 extension Problem {
-    /// remap's error code for an HTTP status, for error bodies that lack one.
-    static func code(forStatus status: Int) -> String {
-        switch status {
-        case 400: "invalid-argument"
-        case 401, 403: "unauthorized"
-        case 404: "not-found"
-        case 405: "method-not-allowed"
-        case 409: "already-exists"
-        case 413: "payload-too-large"
-        case 415: "unsupported-media-type"
-        case 507: "insufficient-space"
-        case 500...599: "internal"
-        default: "http-\(status)"
-        }
-    }
-
     /// The one line remapctl prints for this problem:
     /// `<detail> (<code>, HTTP <status>)`.
+    ///
+    /// The code is the one the server sent. Without one it is the status's
+    /// code when remap has only one code with that status, else `http-<status>`:
+    /// a bare 409, say, could be any of five problems.
     ///
     /// - Parameters:
     ///   - httpStatus: The status of the response, which wins over the
@@ -38,14 +14,20 @@ extension Problem {
     ///   - reason: The status line's reason phrase, used when the document
     ///     has neither `detail` nor `title`.
     func summary(httpStatus: Int, reason: String) -> String {
-        let code = nonEmpty(self.code) ?? Self.code(forStatus: httpStatus)
-        let text = nonEmpty(detail) ?? nonEmpty(title) ?? nonEmpty(reason) ?? "request failed"
+        let code = code.nonEmpty ?? ProblemCode(status: httpStatus)?.rawValue ?? "http-\(httpStatus)"
+        let text = detail.nonEmpty ?? title.nonEmpty ?? reason.nonEmpty ?? "request failed"
         return "\(text.singleLine) (\(code), HTTP \(httpStatus))"
     }
 
-    private func nonEmpty(_ text: String?) -> String? {
-        guard let text, !text.isEmpty else { return nil }
-        return text
+    /// The document's status; 500 when it gives none.
+    var statusOr500: Int { status > 0 ? status : 500 }
+
+    /// What a document that is not a problem still tells: the first line
+    /// of a short text (say, a proxy's error page).
+    init(plainText body: [UInt8]) {
+        let text = String(decoding: body, as: UTF8.self)
+        let firstLine = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+        self.init(status: 0, code: "", title: "", detail: firstLine.count <= 200 ? firstLine : "")
     }
 }
 
@@ -55,4 +37,7 @@ extension String {
     var singleLine: String {
         String(map { $0.isNewline ? " " : $0 })
     }
+
+    /// The text, or `nil` when it is empty.
+    var nonEmpty: String? { isEmpty ? nil : self }
 }

@@ -70,7 +70,7 @@ extension SnapshotCommand {
                 // snapshot can be deleted.
                 progress?.abandon()
                 problem.detail = "snapshot \(snapshot.address) was deleted during the export: "
-                    + (problem.detail ?? problem.title ?? reason)
+                    + (problem.detail.nonEmpty ?? problem.title.nonEmpty ?? reason)
                 throw ClientError.problem(problem, httpStatus: status, reason: reason)
             } catch {
                 progress?.abandon()
