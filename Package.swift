@@ -43,7 +43,7 @@ let package = Package(
         // The wire contract remapd and remapctl share: JSON, problems, sizes
         // and the API's response types. No Foundation, no dependencies.
         .target(name: "RemapWire", swiftSettings: upcoming),
-        .target(name: "RemapCore", swiftSettings: upcoming),
+        .target(name: "RemapCore", dependencies: ["RemapWire"], swiftSettings: upcoming),
         .target(name: "RemapStore", dependencies: ["RemapCore", "CSQLite"], swiftSettings: swiftGnuSource),
         .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapStore", "CURing", "CGnuTLS"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
         .target(name: "RemapAPI", dependencies: ["RemapCore", "RemapWire", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),

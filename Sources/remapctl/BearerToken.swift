@@ -1,4 +1,5 @@
 import Glibc
+import RemapWire
 
 /// The credential remapctl sends as `Authorization: Bearer …`, taken from
 /// `--token` or read from `--token-file`.

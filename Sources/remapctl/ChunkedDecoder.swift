@@ -1,3 +1,4 @@
+import RemapWire
 /// Removes HTTP/1.1's chunked transfer-coding from a body fed in pieces as
 /// they arrive, for responses that are read while they are still being
 /// written (an event stream never ends on its own).

@@ -1,3 +1,4 @@
+import RemapWire
 /// Turns the bytes read from remapd into an ``HTTPResponse``.
 ///
 /// The parser is re-run on the whole buffer as bytes arrive, so the client

@@ -1,3 +1,4 @@
+import RemapWire
 /// One HTTP/1.1 exchange whose response body is read piece by piece as it
 /// arrives, for Server-Sent Events: the stream has no end, so
 /// ``HTTPConnection/send(_:)``'s read-it-all cannot serve it.

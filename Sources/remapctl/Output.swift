@@ -66,6 +66,14 @@ enum Output {
         return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)x"
     }
 
+    /// The share `part` is of `whole` as a percentage with one decimal, e.g.
+    /// `12.5%`, or `-` when `whole` is zero.
+    static func percentage(_ part: Int, of whole: Int) -> String {
+        guard whole > 0 else { return "-" }
+        let tenths = Int((Double(part) / Double(whole) * 1000).rounded())
+        return "\(tenths / 10).\(tenths % 10)%"
+    }
+
     /// A size both ways, e.g. `1.0 GiB (1073741824 bytes)`.
     static func size(_ bytes: Int) -> String {
         "\(ByteSize.format(bytes)) (\(bytes) bytes)"

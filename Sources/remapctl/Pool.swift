@@ -1,3 +1,4 @@
+import RemapWire
 /// A storage pool as the API describes it: the capacity its suppliers give,
 /// how much of it volumes have allocated, and how much they could ask for.
 struct Pool: Decodable, Equatable, Sendable {

@@ -60,10 +60,10 @@ extension PoolCommand {
                     ByteSize.format(pool.chunkSizeBytes),
                     ByteSize.format(pool.capacityBytes),
                     ByteSize.format(pool.allocatedBytes),
-                    pool.reservedBytes.map(ByteSize.format) ?? "-",
+                    pool.reservedBytes.map { ByteSize.format($0) } ?? "-",
                     ByteSize.format(pool.freeBytes),
-                    ByteSize.percentage(pool.allocatedBytes, of: pool.capacityBytes),
-                    ByteSize.percentage(pool.committedBytes, of: pool.capacityBytes),
+                    Output.percentage(pool.allocatedBytes, of: pool.capacityBytes),
+                    Output.percentage(pool.committedBytes, of: pool.capacityBytes),
                     String(pool.volumeCount),
                     ByteSize.format(pool.provisionedBytes),
                     Output.ratio(pool.overcommitRatio),
@@ -189,8 +189,8 @@ extension Pool: Detailed {
         fields.append("allocated", Output.size(allocatedBytes))
         fields.append("reserved", reservedBytes.map(Output.size) ?? "-")
         fields.append("free", Output.size(freeBytes))
-        fields.append("used", ByteSize.percentage(allocatedBytes, of: capacityBytes))
-        fields.append("committed", ByteSize.percentage(committedBytes, of: capacityBytes))
+        fields.append("used", Output.percentage(allocatedBytes, of: capacityBytes))
+        fields.append("committed", Output.percentage(committedBytes, of: capacityBytes))
         fields.append("volumes", String(volumeCount))
         fields.append("provisioned", Output.size(provisionedBytes))
         fields.append("overcommit", Output.ratio(overcommitRatio))

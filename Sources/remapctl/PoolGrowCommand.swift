@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 extension PoolCommand {
     /// `remapctl pool grow NAME (--supplier ID|PATH | --add-file PATH) --size SIZE`

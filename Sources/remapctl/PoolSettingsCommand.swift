@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 extension PoolCommand {
     /// `remapctl pool set NAME [--on-no-space error|queue:SECONDS] [--thresholds 80,90,95]`

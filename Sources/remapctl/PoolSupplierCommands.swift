@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 extension PoolCommand {
     /// `remapctl pool create NAME --file PATH --size SIZE … [--block DEV …]`

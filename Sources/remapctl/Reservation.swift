@@ -1,3 +1,4 @@
+import RemapWire
 /// A promise of space for one volume, named by an opaque cookie (``id``):
 /// writes it covers never fail for lack of space.
 struct Reservation: Decodable, Equatable, Sendable {

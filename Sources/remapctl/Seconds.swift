@@ -1,3 +1,4 @@
+import RemapWire
 /// A span of whole seconds as people type it: `90`, `90s`, `10m`, `2h`,
 /// `1d`, or several together like `1h30m`. Used for reservation leases
 /// (`--ttl`) and for how long a pool queues writes when it is full.

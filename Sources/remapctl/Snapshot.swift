@@ -1,3 +1,4 @@
+import RemapWire
 /// A read-only, point-in-time image of a volume, as the API describes it.
 ///
 /// Commands address it by ``id`` or as `VOLUME@NAME`; NBD clients read it

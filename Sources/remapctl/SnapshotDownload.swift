@@ -1,3 +1,4 @@
+import RemapWire
 /// Copies a snapshot's content into a local sparse file, fetching only the
 /// ranges that hold data.
 ///

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// The command-line options that describe suppliers, shared by
 /// `pool create` and `pool add-supplier`.

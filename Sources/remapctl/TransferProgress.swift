@@ -1,4 +1,5 @@
 import Glibc
+import RemapWire
 
 /// A progress line on standard error for a long transfer: bytes done of
 /// the total, the percentage and the rate, e.g.

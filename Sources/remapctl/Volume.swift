@@ -1,3 +1,4 @@
+import RemapWire
 /// A volume as the API describes it.
 struct Volume: Decodable, Equatable, Sendable {
     var id: String

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 extension VolumeCommand {
     /// `remapctl volume resize NAME --size SIZE [--allow-shrink]`

@@ -1,7 +1,7 @@
 extension StringProtocol {
     /// The text without leading and trailing whitespace (spaces, tabs,
     /// newlines), as typed sizes, header values and token files need.
-    var trimmed: String {
+    public var trimmed: String {
         guard let first = firstIndex(where: { !$0.isWhitespace }),
               let last = lastIndex(where: { !$0.isWhitespace })
         else { return "" }

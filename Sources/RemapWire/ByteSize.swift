@@ -1,26 +1,26 @@
-/// A size in bytes, as people type it on the command line and read it in
-/// tables.
+/// A size in bytes, as people type it on command lines and read it in
+/// tables and logs: one grammar for remapd's flags and remapctl's options.
 ///
 /// Units are binary (1024-based) whatever their spelling: `K`, `KB` and `KiB`
 /// all mean 1024 bytes, because a storage pool is carved in powers of two and
 /// a decimal kilobyte would never line up with a chunk.
-struct ByteSize: Equatable, Sendable, CustomStringConvertible {
+public struct ByteSize: Equatable, Sendable, CustomStringConvertible {
     /// The exact number of bytes.
-    let bytes: Int
+    public let bytes: Int
 
-    init(bytes: Int) {
+    public init(bytes: Int) {
         self.bytes = bytes
     }
 
     /// The size in the short human form, e.g. `4.0 GiB`, `64 KiB`, `512 B`.
-    var description: String { ByteSize.format(bytes) }
+    public var description: String { ByteSize.format(bytes) }
 }
 
 // MARK: - Parsing
 
 extension ByteSize {
-    /// Why a size given on the command line was refused.
-    enum ParseError: Error, Equatable, CustomStringConvertible {
+    /// Why a size was refused.
+    public enum ParseError: Error, Equatable, CustomStringConvertible {
         case empty
         case notANumber
         case unknownUnit(String)
@@ -28,7 +28,7 @@ extension ByteSize {
         case tooLarge
         case notWholeBytes
 
-        var description: String {
+        public var description: String {
             switch self {
             case .empty: "a size is required"
             case .notANumber: "not a size; use a number of bytes or a number with K, M, G, T or P (e.g. 1G, 512M)"
@@ -43,9 +43,10 @@ extension ByteSize {
     /// Parses sizes such as `1073741824`, `1G`, `1 GiB`, `512m`, `1.5T`.
     ///
     /// The number may carry a decimal fraction as long as the result is a whole
-    /// number of bytes. Negative numbers, sizes above `Int.max` and, unless
+    /// number of bytes. White space around the number and the unit is
+    /// ignored. Negative numbers, sizes above `Int.max` and, unless
     /// `allowingZero` (for offsets), zero are refused.
-    init(parsing text: String, allowingZero: Bool = false) throws(ParseError) {
+    public init(parsing text: String, allowingZero: Bool = false) throws(ParseError) {
         let trimmed = text.trimmed
         guard !trimmed.isEmpty else { throw .empty }
         if trimmed.first == "-" { throw .notPositive }
@@ -119,13 +120,23 @@ extension Int128 {
 // MARK: - Formatting
 
 extension ByteSize {
+    /// How a formatted size spells its fraction.
+    public enum FormatStyle: Sendable {
+        /// As `ls -h` does, so that table columns line up: one decimal below
+        /// ten (`4.0 GiB`), whole numbers from ten up (`64 KiB`).
+        case aligned
+        /// For prose and logs: one decimal where it is not zero (`4 GiB`,
+        /// `1.5 KiB`, `12.3 GiB`).
+        case compact
+    }
+
     private static let unitNames = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
 
-    /// Formats a byte count the way `ls -h` does, with binary units: one
-    /// decimal below ten (`4.0 GiB`), whole numbers from ten up (`64 KiB`),
-    /// and plain bytes below one KiB (`512 B`).
-    static func format(_ bytes: Int) -> String {
-        let magnitude = bytes.magnitude
+    /// `bytes` with binary units, in the largest unit it reaches; below one
+    /// KiB plain bytes (`512 B`). A value that rounds up to 1024 of a unit
+    /// is written in the next one.
+    public static func format<Count: BinaryInteger>(_ bytes: Count, style: FormatStyle = .aligned) -> String {
+        let magnitude = UInt64(clamping: bytes.magnitude)
         let sign = bytes < 0 ? "-" : ""
         guard magnitude >= 1024 else { return "\(sign)\(magnitude) B" }
 
@@ -135,22 +146,18 @@ extension ByteSize {
             value /= 1024
             unit += 1
         }
-        let tenths = (value * 10).rounded()
-        if tenths < 100 {
-            return "\(sign)\(Int(tenths) / 10).\(Int(tenths) % 10) \(unitNames[unit])"
+        let tenths = Int((value * 10).rounded())
+        let hasNext = unit < unitNames.count - 1
+        switch style {
+        case .aligned:
+            if tenths < 100 { return "\(sign)\(tenths / 10).\(tenths % 10) \(unitNames[unit])" }
+            let whole = Int(value.rounded())
+            if whole >= 1024 && hasNext { return "\(sign)1.0 \(unitNames[unit + 1])" }
+            return "\(sign)\(whole) \(unitNames[unit])"
+        case .compact:
+            if tenths >= 10240 && hasNext { return "\(sign)1 \(unitNames[unit + 1])" }
+            let fraction = tenths % 10 == 0 ? "" : ".\(tenths % 10)"
+            return "\(sign)\(tenths / 10)\(fraction) \(unitNames[unit])"
         }
-        let whole = value.rounded()
-        if whole >= 1024 && unit < unitNames.count - 1 {
-            return "\(sign)1.0 \(unitNames[unit + 1])"
-        }
-        return "\(sign)\(Int(whole)) \(unitNames[unit])"
-    }
-
-    /// The share `part` is of `whole` as a percentage with one decimal, e.g.
-    /// `12.5%`, or `-` when `whole` is zero.
-    static func percentage(_ part: Int, of whole: Int) -> String {
-        guard whole > 0 else { return "-" }
-        let tenths = Int((Double(part) / Double(whole) * 1000).rounded())
-        return "\(tenths / 10).\(tenths % 10)%"
     }
 }
