@@ -68,6 +68,7 @@ let package = Package(
 
         .testTarget(name: "RemapCoreTests", dependencies: ["RemapCore"], swiftSettings: upcoming),
         .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
+        .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore", "RemapWire"], swiftSettings: swiftGnuSource),
         .testTarget(name: "RemapWireTests", dependencies: ["RemapWire"], swiftSettings: upcoming),
         .testTarget(name: "RemapFuzzTests", dependencies: ["RemapFuzz"], swiftSettings: swiftGnuSource),
     ]

@@ -48,12 +48,12 @@ public struct Router: Sendable {
             route = "/v1/health"
             try allow(request, ["GET"])
             try noQuery(request)
-            return Self.json(200, ["status": "ok"])
+            return Self.json(200, Health(status: "ok"))
         case 1 where path[0] == "version":
             route = "/v1/version"
             try allow(request, ["GET"])
             try noQuery(request)
-            return Self.json(200, ["version": remapVersion, "api": "v1", "engine": control.engineName])
+            return Self.json(200, ServerVersion(version: remapVersion, api: "v1", engine: control.engineName))
         case 1 where path[0] == "limits":
             route = "/v1/limits"
             try allow(request, ["GET"])
@@ -187,7 +187,7 @@ public struct Router: Sendable {
                                                             clientLeft: connection.clientLeft))
             }
             let (events, last) = control.events(after: since)
-            return Self.json(200, EventList(events: events, lastSeq: last))
+            return Self.json(200, EventList(events: events, lastSeq: Int(clamping: last)))
         case 3 where path[0] == "pools" && path[2] == "suppliers":
             route = "/v1/pools/{name}/suppliers"
             try allow(request, ["POST"])
@@ -300,19 +300,6 @@ public struct Router: Sendable {
         if let seconds = problem.retryAfterSeconds { response.headers.append(("Retry-After", String(seconds))) }
         return response
     }
-}
-
-struct PoolList: Encodable { var pools: [PoolInfo] }
-struct ReservationList: Encodable { var reservations: [ReservationInfo] }
-struct ExportList: Encodable { var exports: [ExportInfo] }
-struct EventList: Encodable {
-    var events: [Event]
-    var lastSeq: UInt64
-}
-
-struct VolumeList: Encodable {
-    var volumes: [VolumeInfo]
-    var nextPageToken: String?
 }
 
 /// Page tokens are opaque to clients: the hex of the last name returned.

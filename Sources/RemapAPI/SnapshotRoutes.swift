@@ -85,7 +85,7 @@ extension Router {
         let (operation, volume) = try answer { () throws(RemapError) in
             try control.importVolume(spec, sizeGiven: sizeGiven, from: path)
         }
-        var response = Self.json(202, ImportStarted(operation: OperationBody(operation), volume: volume))
+        var response = Self.json(202, VolumeImport(operation: OperationBody(operation), volume: volume))
         response.headers.append(("Location", "/v1/operations/\(operation.id)"))
         return response
     }
@@ -181,14 +181,6 @@ final class ContentStream: ResponseStream, @unchecked Sendable {  // read by one
     }
 
     var isEnded: Bool { ended.load(ordering: .relaxed) }
-}
-
-struct SnapshotList: Encodable { var snapshots: [SnapshotInfo] }
-struct OperationList: Encodable { var operations: [OperationBody] }
-
-struct ImportStarted: Encodable {
-    var operation: OperationBody
-    var volume: VolumeInfo
 }
 
 /// An operation as JSON: its fields, and `error` as a problem object when it failed.

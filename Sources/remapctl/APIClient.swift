@@ -1,4 +1,6 @@
-import Foundation
+import class Foundation.JSONDecoder
+import class Foundation.JSONEncoder
+import struct Foundation.Data
 import RemapWire
 
 /// Typed calls to remapd's REST API (v1).
@@ -35,7 +37,7 @@ struct APIClient: Sendable {
 
     // MARK: Pools
 
-    func pools() throws(ClientError) -> Reply<PoolList> {
+    func pools() throws(ClientError) -> Reply<PoolList<Pool>> {
         try get("/v1/pools")
     }
 
@@ -70,7 +72,7 @@ struct APIClient: Sendable {
 
     /// One page of the volume list; follow ``VolumeList/nextPageToken`` for
     /// the rest.
-    func volumes(_ query: VolumeQuery = VolumeQuery()) throws(ClientError) -> Reply<VolumeList> {
+    func volumes(_ query: VolumeQuery = VolumeQuery()) throws(ClientError) -> Reply<VolumeList<Volume>> {
         try get(QueryString.target("/v1/volumes", query.items))
     }
 
@@ -112,7 +114,7 @@ struct APIClient: Sendable {
 
     // MARK: Reservations
 
-    func reservations(ofVolume volume: String) throws(ClientError) -> Reply<ReservationList> {
+    func reservations(ofVolume volume: String) throws(ClientError) -> Reply<ReservationList<Reservation>> {
         try get(Self.volumePath(volume) + "/reservations")
     }
 
@@ -144,7 +146,7 @@ struct APIClient: Sendable {
 
     // MARK: Exports
 
-    func exports() throws(ClientError) -> Reply<ExportList> {
+    func exports() throws(ClientError) -> Reply<ExportList<Export>> {
         try get("/v1/exports")
     }
 
@@ -162,7 +164,7 @@ struct APIClient: Sendable {
 
     /// The events after `since` (up to 1000), oldest first; all that remapd
     /// keeps when `since` is `nil`.
-    func events(since: Int?) throws(ClientError) -> Reply<EventList> {
+    func events(since: Int?) throws(ClientError) -> Reply<EventList<Event>> {
         try get(QueryString.target("/v1/events", since.map { [(name: "since", value: String($0))] } ?? []))
     }
 
@@ -170,7 +172,7 @@ struct APIClient: Sendable {
 
     /// Every snapshot, or those of the volume named `volume` (404 when there
     /// is no such volume); a volume's are oldest first.
-    func snapshots(ofVolume volume: String? = nil) throws(ClientError) -> Reply<SnapshotList> {
+    func snapshots(ofVolume volume: String? = nil) throws(ClientError) -> Reply<SnapshotList<Snapshot>> {
         guard let volume else { return try get("/v1/snapshots") }
         return try get(Self.volumePath(volume) + "/snapshots")
     }
@@ -231,12 +233,12 @@ struct APIClient: Sendable {
 
     /// Creates a volume from a file on the daemon's host. remapd answers
     /// 202 at once; the import runs as the returned operation.
-    func importVolume(_ spec: VolumeImportSpec) throws(ClientError) -> Reply<VolumeImport> {
+    func importVolume(_ spec: VolumeImportSpec) throws(ClientError) -> Reply<VolumeImport<Operation, Volume>> {
         try send("POST", "/v1/volumes", spec)
     }
 
     /// Every operation remapd remembers, newest first.
-    func operations() throws(ClientError) -> Reply<OperationList> {
+    func operations() throws(ClientError) -> Reply<OperationList<Operation>> {
         try get("/v1/operations")
     }
 

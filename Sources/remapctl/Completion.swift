@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// Shell completion of the names only remapd knows: pools, volumes,
 /// suppliers, reservations, exports, snapshots and operations.

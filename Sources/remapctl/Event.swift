@@ -1,30 +1,4 @@
-/// Something remapd reports about space: a pool crossing a low-space
-/// threshold or running out, a reservation lapsing or being released, a
-/// pool growing.
-struct Event: Decodable, Equatable, Sendable {
-    /// Increases by one per event; `--since` and `Last-Event-ID` resume
-    /// after it.
-    var seq: Int
-    /// RFC 3339 text, shown as received.
-    var time: String
-    /// `pool.low-space`, `pool.no-space`, `reservation.expired`,
-    /// `reservation.released`, `pool.grown`, or a type newer than remapctl.
-    var type: String
-    var pool: String?
-    var volume: String?
-    var reservation: String?
-    var offsetBytes: Int?
-    var percent: Double?
-    var detail: String?
-}
-
-/// The body of `GET /v1/events?since=SEQ`.
-struct EventList: Decodable, Sendable {
-    var events: [Event]
-    /// The newest event's number; `--since` this to see only what follows.
-    var lastSeq: Int?
-}
-
+import RemapWire
 extension Event {
     /// What the event is about: `pool/volume`, `pool`, `volume`, or `-`.
     var subject: String {

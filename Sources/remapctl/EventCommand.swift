@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl events [--since SEQ] [--follow]`: what remapd reports about
 /// space.

@@ -1,4 +1,5 @@
-import Foundation
+import class Foundation.JSONDecoder
+import struct Foundation.Data
 import Glibc
 import RemapWire
 
@@ -138,9 +139,9 @@ struct EventFollower {
 
     /// Prints the events of a `GET /v1/events` document.
     private mutating func printList(_ body: [UInt8]) throws(ClientError) {
-        let list: EventList
+        let list: EventList<Event>
         do {
-            list = try JSONDecoder().decode(EventList.self, from: Data(body))
+            list = try JSONDecoder().decode(EventList<Event>.self, from: Data(body))
         } catch {
             throw .unexpectedBody(path: "/v1/events", reason: "neither an event stream nor an event list")
         }

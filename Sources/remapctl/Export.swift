@@ -1,20 +1,5 @@
 import Glibc
 
-/// An NBD export: every volume's own one (named like the volume) and the
-/// extra ones made with `POST /v1/exports`, whose writes may draw on a
-/// pooled reservation.
-struct Export: Decodable, Equatable, Sendable {
-    var name: String
-    var volume: String
-    /// The pooled reservation writes through this export draw on first.
-    var reservation: String?
-}
-
-/// The body of `GET /v1/exports`.
-struct ExportList: Decodable, Sendable {
-    var exports: [Export]
-}
-
 /// The body of `POST /v1/exports`.
 struct ExportSpec: Encodable, Sendable {
     var volume: String

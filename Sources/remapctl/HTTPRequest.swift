@@ -1,3 +1,4 @@
+import RemapWire
 /// One HTTP/1.1 request as remapctl sends it: always `Connection: close`,
 /// asking for JSON unless told otherwise, with a JSON body when there is one.
 struct HTTPRequest: Sendable {

@@ -1,36 +1,4 @@
 import RemapWire
-/// Work remapd does in the background, such as importing a file into a new
-/// volume, as the API describes it.
-struct Operation: Decodable, Equatable, Sendable {
-    var id: String
-    /// `import`, or a kind newer than remapctl.
-    var kind: String
-    /// `running`, `succeeded` or `failed`.
-    var state: String
-    var volume: String?
-    /// The file being imported.
-    var source: String?
-    var totalBytes: Int?
-    var doneBytes: Int?
-    /// 0.0 to 1.0.
-    var progress: Double?
-    /// RFC 3339 text, shown as received.
-    var createdAt: String?
-    var finishedAt: String?
-    /// Why the operation failed.
-    var error: Problem?
-
-    var hasFailed: Bool { state == "failed" }
-
-    /// Whether remapd is done with it. A state newer than remapctl counts
-    /// as ended once the operation has a finish time.
-    var hasEnded: Bool { state == "succeeded" || state == "failed" || finishedAt != nil }
-}
-
-/// The body of `GET /v1/operations`.
-struct OperationList: Decodable, Sendable {
-    var operations: [Operation]
-}
 
 /// The body of `POST /v1/volumes` that imports a file into a new volume.
 struct VolumeImportSpec: Encodable, Sendable {
@@ -48,13 +16,6 @@ struct VolumeImportSpec: Encodable, Sendable {
     var sizeBytes: Int?
     /// Left out when empty.
     var labels: Labels?
-}
-
-/// remapd's `202 Accepted` answer to an import: the operation to follow and
-/// the volume, which exists at once but is busy until the import ends.
-struct VolumeImport: Decodable, Sendable {
-    var operation: Operation
-    var volume: Volume
 }
 
 extension Operation: Detailed {

@@ -1,30 +1,4 @@
 import RemapWire
-/// A promise of space for one volume, named by an opaque cookie (``id``):
-/// writes it covers never fail for lack of space.
-struct Reservation: Decodable, Equatable, Sendable {
-    var id: String
-    var volume: String
-    /// The holder's name for it; remapd names `thick` and `default` ones.
-    var name: String?
-    /// `pooled` (bytes set aside in the pool) or `range` (every chunk of
-    /// ``offsetBytes``..<``offsetBytes``+``lengthBytes`` backed now).
-    var kind: String
-    /// The space promised, rounded up to whole chunks.
-    var bytes: Int
-    /// How much of ``bytes`` writes have drawn on.
-    var usedBytes: Int
-    /// Set only for leases; RFC 3339 text, shown as received.
-    var expiresAt: String?
-    var offsetBytes: Int?
-    var lengthBytes: Int?
-    /// A lease's length, which a renewal without `--ttl` grants again.
-    var ttlSeconds: Int?
-}
-
-/// The body of `GET /v1/volumes/{name}/reservations`.
-struct ReservationList: Decodable, Sendable {
-    var reservations: [Reservation]
-}
 
 /// The body of `POST /v1/volumes/{name}/reservations`.
 struct ReservationSpec: Encodable, Sendable {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemapWire
 
 /// `remapctl version`: the client's and the daemon's versions.
 struct VersionCommand: ParsableCommand {

@@ -1,3 +1,4 @@
+import RemapWire
 /// Splits a `text/event-stream` body, fed in pieces as it arrives, into
 /// messages, as the HTML standard's "event stream interpretation" does:
 /// lines end in CRLF, LF or CR; `field: value` lines (one space after the

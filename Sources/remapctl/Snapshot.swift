@@ -1,36 +1,4 @@
 import RemapWire
-/// A read-only, point-in-time image of a volume, as the API describes it.
-///
-/// Commands address it by ``id`` or as `VOLUME@NAME`; NBD clients read it
-/// under ``exportName``.
-struct Snapshot: Decodable, Equatable, Sendable {
-    var id: String
-    /// Unique among the snapshots of ``volume``.
-    var name: String
-    var volume: String
-    var pool: String
-    /// The volume's size when the snapshot was taken.
-    var sizeBytes: Int
-    /// RFC 3339 text, shown as received.
-    var createdAt: String
-    /// `VOLUME@NAME`, the read-only NBD export.
-    var exportName: String
-    /// What deleting the snapshot would give back: chunks only it maps.
-    var uniqueBytes: Int
-    /// Mapped chunks that a volume, clone or other snapshot maps too.
-    var sharedBytes: Int
-    /// Copy-on-write space held so that writes to the volume's range
-    /// reservations cannot fail; 0 without range reservations.
-    var reservedBytes: Int
-
-    /// How commands and tables name it: `VOLUME@NAME`.
-    var address: String { "\(volume)@\(name)" }
-}
-
-/// The body of `GET /v1/snapshots` and `GET /v1/volumes/{name}/snapshots`.
-struct SnapshotList: Decodable, Sendable {
-    var snapshots: [Snapshot]
-}
 
 /// The body of `POST /v1/volumes/{name}/snapshots`.
 struct SnapshotSpec: Encodable, Sendable {
@@ -49,32 +17,6 @@ struct CloneSpec: Encodable, Sendable {
 struct RevertSpec: Encodable, Sendable {
     /// An ID, `VOLUME@NAME`, or just the name of one of the volume's snapshots.
     var snapshot: String
-}
-
-/// The body of `GET /v1/snapshots/{id}/changes`: where a snapshot differs
-/// from a base, or without a base where it holds data.
-struct SnapshotChanges: Decodable, Sendable {
-    /// The snapshot's ID.
-    var snapshot: String
-    /// The base's ID; `nil` when the ranges are those holding data.
-    var base: String?
-    var sizeBytes: Int
-    /// The ranges are whole multiples of this (the pool's chunk size),
-    /// except where the image ends.
-    var granularityBytes: Int
-    /// The sum of the ranges' lengths.
-    var changedBytes: Int
-    /// Sorted, merged and non-overlapping.
-    var ranges: [ByteRange]
-}
-
-/// `lengthBytes` bytes from `offsetBytes` of an image.
-struct ByteRange: Codable, Equatable, Sendable {
-    var offsetBytes: Int
-    var lengthBytes: Int
-
-    /// One past the last byte.
-    var endBytes: Int { offsetBytes + lengthBytes }
 }
 
 extension Snapshot: Detailed {

@@ -1,50 +1,4 @@
 import RemapWire
-/// A volume as the API describes it.
-struct Volume: Decodable, Equatable, Sendable {
-    var id: String
-    var name: String
-    /// The name of the pool the volume draws its chunks from.
-    var pool: String
-    /// The size the volume presents to its users.
-    var sizeBytes: Int
-    /// How much of the pool the volume actually holds; grows as it is written.
-    var allocatedBytes: Int
-    /// When the volume was created, as RFC 3339 text; shown as received.
-    var createdAt: String
-    /// The name under which the NBD server exports the volume.
-    var exportName: String
-    /// The user's key/value labels.
-    var labels: Labels
-    /// The unused part of the volume's reservations; absent from daemons
-    /// that predate reservations.
-    var reservedBytes: Int?
-    /// How much of the volume can be written now without drawing on the
-    /// pool's free space.
-    var guaranteedWritableBytes: Int?
-    /// For a clone, the ID of the snapshot it was made from.
-    var originSnapshot: String?
-
-    private enum CodingKeys: String, CodingKey {
-        case id, name, pool, sizeBytes, allocatedBytes, createdAt, exportName, labels
-        case reservedBytes, guaranteedWritableBytes, originSnapshot
-    }
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        id = try container.decode(String.self, forKey: .id)
-        name = try container.decode(String.self, forKey: .name)
-        pool = try container.decode(String.self, forKey: .pool)
-        sizeBytes = try container.decode(Int.self, forKey: .sizeBytes)
-        allocatedBytes = try container.decode(Int.self, forKey: .allocatedBytes)
-        createdAt = try container.decode(String.self, forKey: .createdAt)
-        exportName = try container.decode(String.self, forKey: .exportName)
-        // A volume without labels may come without the member; both mean none.
-        labels = try container.decodeIfPresent(Labels.self, forKey: .labels) ?? Labels()
-        reservedBytes = try container.decodeIfPresent(Int.self, forKey: .reservedBytes)
-        guaranteedWritableBytes = try container.decodeIfPresent(Int.self, forKey: .guaranteedWritableBytes)
-        originSnapshot = try container.decodeIfPresent(String.self, forKey: .originSnapshot)
-    }
-}
 
 /// The body of `POST /v1/volumes`.
 struct VolumeSpec: Encodable, Sendable {
@@ -114,13 +68,6 @@ struct VolumeUpdate: Encodable, Sendable {
     var sizeBytes: Int?
     /// Replaces the volume's whole label set.
     var labels: Labels?
-}
-
-/// The body of `GET /v1/volumes`: one page of the list.
-struct VolumeList: Decodable, Sendable {
-    var volumes: [Volume]
-    /// Where the next page starts; absent on the last page.
-    var nextPageToken: String?
 }
 
 /// What `GET /v1/volumes` should return.

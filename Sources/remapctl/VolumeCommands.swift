@@ -152,7 +152,7 @@ extension Volume: Detailed {
         fields.append("guaranteed writable", guaranteedWritableBytes.map(Output.size) ?? "-")
         fields.append("created", createdAt)
         fields.append("export", exportName)
-        fields.append("labels", labels.isEmpty ? "none" : labels.summary)
+        fields.append("labels", labels.isEmpty ? "none" : Labels(labels).summary)
         if let originSnapshot {
             fields.append("origin snapshot", originSnapshot)
         }

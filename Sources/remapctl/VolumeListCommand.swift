@@ -76,7 +76,7 @@ extension VolumeCommand {
                     ByteSize.format(volume.allocatedBytes),
                     volume.createdAt,
                     volume.exportName,
-                    volume.labels.summary,
+                    Labels(volume.labels).summary,
                 ])
             }
             Output.print(table.rendered())
@@ -87,7 +87,7 @@ extension VolumeCommand {
 
         /// One `{"volumes": [...]}` document holding every page's volumes as
         /// remapd sent them, as if the whole list had come in one page.
-        static func mergedJSON(_ pages: [APIClient.Reply<VolumeList>]) -> JSONValue {
+        static func mergedJSON(_ pages: [APIClient.Reply<VolumeList<Volume>>]) -> JSONValue {
             var volumes: [JSONValue] = []
             for page in pages {
                 if case .object(let members)? = JSONValue(parsing: page.body),

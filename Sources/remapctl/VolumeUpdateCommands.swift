@@ -81,7 +81,7 @@ extension VolumeCommand {
         func run() throws {
             let client = try global.makeClient()
             let current = try client.volume(named: name).value
-            let labels = current.labels.applying(assignments, removing: removals)
+            let labels = Labels(current.labels).applying(assignments, removing: removals)
             let reply = try client.updateVolume(named: name, VolumeUpdate(labels: labels))
             if global.json {
                 Output.printJSON(reply.body)
