@@ -70,6 +70,8 @@ let package = Package(
         .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
         .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore", "RemapWire"], swiftSettings: swiftGnuSource),
         .testTarget(name: "RemapWireTests", dependencies: ["RemapWire"], swiftSettings: upcoming),
+        // remapctl is an executable; SwiftPM lets tests import it all the same.
+        .testTarget(name: "RemapctlTests", dependencies: ["remapctl", "RemapWire"], swiftSettings: upcoming),
         .testTarget(name: "RemapFuzzTests", dependencies: ["RemapFuzz"], swiftSettings: swiftGnuSource),
     ]
 )

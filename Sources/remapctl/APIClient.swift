@@ -221,12 +221,28 @@ struct APIClient: Sendable {
         _ snapshot: String, range: Range<Int>, bodyTimeoutSeconds: Int
     ) throws(ClientError) -> HTTPStream {
         var request = HTTPRequest(
-            method: "GET", path: Self.snapshotPath(snapshot) + "/content", bearerToken: bearerToken,
-            accept: "application/octet-stream")
+            method: "GET", path: Self.snapshotPath(snapshot) + "/content", accept: "application/octet-stream")
         request.extraHeaders.append((name: "Range", value: "bytes=\(range.lowerBound)-\(range.upperBound - 1)"))
-        return try HTTPStream(
-            request, address: connection.address, timeoutSeconds: connection.timeoutSeconds,
-            bodyTimeoutSeconds: bodyTimeoutSeconds)
+        return try stream(request, bodyTimeoutSeconds: bodyTimeoutSeconds)
+    }
+
+    /// Sends `request` with the token attached and reads the response head;
+    /// the body is the caller's to read as it arrives. An error status is
+    /// thrown as its problem, the body read first.
+    ///
+    /// - Parameter bodyTimeoutSeconds: How long each wait for body bytes may
+    ///   take; `nil` waits for ever.
+    func stream(_ request: HTTPRequest, bodyTimeoutSeconds: Int?) throws(ClientError) -> HTTPStream {
+        var request = request
+        request.bearerToken = bearerToken
+        var stream = try connection.open(request)
+        guard stream.head.isSuccess else {
+            var response = stream.head
+            response.body = try stream.remainingBody()
+            throw Self.failure(response)
+        }
+        try stream.setBodyTimeout(bodyTimeoutSeconds)
+        return stream
     }
 
     // MARK: Imports and operations
@@ -298,9 +314,7 @@ struct APIClient: Sendable {
         var request = request
         request.bearerToken = bearerToken
         let response = try connection.send(request)
-        guard response.isSuccess else {
-            throw .problem(Self.problem(in: response), httpStatus: response.status, reason: response.reason)
-        }
+        guard response.isSuccess else { throw Self.failure(response) }
         return response
     }
 
@@ -315,10 +329,12 @@ struct APIClient: Sendable {
         }
     }
 
-    /// The problem document in an error response. A body that is not one
-    /// (say, a proxy's plain-text page) still lends its first line as detail.
-    static func problem(in response: HTTPResponse) -> Problem {
-        (try? JSONDecoder().decode(Problem.self, from: Data(response.body))) ?? Problem(plainText: response.body)
+    /// An error response as thrown: its problem document. A body that is not
+    /// one (say, a proxy's plain-text page) still lends its first line as
+    /// detail.
+    private static func failure(_ response: HTTPResponse) -> ClientError {
+        let problem = (try? JSONDecoder().decode(Problem.self, from: Data(response.body))) ?? Problem(plainText: response.body)
+        return .problem(problem, httpStatus: response.status, reason: response.reason)
     }
 
     /// A short account of why a body did not decode, naming the field.

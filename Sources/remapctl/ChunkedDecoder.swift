@@ -1,10 +1,8 @@
 import RemapWire
 /// Removes HTTP/1.1's chunked transfer-coding from a body fed in pieces as
-/// they arrive, for responses that are read while they are still being
-/// written (an event stream never ends on its own).
-///
-/// ``HTTPResponseParser`` decodes complete bodies; this keeps its place
-/// between calls instead. Chunk extensions and trailers are ignored.
+/// they arrive, keeping its place between calls: ``HTTPResponseParser``'s
+/// decoder for chunked bodies, whether read whole or as a stream that never
+/// ends on its own. Chunk extensions and trailers are ignored.
 struct ChunkedDecoder {
     private enum State {
         /// Reading a chunk-size line.
@@ -30,7 +28,7 @@ struct ChunkedDecoder {
 
     /// The body bytes in `bytes`. Bytes after the end of the body are
     /// ignored.
-    mutating func decode(_ bytes: [UInt8]) throws(HTTPResponseParser.Failure) -> [UInt8] {
+    mutating func decode(_ bytes: ArraySlice<UInt8>) throws(HTTPResponseParser.Failure) -> [UInt8] {
         var body: [UInt8] = []
         var position = bytes.startIndex
         while position < bytes.endIndex {
@@ -44,6 +42,11 @@ struct ChunkedDecoder {
                 let byte = bytes[position]
                 position += 1
                 line.append(byte)
+                // Only a line break may follow a chunk's data: say so at the
+                // first byte that is not one rather than at the next line's end.
+                if case .dataEnd = state, line != [13], line != [10], line != [13, 10] {
+                    throw HTTPResponseParser.Failure(reason: "chunk data is not followed by CRLF")
+                }
                 guard byte == 10 else {
                     if line.count > HTTPResponseParser.maximumHeaderBytes {
                         throw HTTPResponseParser.Failure(reason: "a chunk line exceeds the limit")

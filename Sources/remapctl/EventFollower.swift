@@ -53,9 +53,7 @@ struct EventFollower {
         while true {
             do throws(ClientError) {
                 if connected { try noticeRestart() }
-                var stream = try HTTPStream(
-                    request(), address: client.connection.address,
-                    timeoutSeconds: client.connection.timeoutSeconds, bodyTimeoutSeconds: nil)
+                var stream = try client.stream(request(), bodyTimeoutSeconds: nil)
                 if failures > 0 {
                     Output.print(toStandardError: "remapctl: reconnected to the event stream\n")
                 }
@@ -116,7 +114,6 @@ struct EventFollower {
         var request = HTTPRequest(
             method: "GET",
             path: QueryString.target("/v1/events", lastSeq.map { [(name: "since", value: String($0))] } ?? []),
-            bearerToken: client.bearerToken,
             accept: "text/event-stream")
         request.extraHeaders.append((name: "Cache-Control", value: "no-cache"))
         if let lastEventID {

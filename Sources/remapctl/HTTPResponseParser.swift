@@ -1,104 +1,137 @@
 import RemapWire
-/// Turns the bytes read from remapd into an ``HTTPResponse``.
+/// Reads one HTTP/1.1 response from the bytes of a connection, fed as they
+/// arrive: the head once it is complete, then the body with its framing
+/// (chunked, `Content-Length`, or up to the end of the stream) removed piece
+/// by piece.
 ///
-/// The parser is re-run on the whole buffer as bytes arrive, so the client
-/// can stop reading as soon as the response is complete instead of relying
-/// on the server closing the connection. Responses to remapctl are small, so
-/// re-parsing costs nothing worth optimising.
-enum HTTPResponseParser {
+/// One pass serves both a response read whole and an event stream that
+/// never ends: nothing is parsed twice and nothing is buffered but an
+/// incomplete head or chunk line.
+struct HTTPResponseParser {
     /// Why the bytes are not a valid HTTP/1.1 response.
     struct Failure: Error, Equatable {
         let reason: String
     }
 
-    /// Headers larger than this are refused rather than buffered forever.
+    /// Headers larger than this are refused rather than buffered for ever.
     static let maximumHeaderBytes = 64 * 1024
     /// Chunk sizes above this are refused; remapd never sends one.
     static let maximumChunkBytes = 1 << 30
 
-    /// Parses the response in `buffer`.
-    ///
-    /// - Parameters:
-    ///   - buffer: Every byte received so far.
-    ///   - atEndOfStream: The server has closed its side. A body without a
-    ///     length then ends here, and an incomplete response is an error.
-    /// - Returns: The response once `buffer` holds all of it, or `nil` when
-    ///   more bytes are needed.
-    static func parse(_ buffer: [UInt8], atEndOfStream: Bool) throws(Failure) -> HTTPResponse? {
-        var start = 0
-        while true {
-            guard let headerEnd = buffer.firstRange(of: Self.blankLine, from: start) else {
-                if buffer.count - start > maximumHeaderBytes {
-                    throw Failure(reason: "response headers exceed \(maximumHeaderBytes) bytes")
-                }
-                guard atEndOfStream else { return nil }
-                throw Failure(reason: buffer.count == start
-                    ? "remapd closed the connection without answering"
-                    : "the response ended inside its headers")
-            }
-            var response = try parseHead(buffer[start..<headerEnd.lowerBound])
-            let bodyStart = headerEnd.upperBound
+    /// The status line and headers, once they have arrived, after any
+    /// interim (1xx) responses; its ``HTTPResponse/body`` is empty.
+    private(set) var head: HTTPResponse?
 
+    /// What has arrived of the head.
+    private var headBytes: [UInt8] = []
+    /// Where the search for the blank line that ends the head resumes.
+    private var searchFrom = 0
+    private var framing = Framing.none
+
+    private enum Framing {
+        /// Before the head, and for responses that have no body (204, 304).
+        case none
+        case chunked(ChunkedDecoder)
+        case length(remaining: Int, total: Int)
+        /// No length: the body ends when the server closes.
+        case untilClose(closed: Bool)
+    }
+
+    /// Whether the whole response has arrived.
+    var isComplete: Bool {
+        guard head != nil else { return false }
+        switch framing {
+        case .none: return true
+        case .chunked(let decoder): return decoder.isComplete
+        case .length(let remaining, _): return remaining == 0
+        case .untilClose(let closed): return closed
+        }
+    }
+
+    /// Takes the next bytes received and returns the body bytes among
+    /// them. Bytes after the end of the response are ignored.
+    mutating func feed(_ bytes: [UInt8]) throws(Failure) -> [UInt8] {
+        guard head == nil else { return try unframe(bytes[...]) }
+        headBytes += bytes
+        while true {
+            guard let end = headBytes.firstRange(of: Self.blankLine, from: searchFrom) else {
+                if headBytes.count > Self.maximumHeaderBytes {
+                    throw Failure(reason: "response headers exceed \(Self.maximumHeaderBytes) bytes")
+                }
+                searchFrom = max(headBytes.count - Self.blankLine.count + 1, 0)
+                return []
+            }
+            let response = try Self.parseHead(headBytes[..<end.lowerBound])
+            let rest = headBytes[end.upperBound...]
             // Interim responses (100 Continue and friends) precede the real one.
             if (100..<200).contains(response.status) && response.status != 101 {
-                start = bodyStart
+                headBytes = Array(rest)
+                searchFrom = 0
                 continue
             }
-            if response.status == 204 || response.status == 304 {
-                return response
-            }
-            let rest = buffer[bodyStart...]
-            if let coding = response.header("Transfer-Encoding"),
-               coding.lowercased().split(separator: ",").last?.trimmed == "chunked" {
-                guard let body = try decodeChunked(rest) else {
-                    if atEndOfStream { throw Failure(reason: "the chunked body ended early") }
-                    return nil
-                }
-                response.body = body
-                return response
-            }
-            if let lengthText = response.header("Content-Length") {
-                guard let length = Int(lengthText.trimmed), length >= 0 else {
-                    throw Failure(reason: "invalid Content-Length '\(lengthText)'")
-                }
-                guard rest.count >= length else {
-                    if atEndOfStream {
-                        throw Failure(reason: "the body ended after \(rest.count) of \(length) bytes")
-                    }
-                    return nil
-                }
-                response.body = Array(rest.prefix(length))
-                return response
-            }
-            guard atEndOfStream else { return nil }
-            response.body = Array(rest)
-            return response
+            head = response
+            framing = try Self.framing(of: response)
+            headBytes = []
+            return try unframe(rest)
         }
     }
 
-    /// The head of the response in `buffer`, after any interim (1xx)
-    /// responses, and the index where its body starts; `nil` while the head
-    /// has not fully arrived. For responses read as they stream in.
-    static func head(_ buffer: [UInt8]) throws(Failure) -> (response: HTTPResponse, bodyStart: Int)? {
-        var start = 0
-        while true {
-            guard let headerEnd = buffer.firstRange(of: Self.blankLine, from: start) else {
-                if buffer.count - start > maximumHeaderBytes {
-                    throw Failure(reason: "response headers exceed \(maximumHeaderBytes) bytes")
-                }
-                return nil
-            }
-            let response = try parseHead(buffer[start..<headerEnd.lowerBound])
-            if (100..<200).contains(response.status) && response.status != 101 {
-                start = headerEnd.upperBound
-                continue
-            }
-            return (response, headerEnd.upperBound)
+    /// The server has closed its side: a body without a length ends here,
+    /// and a response that is not complete is a failure.
+    mutating func finish() throws(Failure) {
+        guard head != nil else {
+            throw Failure(reason: headBytes.isEmpty
+                ? "remapd closed the connection without answering"
+                : "the response ended inside its headers")
+        }
+        switch framing {
+        case .untilClose:
+            framing = .untilClose(closed: true)
+        case .chunked(let decoder) where !decoder.isComplete:
+            throw Failure(reason: "the chunked body ended early")
+        case .length(let remaining, let total) where remaining > 0:
+            throw Failure(reason: "the body ended after \(total - remaining) of \(total) bytes")
+        case .none, .chunked, .length:
+            break
         }
     }
 
-    private static let lineBreak: [UInt8] = [13, 10]
+    private mutating func unframe(_ bytes: ArraySlice<UInt8>) throws(Failure) -> [UInt8] {
+        switch framing {
+        case .none:
+            return []
+        case .chunked(var decoder):
+            let body = try decoder.decode(bytes)
+            framing = .chunked(decoder)
+            return body
+        case .length(let remaining, let total):
+            let body = Array(bytes.prefix(remaining))
+            framing = .length(remaining: remaining - body.count, total: total)
+            return body
+        case .untilClose:
+            return Array(bytes)
+        }
+    }
+
     private static let blankLine: [UInt8] = [13, 10, 13, 10]
+
+    /// How the body of `response` is delimited.
+    private static func framing(of response: HTTPResponse) throws(Failure) -> Framing {
+        if response.status == 204 || response.status == 304 {
+            return .none
+        }
+        if let coding = response.header("Transfer-Encoding"),
+           coding.lowercased().split(separator: ",").last?.trimmed == "chunked" {
+            return .chunked(ChunkedDecoder())
+        }
+        if let lengthText = response.header("Content-Length") {
+            guard let length = Int(lengthText.trimmed), length >= 0 else {
+                throw Failure(reason: "invalid Content-Length '\(lengthText)'")
+            }
+            return .length(remaining: length, total: length)
+        }
+        return .untilClose(closed: false)
+    }
 
     /// Parses the status line and header fields.
     private static func parseHead(_ bytes: ArraySlice<UInt8>) throws(Failure) -> HTTPResponse {
@@ -127,47 +160,14 @@ enum HTTPResponseParser {
         }
         return HTTPResponse(status: status, reason: reason, headers: headers, body: [])
     }
-
-    /// Removes the chunked transfer-coding, or returns `nil` if the last
-    /// chunk has not arrived yet. Chunk extensions and trailers are ignored.
-    private static func decodeChunked(_ bytes: ArraySlice<UInt8>) throws(Failure) -> [UInt8]? {
-        var body: [UInt8] = []
-        var position = bytes.startIndex
-        while true {
-            guard let sizeLine = bytes.firstRange(of: lineBreak, from: position) else { return nil }
-            let sizeField = String(decoding: bytes[position..<sizeLine.lowerBound], as: UTF8.self)
-            let sizeText = sizeField.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false)
-                .first?.trimmed ?? ""
-            guard let size = Int(sizeText, radix: 16), size >= 0, size <= maximumChunkBytes else {
-                throw Failure(reason: "invalid chunk size '\(sizeField.prefix(40))'")
-            }
-            position = sizeLine.upperBound
-
-            if size == 0 {
-                // Trailer fields, then the blank line that ends the message.
-                while true {
-                    guard let line = bytes.firstRange(of: lineBreak, from: position) else { return nil }
-                    if line.lowerBound == position { return body }
-                    position = line.upperBound
-                }
-            }
-            guard bytes.endIndex - position >= size + 2 else { return nil }
-            body.append(contentsOf: bytes[position..<position + size])
-            position += size
-            guard bytes[position] == 13, bytes[position + 1] == 10 else {
-                throw Failure(reason: "chunk data is not followed by CRLF")
-            }
-            position += 2
-        }
-    }
 }
 
-extension Collection where Element == UInt8, Index == Int {
+extension Array where Element == UInt8 {
     /// The first occurrence of `pattern` at or after `start`.
     fileprivate func firstRange(of pattern: [UInt8], from start: Int) -> Range<Int>? {
-        guard !pattern.isEmpty, start <= endIndex - pattern.count else { return nil }
-        var candidate = Swift.max(start, startIndex)
-        while candidate <= endIndex - pattern.count {
+        guard !pattern.isEmpty, start <= count - pattern.count else { return nil }
+        var candidate = Swift.max(start, 0)
+        while candidate <= count - pattern.count {
             if self[candidate..<candidate + pattern.count].elementsEqual(pattern) {
                 return candidate..<candidate + pattern.count
             }

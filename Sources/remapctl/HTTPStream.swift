@@ -1,7 +1,7 @@
-import RemapWire
-/// One HTTP/1.1 exchange whose response body is read piece by piece as it
-/// arrives, for Server-Sent Events: the stream has no end, so
-/// ``HTTPConnection/send(_:)``'s read-it-all cannot serve it.
+/// One HTTP/1.1 exchange on its own connection: the request sent, the
+/// response head read, and the body handed out piece by piece as it
+/// arrives — all of it for a plain request (``remainingBody()``), or for as
+/// long as the server writes, for Server-Sent Events and snapshot content.
 ///
 /// The connection is closed when the value goes away.
 struct HTTPStream: ~Copyable {
@@ -9,95 +9,74 @@ struct HTTPStream: ~Copyable {
     let head: HTTPResponse
     private let socket: Socket
     private let address: ServerAddress
-    private let bodyTimeoutSeconds: Int?
-    private var framing: Framing
+    /// How long each wait for bytes may take, for error messages; the
+    /// socket's own timeout enforces it.
+    private var timeoutSeconds: Int
+    /// Why sending the request failed, if it did: reported when no answer
+    /// explains it better.
+    private let sendError: Errno?
+    private var parser: HTTPResponseParser
     /// Body bytes received with the head, not yet handed out.
     private var pending: [UInt8]
 
-    private enum Framing {
-        case chunked(ChunkedDecoder)
-        case length(remaining: Int)
-        /// No length: the body ends when the server closes.
-        case untilClose(closed: Bool)
-    }
-
-    /// Sends `request` and reads the response head.
+    /// Sends `request` and reads the response head, whatever its status.
     ///
-    /// - Parameters:
-    ///   - timeoutSeconds: For connecting, sending and the head.
-    ///   - bodyTimeoutSeconds: For each wait for body bytes; `nil` waits
-    ///     for ever.
-    /// - Throws: ``ClientError``, including ``ClientError/problem(_:httpStatus:reason:)``
-    ///   for an error status (its body is read first).
-    init(
-        _ request: HTTPRequest, address: ServerAddress, timeoutSeconds: Int, bodyTimeoutSeconds: Int?
-    ) throws(ClientError) {
+    /// If remapd refuses the request early (say a body too large) it may
+    /// answer and hang up before taking the whole body. Its answer is more
+    /// useful than EPIPE, so it is read before the send error is reported.
+    ///
+    /// - Parameter timeoutSeconds: For connecting, sending and each wait
+    ///   for the response.
+    /// - Throws: ``ClientError`` for connection, timeout and protocol
+    ///   failures. An HTTP error status is not thrown here; it is the
+    ///   caller's to interpret.
+    init(_ request: HTTPRequest, address: ServerAddress, timeoutSeconds: Int) throws(ClientError) {
         let socket = try Socket.connect(to: address, timeout: timeoutSeconds)
+        var sendError: Errno?
         do throws(Errno) {
             try socket.send(request.serialized(host: address.hostHeader))
         } catch {
-            throw Self.clientError(for: error, address: address, timeoutSeconds: timeoutSeconds)
+            sendError = error
         }
 
-        var buffer: [UInt8] = []
-        var head: (response: HTTPResponse, bodyStart: Int)?
-        while head == nil {
-            let received = try Self.receive(socket, address: address, timeoutSeconds: timeoutSeconds)
-            buffer += received
+        var parser = HTTPResponseParser()
+        var pending: [UInt8] = []
+        while parser.head == nil {
+            let received = try Self.receive(socket, sendError: sendError, address: address, timeoutSeconds: timeoutSeconds)
             do throws(HTTPResponseParser.Failure) {
-                head = try HTTPResponseParser.head(buffer)
-                if head == nil, received.isEmpty {
-                    // Let the full parser word the failure.
-                    _ = try HTTPResponseParser.parse(buffer, atEndOfStream: true)
-                    throw HTTPResponseParser.Failure(reason: "remapd closed the connection without answering")
+                if received.isEmpty {
+                    try parser.finish()
+                } else {
+                    pending += try parser.feed(received)
                 }
             } catch {
+                if let sendError { throw Self.clientError(for: sendError, address: address, timeoutSeconds: timeoutSeconds) }
                 throw .malformedResponse(error.reason)
             }
         }
-        guard let (response, bodyStart) = head else {
-            preconditionFailure("the loop above ends only with a head")
-        }
+        guard let head = parser.head else { preconditionFailure("the loop above ends only with a head") }
 
-        guard response.isSuccess else {
-            let complete = try Self.readToEnd(socket, buffer, address: address, timeoutSeconds: timeoutSeconds)
-            throw .problem(APIClient.problem(in: complete), httpStatus: complete.status, reason: complete.reason)
-        }
+        self.head = head
+        self.socket = socket
+        self.address = address
+        self.timeoutSeconds = timeoutSeconds
+        self.sendError = sendError
+        self.parser = parser
+        self.pending = pending
+    }
 
-        let framing: Framing
-        if let coding = response.header("Transfer-Encoding"),
-           coding.lowercased().split(separator: ",").last?.trimmed == "chunked" {
-            framing = .chunked(ChunkedDecoder())
-        } else if let lengthText = response.header("Content-Length") {
-            guard let length = Int(lengthText.trimmed), length >= 0 else {
-                throw .malformedResponse("invalid Content-Length '\(lengthText)'")
-            }
-            framing = .length(remaining: length)
-        } else {
-            framing = .untilClose(closed: false)
-        }
+    /// Waits up to `seconds` (`nil`: for ever, as a stream of rare events
+    /// must) for each piece of the body from now on, and has the kernel
+    /// probe an idle TCP connection so that a peer that vanished is
+    /// noticed.
+    mutating func setBodyTimeout(_ seconds: Int?) throws(ClientError) {
         do throws(Errno) {
-            try socket.setReceiveTimeout(bodyTimeoutSeconds)
+            try socket.setReceiveTimeout(seconds)
         } catch {
             throw .connectionLost(address, error)
         }
         socket.enableKeepAlive()
-
-        self.head = response
-        self.framing = framing
-        self.socket = socket
-        self.address = address
-        self.bodyTimeoutSeconds = bodyTimeoutSeconds
-        self.pending = Array(buffer[bodyStart...])
-    }
-
-    /// Whether the whole body has arrived.
-    var isComplete: Bool {
-        switch framing {
-        case .chunked(let decoder): decoder.isComplete
-        case .length(let remaining): remaining == 0
-        case .untilClose(let closed): closed
-        }
+        timeoutSeconds = seconds ?? 0
     }
 
     /// The next body bytes, waiting for them if need be; `nil` once the body
@@ -108,27 +87,27 @@ struct HTTPStream: ~Copyable {
     ///   dropped), ``ClientError/timedOut(_:seconds:)``, or
     ///   ``ClientError/malformedResponse(_:)``.
     mutating func next() throws(ClientError) -> [UInt8]? {
-        while !isComplete {
-            var bytes = pending
-            pending = []
-            if bytes.isEmpty {
-                bytes = try Self.receive(socket, address: address, timeoutSeconds: bodyTimeoutSeconds ?? 0)
-                if bytes.isEmpty {
-                    if case .untilClose = framing {
-                        framing = .untilClose(closed: true)
-                        return nil
-                    }
-                    throw .connectionLost(address, .connectionReset)
+        if !pending.isEmpty {
+            defer { pending = [] }
+            return pending
+        }
+        while !parser.isComplete {
+            let received = try Self.receive(socket, sendError: sendError, address: address, timeoutSeconds: timeoutSeconds)
+            do throws(HTTPResponseParser.Failure) {
+                if received.isEmpty {
+                    try parser.finish()
+                    return nil
                 }
+                let body = try parser.feed(received)
+                if !body.isEmpty { return body }
+            } catch {
+                throw received.isEmpty ? .connectionLost(address, .connectionReset) : .malformedResponse(error.reason)
             }
-            let body = try unframe(bytes)
-            if !body.isEmpty { return body }
         }
         return nil
     }
 
-    /// The rest of the body, for a response that turned out not to be a
-    /// stream after all.
+    /// The rest of the body, for a response read whole.
     mutating func remainingBody() throws(ClientError) -> [UInt8] {
         var body: [UInt8] = []
         while let bytes = try next() {
@@ -140,57 +119,14 @@ struct HTTPStream: ~Copyable {
         return body
     }
 
-    private mutating func unframe(_ bytes: [UInt8]) throws(ClientError) -> [UInt8] {
-        switch framing {
-        case .chunked(var decoder):
-            do throws(HTTPResponseParser.Failure) {
-                let body = try decoder.decode(bytes)
-                framing = .chunked(decoder)
-                return body
-            } catch {
-                throw .malformedResponse(error.reason)
-            }
-        case .length(let remaining):
-            let body = Array(bytes.prefix(remaining))
-            framing = .length(remaining: remaining - body.count)
-            return body
-        case .untilClose:
-            return bytes
-        }
-    }
-
-    /// One receive; `timeoutSeconds` only words the error when the socket's
-    /// own timeout expires.
+    /// One receive; an empty result means the server closed.
     private static func receive(
-        _ socket: borrowing Socket, address: ServerAddress, timeoutSeconds: Int
+        _ socket: borrowing Socket, sendError: Errno?, address: ServerAddress, timeoutSeconds: Int
     ) throws(ClientError) -> [UInt8] {
         do throws(Errno) {
             return try socket.receive()
         } catch {
-            throw clientError(for: error, address: address, timeoutSeconds: timeoutSeconds)
-        }
-    }
-
-    /// The whole response whose first bytes are in `buffer`.
-    private static func readToEnd(
-        _ socket: borrowing Socket, _ buffer: [UInt8], address: ServerAddress, timeoutSeconds: Int
-    ) throws(ClientError) -> HTTPResponse {
-        var buffer = buffer
-        var atEnd = false
-        while true {
-            do throws(HTTPResponseParser.Failure) {
-                if let response = try HTTPResponseParser.parse(buffer, atEndOfStream: atEnd) {
-                    return response
-                }
-            } catch {
-                throw .malformedResponse(error.reason)
-            }
-            let received = try receive(socket, address: address, timeoutSeconds: timeoutSeconds)
-            atEnd = received.isEmpty
-            buffer += received
-            guard buffer.count <= HTTPConnection.maximumResponseBytes else {
-                throw .malformedResponse("the response exceeds \(HTTPConnection.maximumResponseBytes) bytes")
-            }
+            throw clientError(for: sendError ?? error, address: address, timeoutSeconds: timeoutSeconds)
         }
     }
 

@@ -9,8 +9,8 @@ struct Seconds: Equatable, Sendable, CustomStringConvertible {
         self.value = value
     }
 
-    /// The span in the largest units that give it exactly: `90s` stays
-    /// `90s`, `7200` is `2h`, `5400` is `1h30m`.
+    /// The span in the largest units that give it exactly: `90` is
+    /// `1m30s`, `7200` is `2h`, `5400` is `1h30m`.
     var description: String {
         guard value > 0 else { return "\(value)s" }
         var rest = value
