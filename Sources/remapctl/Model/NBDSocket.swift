@@ -1,13 +1,5 @@
 import Glibc
 
-/// The body of `POST /v1/exports`.
-struct ExportSpec: Encodable, Sendable {
-    var volume: String
-    var reservation: String?
-    /// remapd picks `VOLUME+ID` when omitted.
-    var name: String?
-}
-
 /// Where NBD clients reach remapd's exports, as far as remapctl can tell.
 ///
 /// The API does not say where the NBD socket is. remapd's layout puts it in

@@ -2,41 +2,6 @@ import ArgumentParser
 import RemapWire
 
 extension VolumeCommand {
-    /// `remapctl volume revert VOLUME SNAPSHOT`
-    struct Revert: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Make a volume read exactly what one of its snapshots reads.",
-            discussion: """
-                Everything written to the volume since the snapshot is discarded; \
-                the snapshot stays. Refused (in-use) while an NBD client is \
-                connected to the volume.
-                """)
-
-        @OptionGroup var global: GlobalOptions
-
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var volume: String
-
-        @Argument(
-            help: ArgumentHelp("One of the volume's snapshots: its name, VOLUME@NAME or its ID.", valueName: "snapshot"),
-            completion: Completion.snapshotsOfVolume)
-        var snapshot: String
-
-        func validate() throws {
-            if volume.isEmpty { throw ValidationError("The volume name must not be empty.") }
-            if snapshot.isEmpty { throw ValidationError("The snapshot must not be empty.") }
-        }
-
-        func run() throws {
-            let reply = try global.makeClient().revertVolume(named: volume, to: snapshot)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("volume \(reply.value.name) reverted to \(snapshot)\n" + reply.value.details)
-        }
-    }
-
     /// `remapctl volume import FILE --name NAME [--pool POOL] [--size SIZE] [--label KEY=VALUE …] [--no-wait]`
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -1,23 +1,5 @@
 import RemapWire
 
-/// The body of `POST /v1/volumes` that imports a file into a new volume.
-struct VolumeImportSpec: Encodable, Sendable {
-    /// Where the data comes from.
-    struct Source: Encodable, Sendable {
-        /// An absolute path on the daemon's host, under its supplier directory.
-        var file: String
-    }
-
-    var name: String
-    var source: Source
-    /// The server picks "default" when omitted.
-    var pool: String?
-    /// The server takes the file's size, rounded up to 512, when omitted.
-    var sizeBytes: Int?
-    /// Left out when empty.
-    var labels: Labels?
-}
-
 extension Operation: Detailed {
     /// `42%`, or `-` when remapd gives no progress.
     var percent: String {
