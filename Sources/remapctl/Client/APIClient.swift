@@ -333,7 +333,8 @@ struct APIClient: Sendable {
     /// one (say, a proxy's plain-text page) still lends its first line as
     /// detail.
     private static func failure(_ response: HTTPResponse) -> ClientError {
-        let problem = (try? JSONDecoder().decode(Problem.self, from: Data(response.body))) ?? Problem(plainText: response.body)
+        let problem = (try? JSONDecoder().decode(Problem.self, from: Data(response.body)))
+            ?? Problem(plainText: response.body)
         return .problem(problem, httpStatus: response.status, reason: response.reason)
     }
 

@@ -26,7 +26,8 @@ extension ClientError {
     /// detail prefixed with what failed, e.g. `import of /x.raw into volume
     /// v failed: no space left (no-space, HTTP 507)`.
     static func failedOperation(_ operation: Operation, what: String) -> ClientError {
-        var problem = operation.error ?? Problem(status: 0, code: ProblemCode.internalError.rawValue, title: "", detail: "")
+        var problem = operation.error
+            ?? Problem(status: 0, code: ProblemCode.internalError.rawValue, title: "", detail: "")
         let reason = problem.detail.nonEmpty ?? problem.title.nonEmpty ?? "remapd gave no reason"
         problem.detail = "\(what) failed: \(reason)"
         return .problem(problem, httpStatus: problem.statusOr500, reason: "")

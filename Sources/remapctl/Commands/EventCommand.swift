@@ -43,11 +43,6 @@ struct EventCommand: ParsableCommand {
             var follower = EventFollower(client: client, json: global.json, since: since)
             try follower.run()
         }
-        let reply = try client.events(since: since)
-        if global.json {
-            Output.printJSON(reply.body)
-            return
-        }
-        Output.print(Event.table(reply.value.events))
+        Output.answer(try client.events(since: since), json: global.json) { Event.table($0.events) }
     }
 }

@@ -74,19 +74,8 @@ extension ExportCommand {
         func run() throws {
             let client = try global.makeClient()
             let reply = try client.createExport(ExportSpec(volume: volume, reservation: reservation, name: name))
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            let export = reply.value
             let nbd = socket.locate(for: client)
-            var fields = FieldList()
-            fields.append("name", export.name)
-            fields.append("volume", export.volume)
-            fields.append("reservation", export.reservation ?? "none")
-            fields.append("uri", nbd.uri(export: export.name) ?? "unknown")
-            if let caveat = nbd.caveat { fields.append("note", caveat) }
-            Output.print("export \(export.name) created\n" + fields.rendered())
+            Output.answer(reply, json: global.json) { "export \($0.name) created\n" + $0.details(nbd: nbd) }
         }
     }
 
@@ -100,25 +89,9 @@ extension ExportCommand {
 
         func run() throws {
             let client = try global.makeClient()
-            let reply = try client.exports()
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
             let nbd = socket.locate(for: client)
-            var table = Table([
-                .init(title: "NAME"),
-                .init(title: "VOLUME"),
-                .init(title: "RESERVATION"),
-                .init(title: "URI"),
-            ])
-            for export in reply.value.exports.sorted(by: { $0.name < $1.name }) {
-                table.append([
-                    export.name, export.volume, export.reservation ?? "-", nbd.uri(export: export.name) ?? "-",
-                ])
-            }
-            Output.print(table.rendered())
-            if let caveat = nbd.caveat {
+            Output.answer(try client.exports(), json: global.json) { Export.table($0.exports, nbd: nbd) }
+            if !global.json, let caveat = nbd.caveat {
                 Output.print(toStandardError: "note: \(caveat)\n")
             }
         }
@@ -144,12 +117,7 @@ extension ExportCommand {
 
         func run() throws {
             try global.makeClient().deleteExport(named: name)
-            if global.json {
-                // The daemon answers 204 without a body; scripts still get a document.
-                Output.print(JSONValue.object(["deleted": .string(name)]).prettyPrinted + "\n")
-                return
-            }
-            Output.print("export \(name) deleted\n")
+            Output.deleted("export", name, json: global.json)
         }
     }
 }

@@ -10,16 +10,6 @@ struct OperationCommand: ParsableCommand {
 }
 
 extension OperationCommand {
-    /// The ID argument of `show` and `cancel`.
-    struct OperationArgument: ParsableArguments {
-        @Argument(help: "The operation's ID.", completion: Completion.operations)
-        var id: String
-
-        func validate() throws {
-            if id.isEmpty { throw ValidationError("The operation ID must not be empty.") }
-        }
-    }
-
     /// `remapctl operation list`
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -28,12 +18,7 @@ extension OperationCommand {
         @OptionGroup var global: GlobalOptions
 
         func run() throws {
-            let reply = try global.makeClient().operations()
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(Operation.table(reply.value.operations))
+            Output.answer(try global.makeClient().operations(), json: global.json) { Operation.table($0.operations) }
         }
     }
 
@@ -45,11 +30,9 @@ extension OperationCommand {
         @OptionGroup var global: GlobalOptions
 
         @OptionGroup var target: OperationArgument
-        var id: String { target.id }
 
         func run() throws {
-            let reply = try global.makeClient().operation(id)
-            Output.show(reply, json: global.json)
+            Output.show(try global.makeClient().operation(target.id), json: global.json)
         }
     }
 }
@@ -63,11 +46,10 @@ extension OperationCommand {
         @OptionGroup var global: GlobalOptions
 
         @OptionGroup var target: OperationArgument
-        var id: String { target.id }
 
         func run() throws {
-            guard let reply = try global.makeClient().cancelOperation(id) else {
-                if !global.json { Output.print("operation \(id) forgotten") }
+            guard let reply = try global.makeClient().cancelOperation(target.id) else {
+                if !global.json { Output.print("operation \(target.id) forgotten") }
                 return
             }
             Output.show(reply, json: global.json)

@@ -21,26 +21,16 @@ struct ReservationCommand: ParsableCommand {
         "Make it a lease for this long: seconds, or a number with s, m, h or d (90s, 10m, 2h, 1d).",
         valueName: "duration")
 
-    /// The volume every reservation command starts with.
-    struct VolumeArgument: ParsableArguments {
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var volume: String
-
-        func validate() throws {
-            if volume.isEmpty { throw ValidationError("The volume name must not be empty.") }
-        }
-    }
-
     /// The volume and the reservation's ID.
     struct IdentityArguments: ParsableArguments {
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var volume: String
+        @OptionGroup var target: VolumeArgument
 
         @Argument(help: "The reservation's ID.", completion: Completion.reservations)
         var id: String
 
+        var volume: String { target.volume }
+
         func validate() throws {
-            if volume.isEmpty { throw ValidationError("The volume name must not be empty.") }
             if id.isEmpty { throw ValidationError("The reservation ID must not be empty.") }
         }
     }
@@ -104,12 +94,7 @@ extension ReservationCommand {
                 bytes: bytes?.bytes, offsetBytes: offset?.bytes, lengthBytes: length?.bytes,
                 ttlSeconds: ttl?.value, name: name)
             let reply = try global.makeClient().createReservation(spec, forVolume: target.volume)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            let outcome = reply.status == 201 ? "created" : "exists"
-            Output.print("reservation \(reply.value.id) \(outcome)\n" + reply.value.details)
+            Output.changed(reply, json: global.json) { "reservation \($0.id) \(reply.outcome)" }
         }
     }
 
@@ -127,11 +112,7 @@ extension ReservationCommand {
 
         func run() throws {
             let reply = try global.makeClient().reservations(ofVolume: target.volume)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(Reservation.table(reply.value.reservations))
+            Output.answer(reply, json: global.json) { Reservation.table($0.reservations) }
         }
     }
 
@@ -170,11 +151,7 @@ extension ReservationCommand {
         func run() throws {
             let reply = try global.makeClient().renewReservation(
                 identity.id, ofVolume: identity.volume, ttlSeconds: ttl?.value)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("reservation \(reply.value.id) renewed\n" + reply.value.details)
+            Output.changed(reply, json: global.json) { "reservation \($0.id) renewed" }
         }
     }
 
@@ -192,12 +169,7 @@ extension ReservationCommand {
 
         func run() throws {
             try global.makeClient().deleteReservation(identity.id, ofVolume: identity.volume)
-            if global.json {
-                // The daemon answers 204 without a body; scripts still get a document.
-                Output.print(JSONValue.object(["deleted": .string(identity.id)]).prettyPrinted + "\n")
-                return
-            }
-            Output.print("reservation \(identity.id) deleted\n")
+            Output.deleted("reservation", identity.id, json: global.json)
         }
     }
 }

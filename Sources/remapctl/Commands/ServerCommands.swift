@@ -10,18 +10,14 @@ struct VersionCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
-        let reply = try global.makeClient().version()
-        if global.json {
-            Output.printJSON(reply.body)
-            return
+        Output.answer(try global.makeClient().version(), json: global.json) { server in
+            var fields = FieldList()
+            fields.append("remapctl", RemapCtl.version)
+            fields.append("remapd", server.version)
+            fields.append("api", server.api)
+            fields.append("engine", server.engine)
+            return fields.rendered()
         }
-        let server = reply.value
-        var fields = FieldList()
-        fields.append("remapctl", RemapCtl.version)
-        fields.append("remapd", server.version)
-        fields.append("api", server.api)
-        fields.append("engine", server.engine)
-        Output.print(fields.rendered())
     }
 }
 
@@ -35,11 +31,7 @@ struct HealthCommand: ParsableCommand {
 
     func run() throws {
         let reply = try global.makeClient().health()
-        if global.json {
-            Output.printJSON(reply.body)
-        } else {
-            Output.print(reply.value.status + "\n")
-        }
+        Output.answer(reply, json: global.json) { $0.status + "\n" }
         if reply.value.status != "ok" {
             throw ExitCode.failure
         }

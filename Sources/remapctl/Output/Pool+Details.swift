@@ -61,4 +61,43 @@ extension Pool: Detailed {
         }
         return text
     }
+
+    /// `NAME STATE CHUNK CAPACITY …` for pools, sorted by name.
+    static func table(_ pools: [Pool]) -> String {
+        var table = Table([
+            .init(title: "NAME"),
+            .init(title: "STATE"),
+            .init(title: "CHUNK", alignment: .right),
+            .init(title: "CAPACITY", alignment: .right),
+            .init(title: "ALLOCATED", alignment: .right),
+            .init(title: "RESERVED", alignment: .right),
+            .init(title: "FREE", alignment: .right),
+            .init(title: "USED%", alignment: .right),
+            .init(title: "COMMITTED%", alignment: .right),
+            .init(title: "VOLUMES", alignment: .right),
+            .init(title: "PROVISIONED", alignment: .right),
+            .init(title: "OVERCOMMIT", alignment: .right),
+            .init(title: "ON-NO-SPACE"),
+            .init(title: "THRESHOLDS"),
+        ])
+        for pool in pools.sorted(by: { $0.name < $1.name }) {
+            table.append([
+                pool.name,
+                pool.state ?? "-",
+                ByteSize.format(pool.chunkSizeBytes),
+                ByteSize.format(pool.capacityBytes),
+                ByteSize.format(pool.allocatedBytes),
+                pool.reservedBytes.map { ByteSize.format($0) } ?? "-",
+                ByteSize.format(pool.freeBytes),
+                Output.percentage(pool.allocatedBytes, of: pool.capacityBytes),
+                Output.percentage(pool.committedBytes, of: pool.capacityBytes),
+                String(pool.volumeCount),
+                ByteSize.format(pool.provisionedBytes),
+                Output.ratio(pool.overcommitRatio),
+                pool.onNoSpace?.description ?? "-",
+                pool.thresholdSummary,
+            ])
+        }
+        return table.rendered()
+    }
 }

@@ -19,4 +19,30 @@ extension Volume: Detailed {
         }
         return fields.rendered()
     }
+
+    /// `NAME POOL SIZE ALLOCATED CREATED EXPORT LABELS` for volumes, sorted
+    /// by name.
+    static func table(_ volumes: [Volume]) -> String {
+        var table = Table([
+            .init(title: "NAME"),
+            .init(title: "POOL"),
+            .init(title: "SIZE", alignment: .right),
+            .init(title: "ALLOCATED", alignment: .right),
+            .init(title: "CREATED"),
+            .init(title: "EXPORT"),
+            .init(title: "LABELS"),
+        ])
+        for volume in volumes.sorted(by: { $0.name < $1.name }) {
+            table.append([
+                volume.name,
+                volume.pool,
+                ByteSize.format(volume.sizeBytes),
+                ByteSize.format(volume.allocatedBytes),
+                volume.createdAt,
+                volume.exportName,
+                Labels(volume.labels).summary,
+            ])
+        }
+        return table.rendered()
+    }
 }

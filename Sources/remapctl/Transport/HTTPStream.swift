@@ -42,7 +42,8 @@ struct HTTPStream: ~Copyable {
         var parser = HTTPResponseParser()
         var pending: [UInt8] = []
         while parser.head == nil {
-            let received = try Self.receive(socket, sendError: sendError, address: address, timeoutSeconds: timeoutSeconds)
+            let received = try Self.receive(
+                socket, sendError: sendError, address: address, timeoutSeconds: timeoutSeconds)
             do throws(HTTPResponseParser.Failure) {
                 if received.isEmpty {
                     try parser.finish()
@@ -50,7 +51,9 @@ struct HTTPStream: ~Copyable {
                     pending += try parser.feed(received)
                 }
             } catch {
-                if let sendError { throw Self.clientError(for: sendError, address: address, timeoutSeconds: timeoutSeconds) }
+                if let sendError {
+                    throw Self.clientError(for: sendError, address: address, timeoutSeconds: timeoutSeconds)
+                }
                 throw .malformedResponse(error.reason)
             }
         }
@@ -92,7 +95,8 @@ struct HTTPStream: ~Copyable {
             return pending
         }
         while !parser.isComplete {
-            let received = try Self.receive(socket, sendError: sendError, address: address, timeoutSeconds: timeoutSeconds)
+            let received = try Self.receive(
+                socket, sendError: sendError, address: address, timeoutSeconds: timeoutSeconds)
             do throws(HTTPResponseParser.Failure) {
                 if received.isEmpty {
                     try parser.finish()

@@ -32,46 +32,7 @@ extension PoolCommand {
         @OptionGroup var global: GlobalOptions
 
         func run() throws {
-            let reply = try global.makeClient().pools()
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            var table = Table([
-                .init(title: "NAME"),
-                .init(title: "STATE"),
-                .init(title: "CHUNK", alignment: .right),
-                .init(title: "CAPACITY", alignment: .right),
-                .init(title: "ALLOCATED", alignment: .right),
-                .init(title: "RESERVED", alignment: .right),
-                .init(title: "FREE", alignment: .right),
-                .init(title: "USED%", alignment: .right),
-                .init(title: "COMMITTED%", alignment: .right),
-                .init(title: "VOLUMES", alignment: .right),
-                .init(title: "PROVISIONED", alignment: .right),
-                .init(title: "OVERCOMMIT", alignment: .right),
-                .init(title: "ON-NO-SPACE"),
-                .init(title: "THRESHOLDS"),
-            ])
-            for pool in reply.value.pools.sorted(by: { $0.name < $1.name }) {
-                table.append([
-                    pool.name,
-                    pool.state ?? "-",
-                    ByteSize.format(pool.chunkSizeBytes),
-                    ByteSize.format(pool.capacityBytes),
-                    ByteSize.format(pool.allocatedBytes),
-                    pool.reservedBytes.map { ByteSize.format($0) } ?? "-",
-                    ByteSize.format(pool.freeBytes),
-                    Output.percentage(pool.allocatedBytes, of: pool.capacityBytes),
-                    Output.percentage(pool.committedBytes, of: pool.capacityBytes),
-                    String(pool.volumeCount),
-                    ByteSize.format(pool.provisionedBytes),
-                    Output.ratio(pool.overcommitRatio),
-                    pool.onNoSpace?.description ?? "-",
-                    pool.thresholdSummary,
-                ])
-            }
-            Output.print(table.rendered())
+            Output.answer(try global.makeClient().pools(), json: global.json) { Pool.table($0.pools) }
         }
     }
 
@@ -82,16 +43,10 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.", completion: Completion.pools)
-        var name: String
-
-        func validate() throws {
-            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
-        }
+        @OptionGroup var pool: PoolName
 
         func run() throws {
-            let reply = try global.makeClient().pool(named: name)
-            Output.show(reply, json: global.json)
+            Output.show(try global.makeClient().pool(named: pool.name), json: global.json)
         }
     }
 
@@ -112,20 +67,11 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.", completion: Completion.pools)
-        var name: String
-
-        func validate() throws {
-            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
-        }
+        @OptionGroup var pool: PoolName
 
         func run() throws {
-            let reply = try global.makeClient().clearPoolErrors(named: name)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("pool \(name) is \(reply.value.state ?? "online")\n")
+            let reply = try global.makeClient().clearPoolErrors(named: pool.name)
+            Output.answer(reply, json: global.json) { "pool \(pool.name) is \($0.state ?? "online")\n" }
         }
     }
 
@@ -141,21 +87,11 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.", completion: Completion.pools)
-        var name: String
-
-        func validate() throws {
-            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
-        }
+        @OptionGroup var pool: PoolName
 
         func run() throws {
-            try global.makeClient().deletePool(named: name)
-            if global.json {
-                // The daemon answers 204 without a body; scripts still get a document.
-                Output.print(JSONValue.object(["deleted": .string(name)]).prettyPrinted + "\n")
-                return
-            }
-            Output.print("pool \(name) deleted\n")
+            try global.makeClient().deletePool(named: pool.name)
+            Output.deleted("pool", pool.name, json: global.json)
         }
     }
 }

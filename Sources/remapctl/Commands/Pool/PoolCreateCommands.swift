@@ -48,12 +48,7 @@ extension PoolCommand {
         func run() throws {
             let spec = PoolSpec(name: name, chunkSizeBytes: chunkSize?.bytes, suppliers: suppliers.specs)
             let reply = try global.makeClient().createPool(spec)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            let outcome = reply.status == 201 ? "created" : "exists"
-            Output.print("pool \(reply.value.name) \(outcome)\n" + reply.value.details)
+            Output.changed(reply, json: global.json) { "pool \($0.name) \(reply.outcome)" }
         }
     }
 
@@ -69,14 +64,12 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.", completion: Completion.pools)
-        var name: String
+        @OptionGroup var pool: PoolName
 
         @OptionGroup(title: "Supplier")
         var supplier: SupplierOptions
 
         func validate() throws {
-            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
             if supplier.specs.count != 1 {
                 throw ValidationError("Give exactly one supplier: --file PATH --size SIZE, or --block DEVICE.")
             }
@@ -85,12 +78,8 @@ extension PoolCommand {
         func run() throws {
             // validate() made sure there is exactly one.
             guard let spec = supplier.specs.first else { return }
-            let reply = try global.makeClient().addSupplier(spec, toPool: name)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("pool \(reply.value.name) grown\n" + reply.value.details)
+            let reply = try global.makeClient().addSupplier(spec, toPool: pool.name)
+            Output.changed(reply, json: global.json) { "pool \($0.name) grown" }
         }
     }
 }

@@ -21,8 +21,7 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.", completion: Completion.pools)
-        var name: String
+        @OptionGroup var pool: PoolName
 
         @Option(
             help: ArgumentHelp("The file supplier to enlarge: its ID, path or file name.", valueName: "id|path"),
@@ -48,7 +47,6 @@ extension PoolCommand {
         var noPreallocate = false
 
         func validate() throws {
-            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
             switch (supplier, addFile) {
             case (nil, nil):
                 throw ValidationError("Give --supplier ID|PATH to enlarge a supplier, or --add-file PATH to add one.")
@@ -70,20 +68,15 @@ extension PoolCommand {
             let reply: APIClient.Reply<Pool>
             if let addFile {
                 let spec = SupplierSpec.file(path: addFile, sizeBytes: size.bytes(from: 0), preallocate: !noPreallocate)
-                reply = try client.addSupplier(spec, toPool: name)
+                reply = try client.addSupplier(spec, toPool: pool.name)
             } else if let supplier {
-                let pool = try client.pool(named: name).value
-                let found = try Self.find(supplier, in: pool)
-                reply = try client.resizeSupplier(found.id, ofPool: name, to: size.bytes(from: found.sizeBytes))
+                let found = try Self.find(supplier, in: client.pool(named: pool.name).value)
+                reply = try client.resizeSupplier(found.id, ofPool: pool.name, to: size.bytes(from: found.sizeBytes))
             } else {
                 // validate() made sure one of them is given.
                 return
             }
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("pool \(reply.value.name) grown\n" + reply.value.details)
+            Output.changed(reply, json: global.json) { "pool \($0.name) grown" }
         }
 
         /// The supplier `given` names: by ID, else by path, else by file

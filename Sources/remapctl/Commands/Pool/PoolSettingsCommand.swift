@@ -22,8 +22,7 @@ extension PoolCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The pool's name.", completion: Completion.pools)
-        var name: String
+        @OptionGroup var pool: PoolName
 
         @Option(
             help: ArgumentHelp(
@@ -40,7 +39,6 @@ extension PoolCommand {
         var thresholds: Thresholds?
 
         func validate() throws {
-            if name.isEmpty { throw ValidationError("The pool name must not be empty.") }
             if onNoSpace == nil && thresholds == nil {
                 throw ValidationError("Give --on-no-space or --thresholds (or both).")
             }
@@ -48,12 +46,8 @@ extension PoolCommand {
 
         func run() throws {
             let update = PoolUpdate(onNoSpace: onNoSpace, lowSpaceThresholds: thresholds?.percentages)
-            let reply = try global.makeClient().updatePool(named: name, update)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("pool \(reply.value.name) updated\n" + reply.value.details)
+            let reply = try global.makeClient().updatePool(named: pool.name, update)
+            Output.changed(reply, json: global.json) { "pool \($0.name) updated" }
         }
     }
 }

@@ -16,19 +16,6 @@ struct SnapshotCommand: ParsableCommand {
             its snapshots reads.
             """,
         subcommands: [Create.self, List.self, Show.self, Clone.self, Changes.self, ExportFile.self, Delete.self])
-
-    /// The help for a SNAPSHOT argument.
-    static let snapshotHelp = ArgumentHelp("The snapshot: VOLUME@NAME or its ID.", valueName: "snapshot")
-
-    /// The snapshot most commands act on.
-    struct SnapshotArgument: ParsableArguments {
-        @Argument(help: SnapshotCommand.snapshotHelp, completion: Completion.snapshots)
-        var snapshot: String
-
-        func validate() throws {
-            if snapshot.isEmpty { throw ValidationError("The snapshot must not be empty.") }
-        }
-    }
 }
 
 extension SnapshotCommand {
@@ -60,12 +47,7 @@ extension SnapshotCommand {
 
         func run() throws {
             let reply = try global.makeClient().createSnapshot(named: name, ofVolume: volume)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            let outcome = reply.status == 201 ? "created" : "exists"
-            Output.print("snapshot \(reply.value.address) \(outcome)\n" + reply.value.details)
+            Output.changed(reply, json: global.json) { "snapshot \($0.address) \(reply.outcome)" }
         }
     }
 
@@ -91,16 +73,14 @@ extension SnapshotCommand {
 
         func run() throws {
             let reply = try global.makeClient().snapshots(ofVolume: volume)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            // Grouped by volume, each volume's in remapd's order (oldest first).
-            let snapshots = volume == nil
-                ? reply.value.snapshots.enumerated().sorted { ($0.element.volume, $0.offset) < ($1.element.volume, $1.offset) }
-                    .map(\.element)
-                : reply.value.snapshots
-            Output.print(Snapshot.table(snapshots))
+            Output.answer(reply, json: global.json) { Snapshot.table(Self.groupedByVolume($0.snapshots)) }
+        }
+
+        /// Grouped by volume, each volume's in remapd's order (oldest first).
+        static func groupedByVolume(_ snapshots: [Snapshot]) -> [Snapshot] {
+            snapshots.enumerated()
+                .sorted { ($0.element.volume, $0.offset) < ($1.element.volume, $1.offset) }
+                .map(\.element)
         }
     }
 
@@ -112,8 +92,7 @@ extension SnapshotCommand {
         @OptionGroup var target: SnapshotArgument
 
         func run() throws {
-            let reply = try global.makeClient().snapshot(target.snapshot)
-            Output.show(reply, json: global.json)
+            Output.show(try global.makeClient().snapshot(target.snapshot), json: global.json)
         }
     }
 
@@ -131,12 +110,7 @@ extension SnapshotCommand {
 
         func run() throws {
             try global.makeClient().deleteSnapshot(target.snapshot)
-            if global.json {
-                // The daemon answers 204 without a body; scripts still get a document.
-                Output.print(JSONValue.object(["deleted": .string(target.snapshot)]).prettyPrinted + "\n")
-                return
-            }
-            Output.print("snapshot \(target.snapshot) deleted\n")
+            Output.deleted("snapshot", target.snapshot, json: global.json)
         }
     }
 
@@ -172,12 +146,9 @@ extension SnapshotCommand {
             let labels = try VolumeCommand.labelSet(self.labels)
             let reply = try global.makeClient().cloneSnapshot(
                 target.snapshot, CloneSpec(name: newVolume, labels: labels.isEmpty ? nil : labels))
-            if global.json {
-                Output.printJSON(reply.body)
-                return
+            Output.changed(reply, json: global.json) { volume in
+                "volume \(volume.name) " + (reply.status == 201 ? "created from \(target.snapshot)" : reply.outcome)
             }
-            let outcome = reply.status == 201 ? "created from \(target.snapshot)" : "exists"
-            Output.print("volume \(reply.value.name) \(outcome)\n" + reply.value.details)
         }
     }
 
@@ -215,11 +186,7 @@ extension SnapshotCommand {
 
         func run() throws {
             let reply = try global.makeClient().snapshotChanges(target.snapshot, base: base)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print(reply.value.rendered(base: base))
+            Output.answer(reply, json: global.json) { $0.rendered(base: base) }
         }
     }
 }

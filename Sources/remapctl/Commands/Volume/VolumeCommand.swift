@@ -84,12 +84,7 @@ extension VolumeCommand {
                 name: name, sizeBytes: size.bytes, pool: pool, labels: labels.isEmpty ? nil : labels,
                 reservation: reservation)
             let reply = try global.makeClient().createVolume(spec)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            let outcome = reply.status == 201 ? "created" : "exists"
-            Output.print("volume \(reply.value.name) \(outcome)\n" + reply.value.details)
+            Output.changed(reply, json: global.json) { "volume \($0.name) \(reply.outcome)" }
         }
     }
 
@@ -99,16 +94,10 @@ extension VolumeCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var name: String
-
-        func validate() throws {
-            if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
-        }
+        @OptionGroup var volume: VolumeName
 
         func run() throws {
-            let reply = try global.makeClient().volume(named: name)
-            Output.show(reply, json: global.json)
+            Output.show(try global.makeClient().volume(named: volume.name), json: global.json)
         }
     }
 
@@ -120,21 +109,11 @@ extension VolumeCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var name: String
-
-        func validate() throws {
-            if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
-        }
+        @OptionGroup var volume: VolumeName
 
         func run() throws {
-            try global.makeClient().deleteVolume(named: name)
-            if global.json {
-                // The daemon answers 204 without a body; scripts still get a document.
-                Output.print(JSONValue.object(["deleted": .string(name)]).prettyPrinted + "\n")
-                return
-            }
-            Output.print("volume \(name) deleted\n")
+            try global.makeClient().deleteVolume(named: volume.name)
+            Output.deleted("volume", volume.name, json: global.json)
         }
     }
 }

@@ -83,13 +83,10 @@ extension VolumeCommand {
             let operation = started.value.operation
 
             if noWait {
-                if global.json {
-                    Output.printJSON(started.body)
-                    return
+                Output.answer(started, json: global.json) { started in
+                    "import of \(path) into volume \(started.volume.name) started\n" + started.operation.details
+                        + "follow it with: remapctl operation show \(started.operation.id)\n"
                 }
-                Output.print(
-                    "import of \(path) into volume \(started.value.volume.name) started\n" + operation.details
-                        + "follow it with: remapctl operation show \(operation.id)\n")
                 return
             }
 
@@ -113,11 +110,7 @@ extension VolumeCommand {
             progress?.finish(doneBytes: finished.doneBytes ?? finished.totalBytes ?? 0)
 
             let volume = try client.volume(named: finished.volume ?? name)
-            if global.json {
-                Output.printJSON(volume.body)
-                return
-            }
-            Output.print("volume \(volume.value.name) imported from \(path)\n" + volume.value.details)
+            Output.changed(volume, json: global.json) { "volume \($0.name) imported from \(path)" }
         }
     }
 }

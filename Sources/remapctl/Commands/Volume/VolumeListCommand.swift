@@ -59,27 +59,7 @@ extension VolumeCommand {
                 }
                 return
             }
-            var table = Table([
-                .init(title: "NAME"),
-                .init(title: "POOL"),
-                .init(title: "SIZE", alignment: .right),
-                .init(title: "ALLOCATED", alignment: .right),
-                .init(title: "CREATED"),
-                .init(title: "EXPORT"),
-                .init(title: "LABELS"),
-            ])
-            for volume in volumes.sorted(by: { $0.name < $1.name }) {
-                table.append([
-                    volume.name,
-                    volume.pool,
-                    ByteSize.format(volume.sizeBytes),
-                    ByteSize.format(volume.allocatedBytes),
-                    volume.createdAt,
-                    volume.exportName,
-                    Labels(volume.labels).summary,
-                ])
-            }
-            Output.print(table.rendered())
+            Output.print(Volume.table(volumes))
             if let nextPageToken {
                 Output.print(toStandardError: "more volumes follow: add --page-token \(nextPageToken), or --all\n")
             }

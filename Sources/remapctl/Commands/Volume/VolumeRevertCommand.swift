@@ -14,8 +14,7 @@ extension VolumeCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var volume: String
+        @OptionGroup var target: VolumeArgument
 
         @Argument(
             help: ArgumentHelp("One of the volume's snapshots: its name, VOLUME@NAME or its ID.", valueName: "snapshot"),
@@ -23,17 +22,12 @@ extension VolumeCommand {
         var snapshot: String
 
         func validate() throws {
-            if volume.isEmpty { throw ValidationError("The volume name must not be empty.") }
             if snapshot.isEmpty { throw ValidationError("The snapshot must not be empty.") }
         }
 
         func run() throws {
-            let reply = try global.makeClient().revertVolume(named: volume, to: snapshot)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("volume \(reply.value.name) reverted to \(snapshot)\n" + reply.value.details)
+            let reply = try global.makeClient().revertVolume(named: target.volume, to: snapshot)
+            Output.changed(reply, json: global.json) { "volume \($0.name) reverted to \(snapshot)" }
         }
     }
 }

@@ -14,8 +14,7 @@ extension VolumeCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var name: String
+        @OptionGroup var volume: VolumeName
 
         @Option(help: VolumeCommand.sizeHelp, transform: { text in try ByteSize(parsing: text) })
         var size: ByteSize
@@ -23,18 +22,10 @@ extension VolumeCommand {
         @Flag(help: "Allow a smaller size, discarding the data past it.")
         var allowShrink = false
 
-        func validate() throws {
-            if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
-        }
-
         func run() throws {
             let reply = try global.makeClient().updateVolume(
-                named: name, VolumeUpdate(sizeBytes: size.bytes), allowShrink: allowShrink)
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("volume \(reply.value.name) resized\n" + reply.value.details)
+                named: volume.name, VolumeUpdate(sizeBytes: size.bytes), allowShrink: allowShrink)
+            Output.changed(reply, json: global.json) { "volume \($0.name) resized" }
         }
     }
 
@@ -53,8 +44,7 @@ extension VolumeCommand {
 
         @OptionGroup var global: GlobalOptions
 
-        @Argument(help: "The volume's name.", completion: Completion.volumes)
-        var name: String
+        @OptionGroup var volume: VolumeName
 
         @Argument(
             help: ArgumentHelp("Labels to set.", valueName: "key=value"),
@@ -67,7 +57,6 @@ extension VolumeCommand {
         var removals: [String] = []
 
         func validate() throws {
-            if name.isEmpty { throw ValidationError("The volume name must not be empty.") }
             if assignments.isEmpty && removals.isEmpty {
                 throw ValidationError("Give at least one KEY=VALUE to set or --remove KEY.")
             }
@@ -80,14 +69,10 @@ extension VolumeCommand {
 
         func run() throws {
             let client = try global.makeClient()
-            let current = try client.volume(named: name).value
+            let current = try client.volume(named: volume.name).value
             let labels = Labels(current.labels).applying(assignments, removing: removals)
-            let reply = try client.updateVolume(named: name, VolumeUpdate(labels: labels))
-            if global.json {
-                Output.printJSON(reply.body)
-                return
-            }
-            Output.print("volume \(reply.value.name) labelled\n" + reply.value.details)
+            let reply = try client.updateVolume(named: volume.name, VolumeUpdate(labels: labels))
+            Output.changed(reply, json: global.json) { "volume \($0.name) labelled" }
         }
     }
 }
