@@ -40,10 +40,13 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3"),
         .systemLibrary(name: "CGnuTLS", pkgConfig: "gnutls"),
 
-        .target(name: "RemapCore", swiftSettings: upcoming),
+        // The wire contract remapd and remapctl share: JSON, problems, sizes
+        // and the API's response types. No Foundation, no dependencies.
+        .target(name: "RemapWire", swiftSettings: upcoming),
+        .target(name: "RemapCore", dependencies: ["RemapWire"], swiftSettings: upcoming),
         .target(name: "RemapStore", dependencies: ["RemapCore", "CSQLite"], swiftSettings: swiftGnuSource),
         .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapStore", "CURing", "CGnuTLS"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
-        .target(name: "RemapAPI", dependencies: ["RemapCore", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
+        .target(name: "RemapAPI", dependencies: ["RemapCore", "RemapWire", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
         .executableTarget(
             name: "remapd",
             dependencies: [
@@ -54,7 +57,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "remapctl",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["RemapWire", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: upcoming
         ),
 
@@ -65,7 +68,10 @@ let package = Package(
 
         .testTarget(name: "RemapCoreTests", dependencies: ["RemapCore"], swiftSettings: upcoming),
         .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
-        .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore"], swiftSettings: swiftGnuSource),
+        .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore", "RemapWire"], swiftSettings: swiftGnuSource),
+        .testTarget(name: "RemapWireTests", dependencies: ["RemapWire"], swiftSettings: upcoming),
+        // remapctl is an executable; SwiftPM lets tests import it all the same.
+        .testTarget(name: "RemapctlTests", dependencies: ["remapctl", "RemapWire"], swiftSettings: upcoming),
         .testTarget(name: "RemapFuzzTests", dependencies: ["RemapFuzz"], swiftSettings: swiftGnuSource),
     ]
 )

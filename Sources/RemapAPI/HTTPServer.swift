@@ -1,6 +1,7 @@
 import CMicroHTTPD
 import Glibc
 import RemapCore
+import RemapWire
 import Synchronization
 
 /// The REST server: libmicrohttpd on one listening socket (unix or TCP),
@@ -158,12 +159,12 @@ public final class HTTPServer: Sendable {
     fileprivate func handle(_ connection: OpaquePointer, method: String, path: String, exchange: Exchange) -> MHD_Result {
         if exchange.unauthorized {
             return respond(connection, Router.problem(Problem(
-                status: 401, code: "unauthorized", title: "Unauthorized",
+                .unauthorized,
                 detail: "this listener needs 'Authorization: Bearer <token>' (the token is in the daemon's api.token file)")))
         }
         if exchange.tooLarge {
             return respond(connection, Router.problem(Problem(
-                status: 413, code: "payload-too-large", title: "Payload too large",
+                .payloadTooLarge,
                 detail: "request body is larger than \(Self.maximumBodySize) bytes")))
         }
         let contentType = cmhd_header(connection, "Content-Type").map { String(cString: $0) }

@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapWire
 
 /// The JSON bodies of the API, checked field by field.
 enum RequestBodies {
@@ -194,7 +195,7 @@ enum RequestBodies {
         if let type = request.contentType {
             let media = type.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
             guard media == "application/json" else {
-                throw Problem(status: 415, code: "unsupported-media-type", title: "Unsupported media type",
+                throw Problem(.unsupportedMediaType,
                               detail: "request body must be application/json, got '\(type)'")
             }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapWire
 
 /// Routes REST requests to the control plane and turns answers and errors
 /// into JSON and problem+json.
@@ -47,12 +48,12 @@ public struct Router: Sendable {
             route = "/v1/health"
             try allow(request, ["GET"])
             try noQuery(request)
-            return Self.json(200, ["status": "ok"])
+            return Self.json(200, Health(status: "ok"))
         case 1 where path[0] == "version":
             route = "/v1/version"
             try allow(request, ["GET"])
             try noQuery(request)
-            return Self.json(200, ["version": remapVersion, "api": "v1", "engine": control.engineName])
+            return Self.json(200, ServerVersion(version: remapVersion, api: "v1", engine: control.engineName))
         case 1 where path[0] == "limits":
             route = "/v1/limits"
             try allow(request, ["GET"])
@@ -177,7 +178,7 @@ public struct Router: Sendable {
                 }
                 guard let slot = connection.eventStreams.take() else {
                     var problem = Problem(
-                        status: 503, code: "too-many-streams", title: "Too many event streams",
+                        .tooManyStreams,
                         detail: "this listener already serves \(connection.eventStreams.limit) event streams (--http-max-event-streams); try again later, or poll GET /v1/events?since=N")
                     problem.retryAfterSeconds = 5
                     throw problem
@@ -186,7 +187,7 @@ public struct Router: Sendable {
                                                             clientLeft: connection.clientLeft))
             }
             let (events, last) = control.events(after: since)
-            return Self.json(200, EventList(events: events, lastSeq: last))
+            return Self.json(200, EventList(events: events, lastSeq: Int(clamping: last)))
         case 3 where path[0] == "pools" && path[2] == "suppliers":
             route = "/v1/pools/{name}/suppliers"
             try allow(request, ["POST"])
@@ -265,7 +266,7 @@ public struct Router: Sendable {
 
     func allow(_ request: HTTPRequest, _ methods: [String]) throws(Problem) {
         guard methods.contains(request.method) else {
-            var problem = Problem(status: 405, code: "method-not-allowed", title: "Method not allowed",
+            var problem = Problem(.methodNotAllowed,
                                   detail: "\(request.method) is not allowed on \(request.path); allowed: \(methods.joined(separator: ", "))")
             problem.allow = methods.joined(separator: ", ")
             throw problem
@@ -284,7 +285,7 @@ public struct Router: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         guard let data = try? encoder.encode(value) else {
-            return problem(Problem(status: 500, code: "internal", title: "Internal error", detail: "response encoding failed"))
+            return problem(Problem(.internalError, detail: "response encoding failed"))
         }
         return HTTPResponse(status: status, contentType: "application/json", body: Array(data) + [0x0a])
     }
@@ -299,19 +300,6 @@ public struct Router: Sendable {
         if let seconds = problem.retryAfterSeconds { response.headers.append(("Retry-After", String(seconds))) }
         return response
     }
-}
-
-struct PoolList: Encodable { var pools: [PoolInfo] }
-struct ReservationList: Encodable { var reservations: [ReservationInfo] }
-struct ExportList: Encodable { var exports: [ExportInfo] }
-struct EventList: Encodable {
-    var events: [Event]
-    var lastSeq: UInt64
-}
-
-struct VolumeList: Encodable {
-    var volumes: [VolumeInfo]
-    var nextPageToken: String?
 }
 
 /// Page tokens are opaque to clients: the hex of the last name returned.

@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapWire
 import Synchronization
 
 /// The routes of snapshots, clones, imports and the pool check.
@@ -84,7 +85,7 @@ extension Router {
         let (operation, volume) = try answer { () throws(RemapError) in
             try control.importVolume(spec, sizeGiven: sizeGiven, from: path)
         }
-        var response = Self.json(202, ImportStarted(operation: OperationBody(operation), volume: volume))
+        var response = Self.json(202, VolumeImport(operation: OperationBody(operation), volume: volume))
         response.headers.append(("Location", "/v1/operations/\(operation.id)"))
         return response
     }
@@ -102,7 +103,7 @@ extension Router {
                 (start, end, status) = (first, last + 1, 206)
             case .unsatisfiable:
                 control.endSnapshotRead(id)
-                var response = Self.problem(Problem(status: 416, code: "range-not-satisfiable", title: "Range not satisfiable",
+                var response = Self.problem(Problem(.rangeNotSatisfiable,
                                                     detail: "range '\(header)' lies outside the \(size)-byte image"))
                 response.headers.append(("Content-Range", "bytes */\(size)"))
                 return response
@@ -180,14 +181,6 @@ final class ContentStream: ResponseStream, @unchecked Sendable {  // read by one
     }
 
     var isEnded: Bool { ended.load(ordering: .relaxed) }
-}
-
-struct SnapshotList: Encodable { var snapshots: [SnapshotInfo] }
-struct OperationList: Encodable { var operations: [OperationBody] }
-
-struct ImportStarted: Encodable {
-    var operation: OperationBody
-    var volume: VolumeInfo
 }
 
 /// An operation as JSON: its fields, and `error` as a problem object when it failed.

@@ -4,6 +4,7 @@ import RemapAPI
 import RemapCore
 import RemapEngine
 import RemapStore
+import struct RemapWire.ByteSize
 
 /// The remap daemon: REST control plane, NBD data path, metadata.
 @main
@@ -45,7 +46,7 @@ struct Remapd: ParsableCommand {
     @Flag(help: "Serve NBD on TCP without TLS: anyone who reaches --nbd-listen can read and write every volume.")
     var nbdInsecure = false
 
-    @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1073741824.")
+    @Option(help: "Size of the default pool created on first start, e.g. 4G, 512M, 1.5G, 1073741824.")
     var defaultPoolSize: String = "4G"
 
     @Option(help: "Seconds an NBD client may take to choose an export before it is dropped.")
@@ -106,9 +107,7 @@ struct Remapd: ParsableCommand {
         if let apiSocketGroup, getgrnam(apiSocketGroup) == nil {
             throw ValidationError("--api-socket-group '\(apiSocketGroup)': no such group")
         }
-        guard let size = ByteCount.parse(defaultPoolSize), size > 0 else {
-            throw ValidationError("--default-pool-size '\(defaultPoolSize)' is not a size (examples: 4G, 512M, 1073741824)")
-        }
+        let size = try Self.size("default-pool-size", defaultPoolSize)
         guard size >= Pool.defaultChunkSize else {
             throw ValidationError("--default-pool-size must be at least one chunk (\(Pool.defaultChunkSize) bytes)")
         }
@@ -156,7 +155,7 @@ struct Remapd: ParsableCommand {
                                 kind: Engine.Kind(rawValue: self.engine) ?? .auto, faults: faults)
         engine.limits = try! limits()  // invariant: checked in validate(); before the default pool is made
         let token = try APIToken.load(orCreateAt: absolute(apiTokenFile ?? stateDirectory + "/api.token"))
-        let poolSize = ByteCount.parse(defaultPoolSize)!  // invariant: checked in validate()
+        let poolSize = (try? Self.size("default-pool-size", defaultPoolSize))!  // invariant: checked in validate()
         try engine.bootstrapPool(name: "default", path: stateDirectory + "/pools/default.img", sizeBytes: poolSize)
 
         let runtimeDirectory = environmentDirectory("RUNTIME_DIRECTORY")
@@ -259,9 +258,7 @@ struct Remapd: ParsableCommand {
         limits.nbdReplyTimeoutSeconds = try within("nbd-reply-timeout", nbdReplyTimeout, 1...3600, " seconds")
         limits.nbdMaxConnections = try within("nbd-max-connections", nbdMaxConnections, 1...1_000_000)
         limits.nbdMaxOptions = try within("nbd-max-options", nbdMaxOptions, 16...1_000_000)
-        guard let queue = ByteCount.parse(nbdReplyQueue) else {
-            throw ValidationError("--nbd-reply-queue '\(nbdReplyQueue)' is not a size (examples: 64M, 1G)")
-        }
+        let queue = try Self.size("nbd-reply-queue", nbdReplyQueue)
         // At least one largest read (32 MiB) must fit, or such a read could never be answered.
         limits.nbdReplyQueueBytes = try within("nbd-reply-queue", queue, (32 << 20)...(1 << 40), " bytes")
         limits.httpMaxConnections = try within("http-max-connections", httpMaxConnections, 4...65536)
@@ -270,6 +267,16 @@ struct Remapd: ParsableCommand {
         limits.httpMaxEventStreams = try within("http-max-event-streams", httpMaxEventStreams, 1...65536)
         limits.maxChunksPerPool = try within("max-chunks-per-pool", maxChunksPerPool, 1...(1 << 40))
         return limits
+    }
+
+    /// The bytes a size flag names, in the size grammar remapctl reads too
+    /// (`1073741824`, `512M`, `1.5G`, `4GiB`).
+    private static func size(_ flag: String, _ text: String) throws(ValidationError) -> UInt64 {
+        do {
+            return UInt64(try ByteSize(parsing: text).bytes)
+        } catch {
+            throw ValidationError("--\(flag) '\(text)': \(error)")
+        }
     }
 
     /// --nbd-listen needs a credential, or the explicit --nbd-insecure;

@@ -11,6 +11,8 @@ import os
 import re
 import shlex
 import shutil
+import socket
+import threading
 
 import pytest
 
@@ -574,6 +576,55 @@ def test_no_daemon_is_one_line_exit_1(make_remapd):
         assert p.returncode == 1, p
         lines = p.stderr.decode().splitlines()
         assert len(lines) == 1 and lines[0].startswith("remapctl: cannot connect"), lines
+
+
+def answer_once(path, response):
+    """A stand-in for remapd on a unix socket at `path`: it takes one request
+    and answers it with the bytes `response`, then hangs up."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve():
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    received = connection.recv(4096)
+                    if not received:
+                        break
+                    request += received
+                connection.sendall(response)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def conflict(body, content_type="application/problem+json"):
+    return (f"HTTP/1.1 409 Conflict\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("response,code", [
+    (conflict(b'{"type": "urn:remap:problem:in-use", "title": "In use", "status": 409, '
+              b'"detail": "volume v has NBD clients", "code": "in-use"}'), "in-use"),
+    # RFC 9457 names the problem by its type; remap's code is the type's last part.
+    (conflict(b'{"type": "urn:remap:problem:shrink-not-allowed", "title": "Shrink not allowed", '
+              b'"status": 409, "detail": "volume v would shrink"}'), "shrink-not-allowed"),
+    # Nothing says which of remap's five 409 codes it is: none is made up.
+    (conflict(b"Conflict\n", "text/plain"), "http-409"),
+], ids=["code", "type-only", "no-problem"])
+def test_a_409_keeps_the_servers_code(tmp_path, response, code):
+    """remapctl reports the code the server sent; a 409 is not always `already-exists`."""
+    sock = tmp_path / "fake.sock"
+    server = answer_once(sock, response)
+    p = run([REMAPCTL, "volume", "delete", "v", "--socket", sock], timeout=30)
+    server.join(timeout=10)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and p.stdout == b"", (p.returncode, p.stdout, err)
+    assert len(err.splitlines()) == 1 and err.rstrip("\n").endswith(f" ({code}, HTTP 409)"), err
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

@@ -62,6 +62,15 @@ def test_limits_follow_the_flags(make_remapd):
             body["maxChunksPerPool"]) == (7, 40 * 1024 * 1024, 3, 1000)
 
 
+@pytest.mark.parametrize("arg,size", [("1.5G", 3 * GiB // 2), ("4GiB", 4 * GiB), ("0.25g", GiB // 4),
+                                      ("256 MiB", 256 * MiB), ("1073741824", GiB)])
+def test_default_pool_size_takes_the_sizes_remapctl_takes(make_remapd, arg, size):
+    """remapd's --default-pool-size reads sizes as remapctl's --size does: one grammar."""
+    d = make_remapd(pool_size=arg)
+    pool = d.pool()
+    assert (pool["capacityBytes"], pool["freeBytes"]) == (size, size), pool
+
+
 def test_default_pool(remapd):
     body = remapd.get_ok("/v1/pools")
     assert isinstance(body.get("pools"), list), body
