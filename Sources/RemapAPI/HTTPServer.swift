@@ -1,6 +1,7 @@
 import CMicroHTTPD
 import Glibc
 import RemapCore
+import RemapLog
 import Synchronization
 
 /// The REST server: libmicrohttpd on one listening socket (unix or TCP),
@@ -68,10 +69,11 @@ public final class HTTPServer: Sendable {
     /// left mid-request): logged once a minute per kind, not per client.
     fileprivate func libraryMessage(format: String, _ message: String) {
         // libmicrohttpd says the same of both its caps.
-        let text = format.hasPrefix("Server reached connection limit")
-            ? "refused a connection: its address already has \(limits.httpMaxConnectionsPerIP) (--http-max-connections-per-ip) or the listener \(limits.httpMaxConnections) (--http-max-connections)"
-            : message
-        messages.log(format, "HTTP API: \(text)")
+        if format.hasPrefix("Server reached connection limit") {
+            messages.log(.warning, format, "HTTP API: refused a connection: its address already has \(limits.httpMaxConnectionsPerIP) (--http-max-connections-per-ip) or the listener \(limits.httpMaxConnections) (--http-max-connections)")
+        } else {
+            messages.log(.notice, format, "HTTP API: \(message)")
+        }
     }
 
     /// The query parameters, percent-decoded ('+' is a space), in order.

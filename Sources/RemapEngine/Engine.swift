@@ -2,6 +2,7 @@ import CURing
 import Dispatch
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 import Synchronization
 
@@ -180,7 +181,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             do {
                 ring = try Ring(entries: ringEntries)
             } catch {
-                log("io_uring is unavailable (\(error)); serving with the portable threads engine")
+                log.notice("io_uring is unavailable (\(error)); serving with the portable threads engine")
                 ring = try ThreadPoolQueue()
             }
         }
@@ -265,7 +266,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             case .success?:
                 for chunk in free { pool.allocator.release(chunk) }
             case .failure(let error)?:
-                log("zeroing \(free.count) freed chunk(s) of pool '\(poolName)' at start failed: \(error); tried again later")
+                log.warning("zeroing \(free.count) freed chunk(s) of pool '\(poolName)' at start failed: \(error); tried again later")
                 reclaimRetries.append((pool, free, monotonicNanoseconds() + Self.reclaimRetryInterval))
             case nil:
                 break
@@ -313,7 +314,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             for pool in pools.values {
                 if pool.allocator.capacity > limits.maxChunksPerPool {
                     // Served as it is (its data is there); it just cannot grow.
-                    log("pool '\(pool.name)' has \(pool.allocator.capacity) chunks, more than --max-chunks-per-pool (\(limits.maxChunksPerPool)): it is served, but suppliers can be neither added nor grown")
+                    log.warning("pool '\(pool.name)' has \(pool.allocator.capacity) chunks, more than --max-chunks-per-pool (\(limits.maxChunksPerPool)): it is served, but suppliers can be neither added nor grown")
                 }
                 prepareChunks(pool)
                 // Thresholds already crossed before this start are not news.
@@ -337,7 +338,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     public func serveNBD(listener fd: Int32, tls: TLSCredentials? = nil) {
         post { [self] in
             if listeners.isEmpty && admission.descriptorRoom < limits.nbdMaxConnections {
-                log("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
+                log.warning("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
             }
             listeners.append(fd)
             listenerCredentials[fd] = tls
@@ -421,7 +422,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                 if case .failure(let error) = result {
                     // Nothing acknowledged is lost (every FLUSH since the last
                     // successful commit failed), but say what was not kept.
-                    log("the final metadata commit failed: \(error); changes made since the last successful commit are not durable")
+                    log.error("the final metadata commit failed: \(error); changes made since the last successful commit are not durable")
                 }
                 finished = true
             }
@@ -453,7 +454,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
                     return
                 case .stop:
                     // The listener was shut down (stop) or is broken.
-                    if !stopping { log("NBD accept failed: \(String(cString: strerror(-result))): no more clients on this listener") }
+                    if !stopping { log.error("NBD accept failed: \(String(cString: strerror(-result))): no more clients on this listener") }
                     return
                 }
             }

@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 import Synchronization
 
 /// The last events, numbered, for pollers (`since`) and streams (SSE).
@@ -28,11 +29,23 @@ public final class EventLog: Sendable {
             state.events.append(event)
             if state.events.count > Self.capacity { state.events.removeFirst(state.events.count - Self.capacity) }
         }
-        log("event \(type.rawValue): \(detail)")
+        log.log(level: type.logLevel, "event \(type.rawValue): \(detail)")
     }
 
     /// Events after `seq`, oldest first, and the number of the newest event.
     public func events(after seq: UInt64) -> (events: [Event], last: UInt64) {
         state.withLock { state in (state.events.filter { $0.seq > seq }, state.next - 1) }
+    }
+}
+
+extension Event.Kind {
+    /// How much the event's log line matters: a pool that fails is an
+    /// error, one running out of space a warning, anything else a change of state.
+    fileprivate var logLevel: Logger.Level {
+        switch self {
+        case .poolDegraded, .poolOffline: .error
+        case .poolLowSpace, .poolNoSpace: .warning
+        default: .notice
+        }
     }
 }
