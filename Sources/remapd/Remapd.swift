@@ -94,6 +94,12 @@ struct Remapd: ParsableCommand {
     @Option(help: "Group that may use the API unix socket (mode 0660); default: the daemon's group.")
     var apiSocketGroup: String?
 
+    @Option(help: "Least important messages logged: debug (also one line per API request), info, notice, warning or error.")
+    var logLevel: String = "info"
+
+    /// The levels --log-level takes, least important first.
+    static let logLevels: [Logger.Level] = [.debug, .info, .notice, .warning, .error]
+
     @Flag(help: ArgumentHelp(
         "Tests only (debug builds): inject faults into supplier I/O and metadata commits, from $REMAP_FAULTS and /v1/debug/faults.",
         visibility: .hidden))
@@ -101,6 +107,9 @@ struct Remapd: ParsableCommand {
 
     func validate() throws {
         _ = try limits()
+        guard Logger.Level(rawValue: logLevel).map(Self.logLevels.contains) == true else {
+            throw ValidationError("--log-level must be one of: \(Self.logLevels.map(\.rawValue).joined(separator: ", "))")
+        }
         guard Engine.Kind(rawValue: engine) != nil else {
             throw ValidationError("--engine must be one of: \(Engine.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -120,6 +129,8 @@ struct Remapd: ParsableCommand {
     }
 
     func run() throws {
+        // Before any other thread exists (see `log`).
+        log.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         do {
             try serve()
         } catch {
