@@ -23,6 +23,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // System libraries (Debian -dev packages) and the thin C shims Swift needs.
@@ -44,13 +45,15 @@ let package = Package(
         // and the API's response types. No Foundation, no dependencies.
         .target(name: "RemapWire", swiftSettings: upcoming),
         .target(name: "RemapCore", dependencies: ["RemapWire"], swiftSettings: upcoming),
+        // remapd's log: swift-log's Logger with a handler for stderr and the journal.
+        .target(name: "RemapLog", dependencies: ["RemapCore", .product(name: "Logging", package: "swift-log")], swiftSettings: upcoming),
         .target(name: "RemapStore", dependencies: ["RemapCore", "CSQLite"], swiftSettings: swiftGnuSource),
-        .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapStore", "CURing", "CGnuTLS"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
-        .target(name: "RemapAPI", dependencies: ["RemapCore", "RemapWire", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
+        .target(name: "RemapEngine", dependencies: ["RemapCore", "RemapLog", "RemapStore", "CURing", "CGnuTLS"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
+        .target(name: "RemapAPI", dependencies: ["RemapCore", "RemapLog", "RemapWire", "CMicroHTTPD"], cSettings: gnuSource, swiftSettings: swiftGnuSource),
         .executableTarget(
             name: "remapd",
             dependencies: [
-                "RemapCore", "RemapStore", "RemapEngine", "RemapAPI", "CSystemd",
+                "RemapCore", "RemapLog", "RemapStore", "RemapEngine", "RemapAPI", "CSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftGnuSource
@@ -67,6 +70,7 @@ let package = Package(
         .executableTarget(name: "remap-fuzz", dependencies: ["RemapFuzz"], swiftSettings: swiftGnuSource),
 
         .testTarget(name: "RemapCoreTests", dependencies: ["RemapCore"], swiftSettings: upcoming),
+        .testTarget(name: "RemapLogTests", dependencies: ["RemapLog", .product(name: "Logging", package: "swift-log")], swiftSettings: upcoming),
         .testTarget(name: "RemapEngineTests", dependencies: ["RemapEngine", "RemapCore"], swiftSettings: swiftGnuSource),
         .testTarget(name: "RemapAPITests", dependencies: ["RemapAPI", "RemapCore", "RemapWire"], swiftSettings: swiftGnuSource),
         .testTarget(name: "RemapWireTests", dependencies: ["RemapWire"], swiftSettings: upcoming),

@@ -2,6 +2,7 @@ import CMicroHTTPD
 import Glibc
 import RemapCore
 import RemapWire
+import RemapLog
 import Synchronization
 
 /// The REST server: libmicrohttpd on one listening socket (unix or TCP),
@@ -69,10 +70,11 @@ public final class HTTPServer: Sendable {
     /// left mid-request): logged once a minute per kind, not per client.
     fileprivate func libraryMessage(format: String, _ message: String) {
         // libmicrohttpd says the same of both its caps.
-        let text = format.hasPrefix("Server reached connection limit")
-            ? "refused a connection: its address already has \(limits.httpMaxConnectionsPerIP) (--http-max-connections-per-ip) or the listener \(limits.httpMaxConnections) (--http-max-connections)"
-            : message
-        messages.log(format, "HTTP API: \(text)")
+        if format.hasPrefix("Server reached connection limit") {
+            messages.log(.warning, format, "HTTP API: refused a connection: its address already has \(limits.httpMaxConnectionsPerIP) (--http-max-connections-per-ip) or the listener \(limits.httpMaxConnections) (--http-max-connections)")
+        } else {
+            messages.log(.notice, format, "HTTP API: \(message)")
+        }
     }
 
     /// The query parameters, percent-decoded ('+' is a space), in order.
@@ -156,16 +158,26 @@ public final class HTTPServer: Sendable {
         return result
     }
 
+    /// Answers a request whose body has arrived, with one log line (debug)
+    /// for it: method, path, status and the time taken to answer (for a
+    /// stream, to start answering).
     fileprivate func handle(_ connection: OpaquePointer, method: String, path: String, exchange: Exchange) -> MHD_Result {
+        let started = ContinuousClock.now
+        let response = answer(connection, method: method, path: path, exchange: exchange)
+        log.debug("HTTP API: \(method) \(path) \(response.status) \(milliseconds(ContinuousClock.now - started)) ms")
+        return respond(connection, response)
+    }
+
+    private func answer(_ connection: OpaquePointer, method: String, path: String, exchange: Exchange) -> HTTPResponse {
         if exchange.unauthorized {
-            return respond(connection, Router.problem(Problem(
+            return Router.problem(Problem(
                 .unauthorized,
-                detail: "this listener needs 'Authorization: Bearer <token>' (the token is in the daemon's api.token file)")))
+                detail: "this listener needs 'Authorization: Bearer <token>' (the token is in the daemon's api.token file)"))
         }
         if exchange.tooLarge {
-            return respond(connection, Router.problem(Problem(
+            return Router.problem(Problem(
                 .payloadTooLarge,
-                detail: "request body is larger than \(Self.maximumBodySize) bytes")))
+                detail: "request body is larger than \(Self.maximumBodySize) bytes"))
         }
         let contentType = cmhd_header(connection, "Content-Type").map { String(cString: $0) }
         var request = HTTPRequest(method: method, path: path, contentType: contentType,
@@ -175,7 +187,7 @@ public final class HTTPServer: Sendable {
         request.range = cmhd_header(connection, "Range").map { String(cString: $0) }
         let fd = cmhd_connection_fd(connection)
         request.connection = HTTPConnectionContext(eventStreams: eventStreams, clientLeft: { Self.peerClosed(fd) })
-        return respond(connection, router.handle(request))
+        return router.handle(request)
     }
 
     /// Whether the peer of `fd` has closed the connection (or reset it).
@@ -267,6 +279,14 @@ private let connectionStarted = MHD_ConnectionNotificationCode(rawValue: 0)!  //
 /// MHD_RESPMEM_MUST_COPY: the importer's name for the case varies between
 /// libmicrohttpd versions, its value (2) does not.
 private let mustCopy = MHD_ResponseMemoryMode(rawValue: 2)!  // invariant: a case of the closed enum
+
+/// `duration` in milliseconds with three decimals ("0.412").
+private func milliseconds(_ duration: Duration) -> String {
+    let (seconds, attoseconds) = duration.components
+    let microseconds = seconds * 1_000_000 + attoseconds / 1_000_000_000_000
+    let fraction = String(microseconds % 1000)
+    return "\(microseconds / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
+}
 
 extension String {
     fileprivate func replacingPlus() -> String {

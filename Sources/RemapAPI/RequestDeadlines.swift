@@ -1,5 +1,6 @@
 import Foundation
 import RemapCore
+import RemapLog
 import Synchronization
 
 /// When each connection of a listener must have sent its request, and a
@@ -62,7 +63,7 @@ final class RequestDeadlines: Sendable {
                 usleep(250_000)
                 let closed = closeLate()
                 if closed > 0 {
-                    messages.log("late", "HTTP API: closed \(closed) connection(s) that did not send a complete request within \(timeoutSeconds) s (--http-request-timeout)")
+                    messages.log(.notice, "late", "HTTP API: closed \(closed) connection(s) that did not send a complete request within \(timeoutSeconds) s (--http-request-timeout)")
                 }
             }
             stopped.signal()

@@ -3,6 +3,7 @@ import Glibc
 import RemapAPI
 import RemapCore
 import RemapEngine
+import RemapLog
 import RemapStore
 import struct RemapWire.ByteSize
 
@@ -94,6 +95,12 @@ struct Remapd: ParsableCommand {
     @Option(help: "Group that may use the API unix socket (mode 0660); default: the daemon's group.")
     var apiSocketGroup: String?
 
+    @Option(help: "Least important messages logged: debug (also one line per API request), info, notice, warning or error.")
+    var logLevel: String = "info"
+
+    /// The levels --log-level takes, least important first.
+    static let logLevels: [Logger.Level] = [.debug, .info, .notice, .warning, .error]
+
     @Flag(help: ArgumentHelp(
         "Tests only (debug builds): inject faults into supplier I/O and metadata commits, from $REMAP_FAULTS and /v1/debug/faults.",
         visibility: .hidden))
@@ -101,6 +108,9 @@ struct Remapd: ParsableCommand {
 
     func validate() throws {
         _ = try limits()
+        guard Logger.Level(rawValue: logLevel).map(Self.logLevels.contains) == true else {
+            throw ValidationError("--log-level must be one of: \(Self.logLevels.map(\.rawValue).joined(separator: ", "))")
+        }
         guard Engine.Kind(rawValue: engine) != nil else {
             throw ValidationError("--engine must be one of: \(Engine.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -118,10 +128,12 @@ struct Remapd: ParsableCommand {
     }
 
     func run() throws {
+        // Before any other thread exists (see `log`).
+        log.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         do {
             try serve()
         } catch {
-            log("cannot start: \(error)")
+            log.error("cannot start: \(error)")
             throw ExitCode(1)
         }
     }
@@ -149,7 +161,7 @@ struct Remapd: ParsableCommand {
         let faults = FaultInjector()
         if faultInjection {
             try faults.enable(rules: try FaultRules.fromEnvironment())
-            log("fault injection is on (tests only): rules from $REMAP_FAULTS and /v1/debug/faults")
+            log.warning("fault injection is on (tests only): rules from $REMAP_FAULTS and /v1/debug/faults")
         }
         let engine = try Engine(store: store, supplierDirectory: suppliers,
                                 kind: Engine.Kind(rawValue: self.engine) ?? .auto, faults: faults)
@@ -192,7 +204,7 @@ struct Remapd: ParsableCommand {
             socketPaths.append(nbdPath)
         }
         for (name, fd) in activated {
-            log("ignoring activated socket '\(name)' (expected FileDescriptorName=api or nbd)")
+            log.warning("ignoring activated socket '\(name)' (expected FileDescriptorName=api or nbd)")
             close(fd)
         }
         let apiTCP = try apiListen.map { (address) throws(RemapError) in try SocketListener.tcp(address) }
@@ -220,28 +232,30 @@ struct Remapd: ParsableCommand {
         }
 
         for pool in engine.poolInfos() {
-            log("pool '\(pool.name)': \(ByteCount.format(pool.capacityBytes)) in \(pool.suppliers.count) supplier(s), \(ByteCount.format(pool.allocatedBytes)) allocated, chunk \(ByteCount.format(pool.chunkSizeBytes))")
+            log.info("pool '\(pool.name)': \(ByteCount.format(pool.capacityBytes)) in \(pool.suppliers.count) supplier(s), \(ByteCount.format(pool.allocatedBytes)) allocated, chunk \(ByteCount.format(pool.chunkSizeBytes))")
         }
-        log("serving \(engine.volumeInfos().count) volume(s) with the \(engine.name) engine; state in \(stateDirectory)")
-        log("REST API on \(apiWhere)" + (apiListen.map { " and http://\($0)" } ?? ""))
-        log("NBD on \(nbdWhere)" + (nbdListen.map { nbdTLS == nil ? " and nbd://\($0)" : " and nbds://\($0)" } ?? ""))
+        log.notice("serving \(engine.volumeInfos().count) volume(s) with the \(engine.name) engine; state in \(stateDirectory)")
+        let apiAlso = apiListen.map { " and http://\($0)" } ?? ""
+        let nbdAlso = nbdListen.map { nbdTLS == nil ? " and nbd://\($0)" : " and nbds://\($0)" } ?? ""
+        log.info("REST API on \(apiWhere)\(apiAlso)")
+        log.info("NBD on \(nbdWhere)\(nbdAlso)")
         if let nbdListen {
             if let nbdTLS {
-                log("NBD on \(nbdListen) requires \(nbdTLS.summary)")
-                for warning in nbdTLS.warnings { log("WARNING: \(warning)") }
+                log.info("NBD on \(nbdListen) requires \(nbdTLS.summary)")
+                for warning in nbdTLS.warnings { log.warning("WARNING: \(warning)") }
             } else {
-                log("WARNING: NBD on TCP \(nbdListen) WITHOUT TLS (--nbd-insecure): anyone who can reach it can list, read and write every volume and snapshot")
+                log.warning("WARNING: NBD on TCP \(nbdListen) WITHOUT TLS (--nbd-insecure): anyone who can reach it can list, read and write every volume and snapshot")
             }
         }
         Systemd.notify("READY=1\nSTATUS=serving \(engine.volumeInfos().count) volume(s)")
 
         var received: Int32 = 0
         sigwait(&signals, &received)
-        log("received \(received == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
+        log.notice("received \(received == SIGTERM ? "SIGTERM" : "SIGINT"), stopping")
         Systemd.notify("STOPPING=1\nSTATUS=stopping: finishing in-flight I/O")
         for server in servers { server.stop() }
         engine.stop()
-        log("stopped cleanly")
+        log.notice("stopped cleanly")
     }
 
     /// The bounds the flags set, each checked for a sensible range.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 
@@ -127,6 +128,8 @@ def test_default_pool_size_formats(make_remapd, arg, size):
                                   ["--nbd-reply-queue", "lots"],
                                   ["--http-request-timeout", "0"],
                                   ["--max-chunks-per-pool", "-1"],
+                                  ["--log-level", "verbose"],
+                                  ["--log-level", "trace"],
                                   ["--no-such-flag"]])
 def test_bad_flags_fail_clearly(tmp_path, args):
     if not REMAPD.exists():
@@ -138,6 +141,36 @@ def test_bad_flags_fail_clearly(tmp_path, args):
     assert p.returncode != 0, f"{args}: exit 0\n{p.stderr.decode()}"
     assert p.stderr.decode().strip(), "must say what is wrong"
     assert not (tmp_path / "api.sock").exists()
+
+
+def test_log_level_debug_logs_each_request_and_warning_hides_info(make_remapd):
+    """Every line starts with its journal priority (<3> error … <7> debug)
+    before today's "remapd: " text. --log-level debug adds one line per API
+    request (method, path, status, milliseconds); the default (info) has
+    none; --log-level warning leaves out the info and notice lines and keeps
+    the warnings."""
+    request = re.compile(r"<7>remapd: HTTP API: GET /v1/volumes/no-such 404 \d+\.\d{3} ms")
+    debug = make_remapd("debug", extra_args=["--log-level", "debug"])
+    debug.api("GET", "/v1/volumes/no-such")
+    lines = debug.last_output().splitlines()
+    assert len([line for line in lines if request.fullmatch(line)]) == 1, lines
+    assert any(line.startswith("<5>remapd: serving ") for line in lines), lines
+    assert any(line.startswith("<6>remapd: REST API on ") for line in lines), lines
+
+    default = make_remapd("info")
+    default.api("GET", "/v1/volumes/no-such")
+    lines = default.last_output().splitlines()
+    assert any(line.startswith("<6>remapd: REST API on ") for line in lines), lines
+    assert not any("HTTP API: GET" in line for line in lines), lines
+
+    port = free_port()
+    quiet = make_remapd("warning", extra_args=["--log-level", "warning", "--nbd-listen", f"127.0.0.1:{port}",
+                                               "--nbd-insecure"])
+    quiet.api("GET", "/v1/volumes/no-such")
+    quiet.terminate()
+    lines = [line for line in quiet.last_output().splitlines() if line]
+    assert any(line.startswith("<4>remapd: WARNING: NBD on TCP 127.0.0.1:") for line in lines), lines
+    assert all(line.startswith(("<4>remapd: ", "<3>remapd: ")) for line in lines), lines
 
 
 def test_state_dir_that_is_a_file_fails_clearly(tmp_path):

@@ -258,6 +258,11 @@ def test_socket_activation_and_notify_readiness(machine):
         f"{API_SOCK} was replaced by remapd (inode {before} -> {inode(c, API_SOCK)})"
     log = c.journal("-u", "remapd.service")
     assert "REST API on socket-activated fd" in log, log
+    # journald took each line's priority from its prefix (and dropped the
+    # prefix): "serving" is a notice, "REST API on" info.
+    notices = c.journal("-u", "remapd.service", "-p", "notice")
+    assert "serving " in notices and "REST API on" not in notices, notices
+    assert "<6>" not in log and "<5>" not in log, log
     # Defaults from systemd's directories: NBD socket in RuntimeDirectory=,
     # state in StateDirectory=.
     assert (inode(c, NBD_SOCK) or "").startswith("socket"), f"no NBD socket at {NBD_SOCK}\n{log}"

@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// Who waits for a metadata commit, and for which pools' data.
@@ -79,7 +80,7 @@ extension Engine {
             switch outcome.committed {
             case .success:
                 if let failure = commitFailure {
-                    log("metadata commits succeed again (they failed with: \(failure))")
+                    log.notice("metadata commits succeed again (they failed with: \(failure))")
                     commitFailure = nil
                 }
                 if !freed.isEmpty {
@@ -101,7 +102,7 @@ extension Engine {
                 unmapped = freed + unmapped
                 commitFailures += 1
                 if commitFailure == nil {
-                    log("metadata commit failed: \(error); its changes stay pending and are retried, FLUSH fails until a commit succeeds")
+                    log.error("metadata commit failed: \(error); its changes stay pending and are retried, FLUSH fails until a commit succeeds")
                 }
                 commitFailure = error
                 let answer = RemapError.io(
@@ -120,7 +121,7 @@ extension Engine {
         let interval = commitFailure == nil ? Self.commitInterval : Self.commitRetryInterval
         guard now - lastCommit > interval else { return }
         commit { result in
-            if case .failure(let error) = result { log("periodic metadata commit failed: \(error)") }
+            if case .failure(let error) = result { log.error("periodic metadata commit failed: \(error)") }
         }
     }
 

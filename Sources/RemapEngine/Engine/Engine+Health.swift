@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// Supplier failures and pool states on the engine thread (DESIGN.md, "When
@@ -22,7 +23,7 @@ extension Engine {
             } catch {
                 for fd in fds { close(fd) }
                 pool.recordFault(SupplierFault(kind: .missing, message: "supplier \(supplier.path): \(error)"), supplier: index)
-                log("pool '\(pool.name)' is offline: supplier \(supplier.path): \(error)")
+                log.error("pool '\(pool.name)' is offline: supplier \(supplier.path): \(error)")
                 events.record(.poolOffline, pool: pool.name,
                               detail: "pool '\(pool.name)' is offline: supplier \(supplier.path): \(error)")
                 return
@@ -123,7 +124,7 @@ extension Engine {
                     problem = "supplier \(supplier.path) shrank to \(size) bytes (remap uses \(supplier.sizeBytes))"
                 }
                 if let problem {
-                    log("pool '\(pool.name)': \(problem)")
+                    log.error("pool '\(pool.name)': \(problem)")
                     supplierFailed(pool, index, SupplierFault(kind: .failed, message: problem))
                 }
             }

@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 import Synchronization
 
@@ -129,7 +130,7 @@ extension Engine {
         }) ?? nil
         let poolName = pool ?? ""
         if let failure {
-            log("import of '\(name)' failed: \(failure); deleting the volume")
+            log.error("import of '\(name)' failed: \(failure); deleting the volume")
             if pool != nil { try? deleteVolume(named: name) }
         }
         let finished = utcTimestamp()

@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// Chunk life cycle on the engine thread: preparing free chunks for writes,
@@ -41,7 +42,7 @@ extension Engine {
             case .success:
                 pool.didPrepare(chunks)
             case .failure(let error):
-                log("preparing chunks of pool '\(pool.name)' failed: \(error)")
+                log.error("preparing chunks of pool '\(pool.name)' failed: \(error)")
                 pool.preparationFailed(chunks)
             }
             wakeWritersWaitingForChunks()
@@ -205,7 +206,7 @@ extension Engine {
                 if !reclaimHeirs.isEmpty { returnToHeirs(chunks, of: pool) }
                 chunksReleased(pool)
             case .failure(let error):
-                log("zeroing \(chunks.count) freed chunk(s) of pool '\(pool.name)' failed: \(error); tried again in \(Self.reclaimRetryInterval / 1_000_000_000) s")
+                log.warning("zeroing \(chunks.count) freed chunk(s) of pool '\(pool.name)' failed: \(error); tried again in \(Self.reclaimRetryInterval / 1_000_000_000) s")
                 reclaimRetries.append((pool, chunks, monotonicNanoseconds() + Self.reclaimRetryInterval))
             }
         }

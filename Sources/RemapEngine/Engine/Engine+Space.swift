@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// Honest space on the engine thread: reservations, the chunks writes draw
@@ -236,7 +237,7 @@ extension Engine {
             release(reservation)
         }
         commit { result in
-            if case .failure(let error) = result { log("committing expired leases failed: \(error)") }
+            if case .failure(let error) = result { log.error("committing expired leases failed: \(error)") }
         }
     }
 

@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 import Synchronization
 
 /// The last events, numbered, for pollers (`since`) and streams (SSE).
@@ -30,7 +31,7 @@ public final class EventLog: Sendable {
             state.events.append(event)
             if state.events.count > Self.capacity { state.events.removeFirst(state.events.count - Self.capacity) }
         }
-        log("event \(type.rawValue): \(detail)")
+        log.log(level: type.logLevel, "event \(type.rawValue): \(detail)")
         for wake in watchers.withLock({ Array($0.wake.values) }) { wake() }
     }
 
@@ -57,5 +58,17 @@ extension Engine {
     /// streams wait on it.
     public func watchEvents(_ wake: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
         events.watch(wake)
+    }
+}
+
+extension Event.Kind {
+    /// How much the event's log line matters: a pool that fails is an
+    /// error, one running out of space a warning, anything else a change of state.
+    fileprivate var logLevel: Logger.Level {
+        switch self {
+        case .poolDegraded, .poolOffline: .error
+        case .poolLowSpace, .poolNoSpace: .warning
+        default: .notice
+        }
     }
 }

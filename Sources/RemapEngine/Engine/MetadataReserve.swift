@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 
 /// Room kept on the metadata's filesystem so a commit never fails for
 /// space: a preallocated file that is given up when the filesystem runs
@@ -27,7 +28,7 @@ public final class MetadataReserve: @unchecked Sendable {  // used on the engine
         } catch {
             guard case .io(let errno, _) = error, errno == ENOSPC || errno == EDQUOT else { throw error }
             short = true
-            log("metadata filesystem is nearly full at start (\(freeBytes) bytes free): new chunks are refused until space returns")
+            log.warning("metadata filesystem is nearly full at start (\(freeBytes) bytes free): new chunks are refused until space returns")
         }
     }
 
@@ -56,13 +57,13 @@ public final class MetadataReserve: @unchecked Sendable {  // used on the engine
         if !short && free < Self.lowWater {
             short = true
             unlink(path)
-            log("metadata filesystem is nearly full (\(free) bytes free): new chunks are refused until space returns")
+            log.warning("metadata filesystem is nearly full (\(free) bytes free): new chunks are refused until space returns")
             return .becameShort
         }
         if short && free > Self.highWater + Self.size {
             guard (try? allocate()) != nil else { return .none }
             short = false
-            log("metadata filesystem has space again: new chunks are allowed")
+            log.notice("metadata filesystem has space again: new chunks are allowed")
             return .recovered
         }
         return .none

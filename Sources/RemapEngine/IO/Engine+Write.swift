@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// A chunk a write mapped (a hole filled, or a shared chunk copied) whose
@@ -324,7 +325,7 @@ extension Engine {
             guard stillShared else {
                 // Every image that shared the old chunk let go of it while
                 // the copy was in flight (it is being freed): keep the copy.
-                log("volume '\(volume.name)': a failed copy on write of chunk \(chunk) is kept; its old chunk was freed meanwhile")
+                log.warning("volume '\(volume.name)': a failed copy on write of chunk \(chunk) is kept; its old chunk was freed meanwhile")
                 return settle(volume, chunk, entry)
             }
             volume.map.map(chunk, to: old)

@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 
 /// An io_uring instance and the completions it owes.
 ///
@@ -114,7 +115,7 @@ final class Ring: IOQueue {
         let rc = curing_submit_and_wait(ring, timeoutNanoseconds)
         if rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
             // Nothing sensible to do but log: the loop retries.
-            log("io_uring wait failed: \(String(cString: strerror(-rc)))")
+            log.error("io_uring wait failed: \(String(cString: strerror(-rc)))")
         }
         while true {
             let count = Int(curing_peek_cqes(ring, cqes, UInt32(Self.batch)))

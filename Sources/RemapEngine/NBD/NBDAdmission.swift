@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 
 /// Who gets in over NBD, and what the listeners do when the process is out
 /// of file descriptors. Lives on the engine thread.
@@ -47,7 +48,7 @@ struct NBDAdmission {
     /// `serving` clients connected already.
     mutating func admits(_ fd: Int32, serving: Int, limit: Int) -> Bool {
         if pause > 0 {
-            log("NBD listeners accept again")
+            log.notice("NBD listeners accept again")
             pause = 0
         }
         if spareFD < 0 { spareFD = open("/dev/null", O_RDONLY | O_CLOEXEC) }
@@ -57,11 +58,11 @@ struct NBDAdmission {
         } else if fd >= descriptorCeiling {
             reason = "NBD clients reached the file descriptors kept for the API and files (the last \(descriptorLimit - Int64(descriptorCeiling)) of RLIMIT_NOFILE \(descriptorLimit))"
         } else {
-            if refused > 0 { log("NBD clients are admitted again (\(refused) refused meanwhile)") }
+            if refused > 0 { log.notice("NBD clients are admitted again (\(refused) refused meanwhile)") }
             refused = 0
             return true
         }
-        if refused == 0 { log("\(reason): closing new clients until one leaves") }
+        if refused == 0 { log.warning("\(reason): closing new clients until one leaves") }
         refused += 1
         return false
     }
@@ -102,9 +103,9 @@ struct NBDAdmission {
     mutating func acceptFailed(listener: Int32, error: Int32, now: Int64) {
         if pause == 0 {
             switch error {
-            case EMFILE: log("out of file descriptors (RLIMIT_NOFILE reached): NBD clients are closed until some are free")
-            case ENFILE: log("out of file descriptors (the system's file table is full): NBD clients are closed until some are free")
-            default: log("NBD accept failed (\(String(cString: strerror(error)))): the listener pauses and tries again")
+            case EMFILE: log.warning("out of file descriptors (RLIMIT_NOFILE reached): NBD clients are closed until some are free")
+            case ENFILE: log.warning("out of file descriptors (the system's file table is full): NBD clients are closed until some are free")
+            default: log.warning("NBD accept failed (\(String(cString: strerror(error)))): the listener pauses and tries again")
             }
         }
         pause = pause == 0 ? 100_000_000 : min(2 * pause, 1_000_000_000)

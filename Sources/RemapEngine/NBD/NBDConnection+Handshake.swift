@@ -1,4 +1,5 @@
 import RemapCore
+import RemapLog
 
 /// The fixed-newstyle option haggling.
 extension NBDConnection {
@@ -9,7 +10,7 @@ extension NBDConnection {
             let name = String(decoding: data, as: UTF8.self)
             guard let io = exports.export(named: name) else {
                 // EXPORT_NAME has no way to report an error: the spec says close.
-                log("NBD client asked for unknown export '\(name)'")
+                log.info("NBD client asked for unknown export '\(name)'")
                 return protocolError("unknown export '\(name)'")
             }
             var reply = WireWriter()

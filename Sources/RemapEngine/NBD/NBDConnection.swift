@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 
 /// One NBD client: input parsing, the reply queue, and its life cycle. The
 /// handshake (NBDConnection+Handshake.swift) and the commands
@@ -305,7 +306,7 @@ final class NBDConnection {
     }
 
     func protocolError(_ what: String) {
-        log("NBD client dropped: \(what)")
+        log.notice("NBD client dropped: \(what)")
         drop()
     }
 

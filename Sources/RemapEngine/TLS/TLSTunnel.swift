@@ -2,6 +2,7 @@ import CGnuTLS
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 
 /// Terminates TLS for one NBD connection, on a thread of its own: the
 /// client's TCP socket carries TLS records, and one end of a socketpair
@@ -106,7 +107,7 @@ final class TLSTunnel: @unchecked Sendable {  // after start, touched by its own
                 continue
             }
             if gnutls_error_is_fatal(rc) == 0 { continue }  // a warning alert: go on
-            log("NBD client dropped: TLS handshake failed: \(tlsErrorText(Int(rc)))")
+            log.notice("NBD client dropped: TLS handshake failed: \(tlsErrorText(Int(rc)))")
             return false
         }
     }
@@ -216,7 +217,7 @@ final class TLSTunnel: @unchecked Sendable {  // after start, touched by its own
     /// Ends both sides after a TLS error; a client that just went away is not news.
     private func fail(_ doing: String, _ code: Int) {
         if code != Int(GNUTLS_E_PUSH_ERROR) && code != Int(GNUTLS_E_PULL_ERROR) {
-            log("NBD client dropped: TLS error \(doing): \(tlsErrorText(code))")
+            log.notice("NBD client dropped: TLS error \(doing): \(tlsErrorText(code))")
         }
         clientEnded = true
         engineInputEnded = true
