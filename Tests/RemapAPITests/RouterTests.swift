@@ -47,25 +47,43 @@ import Testing
         #expect(!counted(router).contains { $0.hasPrefix("unknown") })
     }
 
-    @Test func templates_and_methods_are_those_of_the_openapi_document() throws {
+    /// Each operation of openapi/remap.yaml (`METHOD template`) with the
+    /// names of its query parameters.
+    private func documentedOperations() throws -> [String: Set<String>] {
         let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../openapi/remap.yaml")
         let text = try String(contentsOf: url, encoding: .utf8)
-        var documented: Set<String> = []
+        var operations: [String: Set<String>] = [:]
         var path: String?
+        var operation: String?
+        var parameter: String?
         var inPaths = false
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             if !line.isEmpty, !line.hasPrefix(" ") { inPaths = line == "paths:" }
             guard inPaths else { continue }
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
             if line.hasPrefix("  /"), line.hasSuffix(":") {
-                path = String(line.dropFirst(2).dropLast())
+                (path, operation) = (String(line.dropFirst(2).dropLast()), nil)
             } else if let path, line.hasPrefix("    "), !line.hasPrefix("     "), line.hasSuffix(":") {
-                let method = line.trimmingCharacters(in: .whitespaces).dropLast().uppercased()
-                if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(method) { documented.insert("\(method) \(path)") }
+                let method = trimmed.dropLast().uppercased()
+                operation = ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(method) ? "\(method) \(path)" : nil
+                if let operation { operations[operation] = [] }
+            } else if trimmed.hasPrefix("- name: ") {
+                parameter = String(trimmed.dropFirst(8))
+            } else if trimmed == "in: query", let operation, let name = parameter {
+                operations[operation, default: []].insert(name)
             }
         }
-        let served = Set(Router.routes.filter { !$0.needsFaultInjection }.map { "\($0.method) \($0.template)" })
-        #expect(documented.subtracting(served).isEmpty)
-        #expect(served.subtracting(documented).isEmpty)
+        return operations
+    }
+
+    @Test func templates_methods_and_query_parameters_are_those_of_the_openapi_document() throws {
+        let documented = try documentedOperations()
+        var served: [String: Set<String>] = [:]
+        for route in Router.routes where !route.needsFaultInjection { served["\(route.method) \(route.template)"] = route.query }
+        #expect(Set(documented.keys).subtracting(served.keys).isEmpty)
+        #expect(Set(served.keys).subtracting(documented.keys).isEmpty)
+        for (operation, query) in served { #expect(documented[operation] == query, "\(operation)") }
+        #expect(documented["GET /v1/volumes"] == ["pool", "label", "limit", "pageToken"])
     }
 
     @Test func a_known_path_with_another_method_is_405_with_allow() throws {
