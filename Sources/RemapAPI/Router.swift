@@ -87,8 +87,9 @@ public struct Router: Sendable {
     }
 
     /// The routes whose template `path` matches, with its parameters; empty
-    /// when no endpoint has that path (a 404).
-    func matches(_ path: [String]) -> [(route: Route, parameters: [String])] {
+    /// when no endpoint has that path (a 404). A scan of a few dozen entries:
+    /// cheaper than the JSON of any answer.
+    private func matches(_ path: [String]) -> [(route: Route, parameters: [String])] {
         var found: [(route: Route, parameters: [String])] = []
         for route in Self.routes {
             guard let parameters = route.parameters(of: path) else { continue }
@@ -116,6 +117,7 @@ public struct Router: Sendable {
             problem.allow = methods
             throw problem
         }
+        // A route that takes no query names only the stray parameter, as it always has.
         if route.query.isEmpty, let first = request.query.first {
             throw .invalidArgument("unknown query parameter '\(first.name)'")
         }
