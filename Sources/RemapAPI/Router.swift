@@ -2,6 +2,62 @@ import Foundation
 import RemapCore
 import RemapWire
 
+/// One REST endpoint: a method on a path template, the query parameters it
+/// takes, and the handler that answers it. The template also names the
+/// endpoint in /metrics (`remap_http_requests_total{route=...}`).
+struct Route: Sendable {
+    enum Segment: Equatable, Sendable {
+        case literal(String)
+        /// `{name}`: any decoded segment, even an empty one (the handler's
+        /// validation answers that).
+        case parameter
+    }
+
+    let method: String
+    /// As in openapi/remap.yaml: `/v1/pools/{name}/suppliers/{id}`.
+    let template: String
+    let segments: [Segment]
+    /// Query parameters the handler reads; any other is a 400.
+    let query: Set<String>
+    /// Fault injection's routes exist only while it is on (404 otherwise).
+    let needsFaultInjection: Bool
+    let handler: @Sendable (Router, RouteRequest) throws(Problem) -> HTTPResponse
+
+    init(_ method: String, _ template: String, query: Set<String> = [], needsFaultInjection: Bool = false,
+         _ handler: @escaping @Sendable (Router, RouteRequest) throws(Problem) -> HTTPResponse) {
+        self.method = method
+        self.template = template
+        self.segments = template.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map {
+            $0.hasPrefix("{") ? .parameter : .literal(String($0))
+        }
+        self.query = query
+        self.needsFaultInjection = needsFaultInjection
+        self.handler = handler
+    }
+
+    /// The values of the template's parameters in `path`, or nil when it
+    /// does not match.
+    func parameters(of path: [String]) -> [String]? {
+        guard path.count == segments.count else { return nil }
+        var values: [String] = []
+        for (segment, part) in zip(segments, path) {
+            switch segment {
+            case .literal(let text): guard text == part else { return nil }
+            case .parameter: values.append(part)
+            }
+        }
+        return values
+    }
+}
+
+/// What a handler gets: the request, its path parameters in template order,
+/// and its query, already checked against the route's.
+struct RouteRequest {
+    let request: HTTPRequest
+    let parameters: [String]
+    let query: QueryParameters
+}
+
 /// Routes REST requests to the control plane and turns answers and errors
 /// into JSON and problem+json.
 public struct Router: Sendable {
@@ -11,6 +67,9 @@ public struct Router: Sendable {
     public init(control: any ControlPlane) {
         self.control = control
     }
+
+    /// Every endpoint, in the order `Allow` lists a path's methods.
+    static let routes: [Route] = coreRoutes + snapshotRoutes
 
     /// Answers `request`, counting it for /metrics under its route template.
     public func handle(_ request: HTTPRequest) -> HTTPResponse {
@@ -27,206 +86,203 @@ public struct Router: Sendable {
         return response
     }
 
-    private func route(_ request: HTTPRequest, _ route: inout String) throws(Problem) -> HTTPResponse {
-        var parts: [String] = []
+    /// The routes whose template `path` matches, with its parameters; empty
+    /// when no endpoint has that path (a 404). A scan of a few dozen entries:
+    /// cheaper than the JSON of any answer.
+    private func matches(_ path: [String]) -> [(route: Route, parameters: [String])] {
+        var found: [(route: Route, parameters: [String])] = []
+        for route in Self.routes {
+            guard let parameters = route.parameters(of: path) else { continue }
+            if route.needsFaultInjection, control.faultState() == nil { continue }
+            found.append((route, parameters))
+        }
+        return found
+    }
+
+    /// `label` becomes the matched template, even when the method is wrong.
+    private func route(_ request: HTTPRequest, _ label: inout String) throws(Problem) -> HTTPResponse {
+        var path: [String] = []
         for segment in request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst() {
             guard let decoded = percentDecoded(segment) else {
                 throw Problem.invalidArgument("malformed percent-encoding in path segment '\(segment)'")
             }
-            parts.append(decoded)
+            path.append(decoded)
         }
-        if parts == ["metrics"] {
-            route = "/metrics"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return metrics()
+        let found = matches(path)
+        guard let first = found.first else { throw Problem.notFound("no such endpoint: \(request.path)") }
+        label = first.route.template
+        guard let (route, parameters) = found.first(where: { $0.route.method == request.method }) else {
+            let methods = found.map(\.route.method).joined(separator: ", ")
+            var problem = Problem(.methodNotAllowed, detail: "\(request.method) is not allowed on \(request.path); allowed: \(methods)")
+            problem.allow = methods
+            throw problem
         }
-        let path = parts.first == "v1" ? Array(parts.dropFirst()) : []
-        if !path.isEmpty, let response = try snapshotRoute(request, path, &route) { return response }
-        switch path.count {
-        case 1 where path[0] == "health":
-            route = "/v1/health"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return Self.json(200, Health(status: "ok"))
-        case 1 where path[0] == "version":
-            route = "/v1/version"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return Self.json(200, ServerVersion(version: remapVersion, api: "v1", engine: control.engineName))
-        case 1 where path[0] == "limits":
-            route = "/v1/limits"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return Self.json(200, control.limits)
-        case 1 where path[0] == "pools":
-            route = "/v1/pools"
-            try allow(request, ["GET", "POST"])
-            try noQuery(request)
-            if request.method == "GET" { return Self.json(200, PoolList(pools: control.poolInfos())) }
-            let spec = try RequestBodies.poolSpec(request)
-            let (pool, created) = try answer { () throws(RemapError) in try control.createPool(spec) }
-            return Self.json(created ? 201 : 200, pool)
-        case 2 where path[0] == "pools":
-            route = "/v1/pools/{name}"
-            try allow(request, ["GET", "PATCH", "DELETE"])
-            try noQuery(request)
-            switch request.method {
-            case "GET":
-                return Self.json(200, try answer { () throws(RemapError) in try control.poolInfo(named: path[1]) })
-            case "PATCH":
-                let (policy, thresholds) = try RequestBodies.poolPatch(request)
-                return Self.json(200, try answer { () throws(RemapError) in
-                    try control.updatePool(named: path[1], onNoSpace: policy, thresholds: thresholds)
-                })
-            default:
-                try answer { () throws(RemapError) in try control.deletePool(named: path[1]) }
-                return .noContent()
-            }
-        case 3 where path[0] == "pools" && path[2] == "clear-errors":
-            route = "/v1/pools/{name}/clear-errors"
-            try allow(request, ["POST"])
-            try noQuery(request)
-            try RequestBodies.noFields(request)
-            return Self.json(200, try answer { () throws(RemapError) in try control.clearPoolErrors(named: path[1]) })
-        case 2 where path[0] == "debug" && path[1] == "faults" && control.faultState() != nil:
-            route = "/v1/debug/faults"
-            try allow(request, ["GET", "PUT", "DELETE"])
-            try noQuery(request)
-            switch request.method {
-            case "GET":
-                return Self.json(200, control.faultState())
-            case "PUT":
-                let rules = try RequestBodies.faultRules(request)
-                return Self.json(200, try answer { () throws(RemapError) in try control.setFaultRules(rules) })
-            default:
-                _ = try answer { () throws(RemapError) in try control.setFaultRules([]) }
-                return .noContent()
-            }
-        case 4 where path[0] == "pools" && path[2] == "suppliers":
-            route = "/v1/pools/{name}/suppliers/{id}"
-            try allow(request, ["PATCH"])
-            try noQuery(request)
-            let size = try RequestBodies.supplierPatch(request)
-            return Self.json(200, try answer { () throws(RemapError) in
-                try control.growSupplier(pool: path[1], supplier: path[3], to: size)
+        // A route that takes no query names only the stray parameter, as it always has.
+        if route.query.isEmpty, let first = request.query.first {
+            throw .invalidArgument("unknown query parameter '\(first.name)'")
+        }
+        let query = try QueryParameters(request.query, allowed: route.query)
+        return try route.handler(self, RouteRequest(request: request, parameters: parameters, query: query))
+    }
+
+    /// The daemon's own routes and those of pools, volumes, reservations,
+    /// exports and events.
+    static let coreRoutes: [Route] = [
+        Route("GET", "/metrics") { router, _ throws(Problem) in router.metrics() },
+        Route("GET", "/v1/health") { _, _ throws(Problem) in json(200, Health(status: "ok")) },
+        Route("GET", "/v1/version") { router, _ throws(Problem) in
+            json(200, ServerVersion(version: remapVersion, api: "v1", engine: router.control.engineName))
+        },
+        Route("GET", "/v1/limits") { router, _ throws(Problem) in json(200, router.control.limits) },
+
+        Route("GET", "/v1/pools") { router, _ throws(Problem) in json(200, PoolList(pools: router.control.poolInfos())) },
+        Route("POST", "/v1/pools") { router, call throws(Problem) in
+            let spec = try RequestBodies.poolSpec(call.request)
+            let (pool, created) = try router.answer { () throws(RemapError) in try router.control.createPool(spec) }
+            return json(created ? 201 : 200, pool)
+        },
+        Route("GET", "/v1/pools/{name}") { router, call throws(Problem) in
+            json(200, try router.answer { () throws(RemapError) in try router.control.poolInfo(named: call.parameters[0]) })
+        },
+        Route("PATCH", "/v1/pools/{name}") { router, call throws(Problem) in
+            let (policy, thresholds) = try RequestBodies.poolPatch(call.request)
+            return json(200, try router.answer { () throws(RemapError) in
+                try router.control.updatePool(named: call.parameters[0], onNoSpace: policy, thresholds: thresholds)
             })
-        case 3 where path[0] == "volumes" && path[2] == "reservations":
-            route = "/v1/volumes/{name}/reservations"
-            try allow(request, ["GET", "POST"])
-            try noQuery(request)
-            if request.method == "GET" {
-                let list = try answer { () throws(RemapError) in try control.reservationInfos(volume: path[1]) }
-                return Self.json(200, ReservationList(reservations: list))
-            }
-            let spec = try RequestBodies.reservationSpec(request)
-            let (reservation, created) = try answer { () throws(RemapError) in try control.createReservation(volume: path[1], spec) }
-            return Self.json(created ? 201 : 200, reservation)
-        case 4 where path[0] == "volumes" && path[2] == "reservations":
-            route = "/v1/volumes/{name}/reservations/{id}"
-            try allow(request, ["GET", "DELETE"])
-            try noQuery(request)
-            if request.method == "GET" {
-                return Self.json(200, try answer { () throws(RemapError) in try control.reservationInfo(volume: path[1], id: path[3]) })
-            }
-            try answer { () throws(RemapError) in try control.deleteReservation(volume: path[1], id: path[3]) }
+        },
+        Route("DELETE", "/v1/pools/{name}") { router, call throws(Problem) in
+            try router.answer { () throws(RemapError) in try router.control.deletePool(named: call.parameters[0]) }
             return .noContent()
-        case 5 where path[0] == "volumes" && path[2] == "reservations" && path[4] == "renew":
-            route = "/v1/volumes/{name}/reservations/{id}/renew"
-            try allow(request, ["POST"])
-            try noQuery(request)
-            let ttl = try RequestBodies.renewal(request)
-            return Self.json(200, try answer { () throws(RemapError) in
-                try control.renewReservation(volume: path[1], id: path[3], ttlSeconds: ttl)
+        },
+        Route("POST", "/v1/pools/{name}/clear-errors") { router, call throws(Problem) in
+            try RequestBodies.noFields(call.request)
+            return json(200, try router.answer { () throws(RemapError) in try router.control.clearPoolErrors(named: call.parameters[0]) })
+        },
+        Route("POST", "/v1/pools/{name}/suppliers") { router, call throws(Problem) in
+            let spec = try RequestBodies.supplierSpec(call.request)
+            return json(201, try router.answer { () throws(RemapError) in try router.control.addSupplier(toPool: call.parameters[0], spec) })
+        },
+        Route("PATCH", "/v1/pools/{name}/suppliers/{id}") { router, call throws(Problem) in
+            let size = try RequestBodies.supplierPatch(call.request)
+            return json(200, try router.answer { () throws(RemapError) in
+                try router.control.growSupplier(pool: call.parameters[0], supplier: call.parameters[1], to: size)
             })
-        case 1 where path[0] == "exports":
-            route = "/v1/exports"
-            try allow(request, ["GET", "POST"])
-            try noQuery(request)
-            if request.method == "GET" { return Self.json(200, ExportList(exports: control.exportInfos())) }
-            let (volume, reservation, name) = try RequestBodies.exportSpec(request)
-            return Self.json(201, try answer { () throws(RemapError) in
-                try control.createExport(volume: volume, reservation: reservation, exportName: name)
-            })
-        case 2 where path[0] == "exports":
-            route = "/v1/exports/{name}"
-            try allow(request, ["DELETE"])
-            try noQuery(request)
-            try answer { () throws(RemapError) in try control.deleteExport(named: path[1]) }
+        },
+
+        Route("GET", "/v1/debug/faults", needsFaultInjection: true) { router, _ throws(Problem) in json(200, router.control.faultState()) },
+        Route("PUT", "/v1/debug/faults", needsFaultInjection: true) { router, call throws(Problem) in
+            let rules = try RequestBodies.faultRules(call.request)
+            return json(200, try router.answer { () throws(RemapError) in try router.control.setFaultRules(rules) })
+        },
+        Route("DELETE", "/v1/debug/faults", needsFaultInjection: true) { router, _ throws(Problem) in
+            _ = try router.answer { () throws(RemapError) in try router.control.setFaultRules([]) }
             return .noContent()
-        case 1 where path[0] == "events":
-            route = "/v1/events"
-            try allow(request, ["GET"])
-            let query = try QueryParameters(request.query, allowed: ["since"])
-            var since: UInt64 = 0
-            if let text = query.value("since") {
-                guard let number = UInt64(text), number <= UInt64(Int64.max) else {
-                    throw .invalidArgument("since must be an event number (an integer from 0 to \(Int64.max)), got '\(text)'")
-                }
-                since = number
+        },
+
+        Route("GET", "/v1/volumes", query: ["pool", "label", "limit", "pageToken"]) { router, call throws(Problem) in
+            try router.listVolumes(call.query)
+        },
+        Route("POST", "/v1/volumes") { router, call throws(Problem) in
+            let (spec, source, sizeGiven) = try RequestBodies.volumeCreation(call.request)
+            if let source { return try router.importVolume(spec, sizeGiven: sizeGiven, from: source) }
+            let (volume, created) = try router.answer { () throws(RemapError) in try router.control.createVolume(spec) }
+            return json(created ? 201 : 200, volume)
+        },
+        Route("GET", "/v1/volumes/{name}") { router, call throws(Problem) in
+            json(200, try router.answer { () throws(RemapError) in try router.control.volumeInfo(named: call.parameters[0]) })
+        },
+        Route("PATCH", "/v1/volumes/{name}", query: ["allowShrink"]) { router, call throws(Problem) in
+            let patch = try RequestBodies.volumePatch(call.request)
+            return json(200, try router.answer { () throws(RemapError) in try router.control.updateVolume(named: call.parameters[0], patch) })
+        },
+        Route("DELETE", "/v1/volumes/{name}") { router, call throws(Problem) in
+            try router.answer { () throws(RemapError) in try router.control.deleteVolume(named: call.parameters[0]) }
+            return .noContent()
+        },
+
+        Route("GET", "/v1/volumes/{name}/reservations") { router, call throws(Problem) in
+            let list = try router.answer { () throws(RemapError) in try router.control.reservationInfos(volume: call.parameters[0]) }
+            return json(200, ReservationList(reservations: list))
+        },
+        Route("POST", "/v1/volumes/{name}/reservations") { router, call throws(Problem) in
+            let spec = try RequestBodies.reservationSpec(call.request)
+            let (reservation, created) = try router.answer { () throws(RemapError) in
+                try router.control.createReservation(volume: call.parameters[0], spec)
             }
-            if let header = request.lastEventID {
-                guard !header.isEmpty, header.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
-                    throw .invalidArgument("Last-Event-ID must be an event number, got '\(header)'")
-                }
-                // A number past any event means "nothing before it".
-                since = max(since, min(UInt64(header) ?? UInt64.max, UInt64(Int64.max)))
+            return json(created ? 201 : 200, reservation)
+        },
+        Route("GET", "/v1/volumes/{name}/reservations/{id}") { router, call throws(Problem) in
+            json(200, try router.answer { () throws(RemapError) in
+                try router.control.reservationInfo(volume: call.parameters[0], id: call.parameters[1])
+            })
+        },
+        Route("DELETE", "/v1/volumes/{name}/reservations/{id}") { router, call throws(Problem) in
+            try router.answer { () throws(RemapError) in
+                try router.control.deleteReservation(volume: call.parameters[0], id: call.parameters[1])
             }
-            if request.accept?.contains("text/event-stream") == true {
-                guard let connection = request.connection else {
-                    return HTTPResponse.eventStream(EventStream(control: control, after: since, slot: nil))
-                }
-                guard let slot = connection.eventStreams.take() else {
-                    var problem = Problem(
-                        .tooManyStreams,
-                        detail: "this listener already serves \(connection.eventStreams.limit) event streams (--http-max-event-streams); try again later, or poll GET /v1/events?since=N")
-                    problem.retryAfterSeconds = 5
-                    throw problem
-                }
-                return HTTPResponse.eventStream(EventStream(control: control, after: since, slot: slot,
-                                                            clientLeft: connection.clientLeft))
+            return .noContent()
+        },
+        Route("POST", "/v1/volumes/{name}/reservations/{id}/renew") { router, call throws(Problem) in
+            let ttl = try RequestBodies.renewal(call.request)
+            return json(200, try router.answer { () throws(RemapError) in
+                try router.control.renewReservation(volume: call.parameters[0], id: call.parameters[1], ttlSeconds: ttl)
+            })
+        },
+
+        Route("GET", "/v1/exports") { router, _ throws(Problem) in json(200, ExportList(exports: router.control.exportInfos())) },
+        Route("POST", "/v1/exports") { router, call throws(Problem) in
+            let (volume, reservation, name) = try RequestBodies.exportSpec(call.request)
+            return json(201, try router.answer { () throws(RemapError) in
+                try router.control.createExport(volume: volume, reservation: reservation, exportName: name)
+            })
+        },
+        Route("DELETE", "/v1/exports/{name}") { router, call throws(Problem) in
+            try router.answer { () throws(RemapError) in try router.control.deleteExport(named: call.parameters[0]) }
+            return .noContent()
+        },
+
+        Route("GET", "/v1/events", query: ["since"]) { router, call throws(Problem) in try router.events(call) },
+    ]
+
+    /// `GET /v1/events?since=N`: a page of events, or with
+    /// `Accept: text/event-stream` a stream of them (one of the listener's slots).
+    private func events(_ call: RouteRequest) throws(Problem) -> HTTPResponse {
+        let request = call.request
+        var since: UInt64 = 0
+        if let text = call.query.value("since") {
+            guard let number = UInt64(text), number <= UInt64(Int64.max) else {
+                throw .invalidArgument("since must be an event number (an integer from 0 to \(Int64.max)), got '\(text)'")
             }
-            let (events, last) = control.events(after: since)
-            return Self.json(200, EventList(events: events, lastSeq: Int(clamping: last)))
-        case 3 where path[0] == "pools" && path[2] == "suppliers":
-            route = "/v1/pools/{name}/suppliers"
-            try allow(request, ["POST"])
-            try noQuery(request)
-            let spec = try RequestBodies.supplierSpec(request)
-            return Self.json(201, try answer { () throws(RemapError) in try control.addSupplier(toPool: path[1], spec) })
-        case 1 where path[0] == "volumes":
-            route = "/v1/volumes"
-            try allow(request, ["GET", "POST"])
-            if request.method == "GET" { return try listVolumes(request) }
-            try noQuery(request)
-            let (spec, source, sizeGiven) = try RequestBodies.volumeCreation(request)
-            if let source { return try importVolume(spec, sizeGiven: sizeGiven, from: source) }
-            let (volume, created) = try answer { () throws(RemapError) in try control.createVolume(spec) }
-            return Self.json(created ? 201 : 200, volume)
-        case 2 where path[0] == "volumes":
-            route = "/v1/volumes/{name}"
-            try allow(request, ["GET", "PATCH", "DELETE"])
-            switch request.method {
-            case "GET":
-                try noQuery(request)
-                return Self.json(200, try answer { () throws(RemapError) in try control.volumeInfo(named: path[1]) })
-            case "PATCH":
-                let patch = try RequestBodies.volumePatch(request)
-                return Self.json(200, try answer { () throws(RemapError) in try control.updateVolume(named: path[1], patch) })
-            default:
-                try noQuery(request)
-                try answer { () throws(RemapError) in try control.deleteVolume(named: path[1]) }
-                return .noContent()
-            }
-        default:
-            throw Problem.notFound("no such endpoint: \(request.path)")
+            since = number
         }
+        if let header = request.lastEventID {
+            guard !header.isEmpty, header.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+                throw .invalidArgument("Last-Event-ID must be an event number, got '\(header)'")
+            }
+            // A number past any event means "nothing before it".
+            since = max(since, min(UInt64(header) ?? UInt64.max, UInt64(Int64.max)))
+        }
+        if request.accept?.contains("text/event-stream") == true {
+            guard let connection = request.connection else {
+                return HTTPResponse.eventStream(EventStream(control: control, after: since, slot: nil))
+            }
+            guard let slot = connection.eventStreams.take() else {
+                var problem = Problem(
+                    .tooManyStreams,
+                    detail: "this listener already serves \(connection.eventStreams.limit) event streams (--http-max-event-streams); try again later, or poll GET /v1/events?since=N")
+                problem.retryAfterSeconds = 5
+                throw problem
+            }
+            return HTTPResponse.eventStream(EventStream(control: control, after: since, slot: slot,
+                                                        clientLeft: connection.clientLeft))
+        }
+        let (events, last) = control.events(after: since)
+        return Self.json(200, EventList(events: events, lastSeq: Int(clamping: last)))
     }
 
     /// `GET /v1/volumes?pool=&label=&limit=&pageToken=`: filtered, sorted by
     /// name, one page at a time.
-    private func listVolumes(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        let query = try QueryParameters(request.query, allowed: ["pool", "label", "limit", "pageToken"])
+    private func listVolumes(_ query: QueryParameters) throws(Problem) -> HTTPResponse {
         let limit = try query.integer("limit", in: 1...1000) ?? 100
         var volumes = control.volumeInfos()
         if let pool = query.value("pool") {
@@ -262,21 +318,6 @@ public struct Router: Sendable {
 
     func answer<T>(_ body: () throws(RemapError) -> T) throws(Problem) -> T {
         do { return try body() } catch { throw Problem(error) }
-    }
-
-    func allow(_ request: HTTPRequest, _ methods: [String]) throws(Problem) {
-        guard methods.contains(request.method) else {
-            var problem = Problem(.methodNotAllowed,
-                                  detail: "\(request.method) is not allowed on \(request.path); allowed: \(methods.joined(separator: ", "))")
-            problem.allow = methods.joined(separator: ", ")
-            throw problem
-        }
-    }
-
-    func noQuery(_ request: HTTPRequest) throws(Problem) {
-        if let first = request.query.first {
-            throw .invalidArgument("unknown query parameter '\(first.name)'")
-        }
     }
 
     // MARK: - Encoding

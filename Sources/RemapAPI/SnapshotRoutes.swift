@@ -5,80 +5,62 @@ import Synchronization
 
 /// The routes of snapshots, clones, imports and the pool check.
 extension Router {
-    func snapshotRoute(_ request: HTTPRequest, _ path: [String], _ route: inout String) throws(Problem) -> HTTPResponse? {
-        switch (path.count, path[0]) {
-        case (3, "volumes") where path[2] == "snapshots":
-            route = "/v1/volumes/{name}/snapshots"
-            try allow(request, ["GET", "POST"])
-            try noQuery(request)
-            if request.method == "GET" {
-                let list = try answer { () throws(RemapError) in try control.snapshotInfos(volume: path[1]) }
-                return Self.json(200, SnapshotList(snapshots: list))
+    static let snapshotRoutes: [Route] = [
+        Route("GET", "/v1/volumes/{name}/snapshots") { router, call throws(Problem) in
+            let list = try router.answer { () throws(RemapError) in try router.control.snapshotInfos(volume: call.parameters[0]) }
+            return json(200, SnapshotList(snapshots: list))
+        },
+        Route("POST", "/v1/volumes/{name}/snapshots") { router, call throws(Problem) in
+            let name = try RequestBodies.snapshotName(call.request)
+            let (snapshot, created) = try router.answer { () throws(RemapError) in
+                try router.control.createSnapshot(volume: call.parameters[0], snapshot: name)
             }
-            let name = try RequestBodies.snapshotName(request)
-            let (snapshot, created) = try answer { () throws(RemapError) in try control.createSnapshot(volume: path[1], snapshot: name) }
-            return Self.json(created ? 201 : 200, snapshot)
-        case (3, "volumes") where path[2] == "revert":
-            route = "/v1/volumes/{name}/revert"
-            try allow(request, ["POST"])
-            try noQuery(request)
-            let snapshot = try RequestBodies.revertSpec(request)
-            return Self.json(200, try answer { () throws(RemapError) in try control.revertVolume(path[1], to: snapshot) })
-        case (1, "snapshots"):
-            route = "/v1/snapshots"
-            try allow(request, ["GET"])
-            let query = try QueryParameters(request.query, allowed: ["volume"])
-            let list = try answer { () throws(RemapError) in try control.snapshotInfos(volume: query.value("volume")) }
-            return Self.json(200, SnapshotList(snapshots: list))
-        case (2, "snapshots"):
-            route = "/v1/snapshots/{id}"
-            try allow(request, ["GET", "DELETE"])
-            try noQuery(request)
-            if request.method == "GET" {
-                return Self.json(200, try answer { () throws(RemapError) in try control.snapshotInfo(path[1]) })
-            }
-            try answer { () throws(RemapError) in try control.deleteSnapshot(path[1]) }
+            return json(created ? 201 : 200, snapshot)
+        },
+        Route("POST", "/v1/volumes/{name}/revert") { router, call throws(Problem) in
+            let snapshot = try RequestBodies.revertSpec(call.request)
+            return json(200, try router.answer { () throws(RemapError) in try router.control.revertVolume(call.parameters[0], to: snapshot) })
+        },
+        Route("GET", "/v1/snapshots", query: ["volume"]) { router, call throws(Problem) in
+            let list = try router.answer { () throws(RemapError) in try router.control.snapshotInfos(volume: call.query.value("volume")) }
+            return json(200, SnapshotList(snapshots: list))
+        },
+        Route("GET", "/v1/snapshots/{id}") { router, call throws(Problem) in
+            json(200, try router.answer { () throws(RemapError) in try router.control.snapshotInfo(call.parameters[0]) })
+        },
+        Route("DELETE", "/v1/snapshots/{id}") { router, call throws(Problem) in
+            try router.answer { () throws(RemapError) in try router.control.deleteSnapshot(call.parameters[0]) }
             return .noContent()
-        case (3, "snapshots") where path[2] == "clone":
-            route = "/v1/snapshots/{id}/clone"
-            try allow(request, ["POST"])
-            try noQuery(request)
-            let (name, labels) = try RequestBodies.cloneSpec(request)
-            let (volume, created) = try answer { () throws(RemapError) in try control.cloneSnapshot(path[1], name: name, labels: labels) }
-            return Self.json(created ? 201 : 200, volume)
-        case (3, "snapshots") where path[2] == "changes":
-            route = "/v1/snapshots/{id}/changes"
-            try allow(request, ["GET"])
-            let query = try QueryParameters(request.query, allowed: ["base"])
-            return Self.json(200, try answer { () throws(RemapError) in try control.snapshotChanges(path[1], base: query.value("base")) })
-        case (3, "snapshots") where path[2] == "content":
-            route = "/v1/snapshots/{id}/content"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return try content(request, snapshot: path[1])
-        case (1, "operations"):
-            route = "/v1/operations"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return Self.json(200, OperationList(operations: control.operationInfos().map(OperationBody.init)))
-        case (2, "operations"):
-            route = "/v1/operations/{id}"
-            try allow(request, ["GET", "DELETE"])
-            try noQuery(request)
-            if request.method == "DELETE" {
-                let ended = try answer { () throws(RemapError) in try control.cancelOperation(path[1]) }
-                return ended.map { Self.json(200, OperationBody($0)) } ?? .noContent()
+        },
+        Route("POST", "/v1/snapshots/{id}/clone") { router, call throws(Problem) in
+            let (name, labels) = try RequestBodies.cloneSpec(call.request)
+            let (volume, created) = try router.answer { () throws(RemapError) in
+                try router.control.cloneSnapshot(call.parameters[0], name: name, labels: labels)
             }
-            return Self.json(200, OperationBody(try answer { () throws(RemapError) in try control.operationInfo(path[1]) }))
-        case (3, "pools") where path[2] == "check":
-            route = "/v1/pools/{name}/check"
-            try allow(request, ["GET"])
-            try noQuery(request)
-            return Self.json(200, try answer { () throws(RemapError) in try control.checkPool(named: path[1]) })
-        default:
-            return nil
-        }
-    }
+            return json(created ? 201 : 200, volume)
+        },
+        Route("GET", "/v1/snapshots/{id}/changes", query: ["base"]) { router, call throws(Problem) in
+            json(200, try router.answer { () throws(RemapError) in
+                try router.control.snapshotChanges(call.parameters[0], base: call.query.value("base"))
+            })
+        },
+        Route("GET", "/v1/snapshots/{id}/content") { router, call throws(Problem) in
+            try router.content(call.request, snapshot: call.parameters[0])
+        },
+        Route("GET", "/v1/operations") { router, _ throws(Problem) in
+            json(200, OperationList(operations: router.control.operationInfos().map(OperationBody.init)))
+        },
+        Route("GET", "/v1/operations/{id}") { router, call throws(Problem) in
+            json(200, OperationBody(try router.answer { () throws(RemapError) in try router.control.operationInfo(call.parameters[0]) }))
+        },
+        Route("DELETE", "/v1/operations/{id}") { router, call throws(Problem) in
+            let ended = try router.answer { () throws(RemapError) in try router.control.cancelOperation(call.parameters[0]) }
+            return ended.map { json(200, OperationBody($0)) } ?? .noContent()
+        },
+        Route("GET", "/v1/pools/{name}/check") { router, call throws(Problem) in
+            json(200, try router.answer { () throws(RemapError) in try router.control.checkPool(named: call.parameters[0]) })
+        },
+    ]
 
     /// `POST /v1/volumes` with `"source": {"file": PATH}`: 202 and the operation.
     func importVolume(_ spec: VolumeSpec, sizeGiven: Bool, from path: String) throws(Problem) -> HTTPResponse {
