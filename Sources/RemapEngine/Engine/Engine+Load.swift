@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// Loading the engine's state from the metadata store at start, before the
@@ -82,7 +83,7 @@ extension Engine {
             case .success?:
                 for chunk in free { pool.allocator.release(chunk) }
             case .failure(let error)?:
-                log("zeroing \(free.count) freed chunk(s) of pool '\(poolName)' at start failed: \(error); tried again later")
+                log.warning("zeroing \(free.count) freed chunk(s) of pool '\(poolName)' at start failed: \(error); tried again later")
                 reclaimRetries.append((pool, free, monotonicNanoseconds() + Self.reclaimRetryInterval))
             case nil:
                 break

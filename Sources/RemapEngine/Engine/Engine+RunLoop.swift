@@ -2,6 +2,7 @@ import CURing
 import Dispatch
 import Glibc
 import RemapCore
+import RemapLog
 import Synchronization
 
 /// The engine thread's life: its loop (I/O completions, then `tick`), the
@@ -22,7 +23,7 @@ extension Engine {
             for pool in pools.values {
                 if pool.allocator.capacity > limits.maxChunksPerPool {
                     // Served as it is (its data is there); it just cannot grow.
-                    log("pool '\(pool.name)' has \(pool.allocator.capacity) chunks, more than --max-chunks-per-pool (\(limits.maxChunksPerPool)): it is served, but suppliers can be neither added nor grown")
+                    log.warning("pool '\(pool.name)' has \(pool.allocator.capacity) chunks, more than --max-chunks-per-pool (\(limits.maxChunksPerPool)): it is served, but suppliers can be neither added nor grown")
                 }
                 prepareChunks(pool)
                 // Thresholds already crossed before this start are not news.
@@ -143,7 +144,7 @@ extension Engine {
                 if case .failure(let error) = result {
                     // Nothing acknowledged is lost (every FLUSH since the last
                     // successful commit failed), but say what was not kept.
-                    log("the final metadata commit failed: \(error); changes made since the last successful commit are not durable")
+                    log.error("the final metadata commit failed: \(error); changes made since the last successful commit are not durable")
                 }
                 finished = true
             }

@@ -2,6 +2,7 @@ import CURing
 import Dispatch
 import Glibc
 import RemapCore
+import RemapLog
 import RemapStore
 
 /// The data-path engine: one io_uring ring and the thread that drives it.
@@ -220,7 +221,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
             do {
                 ring = try Ring(entries: ringEntries)
             } catch {
-                log("io_uring is unavailable (\(error)); serving with the portable threads engine")
+                log.notice("io_uring is unavailable (\(error)); serving with the portable threads engine")
                 ring = try ThreadPoolQueue()
             }
         }

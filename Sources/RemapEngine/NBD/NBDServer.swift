@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import RemapCore
+import RemapLog
 
 /// The NBD server: its listeners, who gets in (`NBDAdmission`), the
 /// connections, and what their requests did (for /metrics). Lives on the
@@ -45,7 +46,7 @@ final class NBDServer {
     /// before anything else (NBDConnection+TLS.swift).
     func serve(listener fd: Int32, tls: TLSCredentials?) {
         if listeners.isEmpty && admission.descriptorRoom < limits.nbdMaxConnections {
-            log("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
+            log.warning("RLIMIT_NOFILE leaves room for about \(admission.descriptorRoom) NBD clients, fewer than --nbd-max-connections \(limits.nbdMaxConnections)")
         }
         listeners.append(fd)
         listenerCredentials[fd] = tls
@@ -109,7 +110,7 @@ final class NBDServer {
                     return
                 case .stop:
                     // The listener was shut down (stop) or is broken.
-                    if !stopping { log("NBD accept failed: \(String(cString: strerror(-result))): no more clients on this listener") }
+                    if !stopping { log.error("NBD accept failed: \(String(cString: strerror(-result))): no more clients on this listener") }
                     return
                 }
             }
