@@ -672,29 +672,8 @@ extension Engine {
             }
             reply(.success((ImageView(snapshot), ImageView(base))))
         }
-        var runs: [Range<UInt64>] = []
-        if let base {
-            runs = snapshot.map.changedRuns(comparedWith: base.map)
-        } else {
-            snapshot.map.forEachRun { virtual, _, length in
-                if let last = runs.last, last.upperBound == virtual {
-                    runs[runs.count - 1] = last.lowerBound..<(virtual + length)
-                } else {
-                    runs.append(virtual..<(virtual + length))
-                }
-            }
-        }
-        var ranges: [ByteRange] = []
-        var total: UInt64 = 0
-        for run in runs {
-            let start = run.lowerBound * snapshot.chunkSize
-            guard start < snapshot.sizeBytes else { break }
-            let end = min(run.upperBound * snapshot.chunkSize, snapshot.sizeBytes)
-            ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
-            total += end - start
-        }
-        return SnapshotChanges(snapshot: snapshot.id, base: base?.id, sizeBytes: snapshot.sizeBytes,
-                               granularityBytes: snapshot.chunkSize, changedBytes: total, ranges: ranges)
+        return SnapshotChanges(snapshot: snapshot.id, map: snapshot.map, sizeBytes: snapshot.sizeBytes, chunkSize: snapshot.chunkSize,
+                               base: base.map { ($0.id, $0.map) })
     }
 }
 
