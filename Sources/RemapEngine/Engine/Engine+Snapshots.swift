@@ -141,7 +141,7 @@ extension Engine {
         }
         freeChunks(later, of: image.pool)
         for member in image.family.members where !member.isSnapshot && !isLeaving(member) {
-            applyCopyOnWriteNeeds(member, copyOnWriteNeeds(member, assumingAllShared: false), growOnly: false)
+            applyCopyOnWriteNeeds(member, member.copyOnWriteNeeds(assumingAllShared: false), growOnly: false)
         }
         if !later.isEmpty { commit { _ in } }
         reclaimDrained()
@@ -324,53 +324,27 @@ extension Engine {
 
     // MARK: - Sticky reservations
 
-    /// Copy-on-write chunks each live range reservation of `volume` must
-    /// hold so that all of its range stays writable: one per chunk of the
-    /// range that holds data shared with another image.
-    func copyOnWriteNeeds(_ volume: Volume, assumingAllShared: Bool) -> [(range: Reservation, chunks: UInt64)] {
-        var needs: [(Reservation, UInt64)] = []
-        for reservation in volume.reservations where !reservation.released {
-            guard let range = reservation.range else { continue }
-            var count: UInt64 = 0
-            if assumingAllShared {
-                count = volume.map.mappedCount(in: range) - reservation.remaining
-            } else {
-                for chunk in range where !reservation.isUnwritten(chunk) {
-                    if let physical = volume.map.lookup(chunk), volume.isShared(chunk, physical) { count += 1 }
-                }
-            }
-            needs.append((reservation, count))
-        }
-        return needs
-    }
-
-    /// Sets the copy-on-write reservations of `volume` to `needs`: grows
-    /// them (the caller checked the space) or gives back what is no longer
-    /// needed; drops those whose range reservation is gone.
+    /// Sets the copy-on-write reservations of `volume` to `needs`
+    /// (`Volume.copyOnWritePlan`): with `growOnly` the caller checked the space.
     func applyCopyOnWriteNeeds(_ volume: Volume, _ needs: [(range: Reservation, chunks: UInt64)], growOnly: Bool) {
+        let plan = volume.copyOnWritePlan(needs, growOnly: growOnly)
         let pool = volume.pool
-        for (range, chunks) in needs {
-            if let sticky = volume.reservations.first(where: { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }) {
-                let target = growOnly ? max(sticky.remaining, chunks) : min(sticky.remaining, chunks)
-                guard target != sticky.remaining else { continue }
-                pool.pooledReservedChunks = pool.pooledReservedChunks + target - sticky.remaining
-                sticky.setRemaining(target)
-                pending.append(.setReservationRemaining(id: sticky.id, remaining: sticky.durableRemaining))
-            } else if chunks > 0 && growOnly {
-                let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
-                                         role: .copyOnWrite, chunkCount: chunks)
-                sticky.setRemaining(chunks)
-                pool.pooledReservedChunks += chunks
-                volume.reservations.append(sticky)
-                pending.append(.createReservation(StoredReservation(
-                    id: sticky.id, volume: volume.key, name: range.id, firstChunk: nil, chunkCount: chunks, remaining: chunks,
-                    role: Reservation.Role.copyOnWrite.rawValue, ttlSeconds: nil, expiresAt: nil)))
-            }
+        for (sticky, target) in plan.resize {
+            pool.pooledReservedChunks = pool.pooledReservedChunks + target - sticky.remaining
+            sticky.setRemaining(target)
+            pending.append(.setReservationRemaining(id: sticky.id, remaining: sticky.durableRemaining))
         }
-        let live = Set(needs.map(\.range.id))
-        for sticky in volume.reservations where sticky.role == .copyOnWrite && !sticky.released && !live.contains(sticky.name ?? "") {
-            release(sticky)
+        for (range, chunks) in plan.create {
+            let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
+                                     role: .copyOnWrite, chunkCount: chunks)
+            sticky.setRemaining(chunks)
+            pool.pooledReservedChunks += chunks
+            volume.reservations.append(sticky)
+            pending.append(.createReservation(StoredReservation(
+                id: sticky.id, volume: volume.key, name: range.id, firstChunk: nil, chunkCount: chunks, remaining: chunks,
+                role: Reservation.Role.copyOnWrite.rawValue, ttlSeconds: nil, expiresAt: nil)))
         }
+        for sticky in plan.release { release(sticky) }
     }
 
     // MARK: - Control plane (blocking, from other threads)
@@ -396,12 +370,8 @@ extension Engine {
                 defer { resume() }
                 guard volumes[name] === volume else { return reply(.failure(.notFound(kind: "volume", name: name))) }
                 // Sticky: every written chunk of a range reservation becomes shared.
-                let needs = copyOnWriteNeeds(volume, assumingAllShared: true)
-                var extra: UInt64 = 0
-                for (range, chunks) in needs {
-                    let held = volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.remaining ?? 0
-                    if chunks > held { extra += chunks - held }
-                }
+                let needs = volume.copyOnWriteNeeds(assumingAllShared: true)
+                let extra = volume.copyOnWritePlan(needs, growOnly: true).growth
                 let pool = volume.pool
                 guard pool.unreservedFreeChunks >= extra else {
                     // The range reservations would need this much copy-on-write space to stay writable.
@@ -639,7 +609,7 @@ extension Engine {
             }
             for (owner, chunk) in fresh { changes += reserveCleanChunk(volume, chunk, for: owner) }
             if !fresh.isEmpty { prepareChunks(pool) }
-            let needs = copyOnWriteNeeds(volume, assumingAllShared: false)
+            let needs = volume.copyOnWriteNeeds(assumingAllShared: false)
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)
             changes += collectLayers(from: oldLayer)
             freeChunks(freed, of: pool)

@@ -344,7 +344,7 @@ extension Engine {
         if sharedCount > 0 {
             // The other range reservations keep what they hold.
             var needs = volume.reservations.filter { $0.range != nil && !$0.released && $0 !== reservation }.map { range in
-                (range: range, chunks: volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.remaining ?? 0)
+                (range: range, chunks: volume.stickySpace(for: range)?.remaining ?? 0)
             }
             needs.append((reservation, sharedCount))
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)

@@ -250,7 +250,7 @@ extension Engine {
             // Copy-on-write space follows what is left of the range reservations:
             // that of a range cut off ends, that of one cut short shrinks.
             if newChunks < oldChunks, volume.reservations.contains(where: { $0.role == .copyOnWrite }) {
-                applyCopyOnWriteNeeds(volume, copyOnWriteNeeds(volume, assumingAllShared: false), growOnly: false)
+                applyCopyOnWriteNeeds(volume, volume.copyOnWriteNeeds(assumingAllShared: false), growOnly: false)
             }
             if let thick, newChunks > oldChunks {
                 thick.resizeRange(chunkCount: newChunks)
