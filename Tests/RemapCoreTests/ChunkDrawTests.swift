@@ -6,10 +6,7 @@ import Testing
     let chunk: UInt64 = 64 * 1024
 
     func volume(chunks: UInt64 = 100) throws -> Volume {
-        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [
-            Supplier(id: "s", kind: .file, path: "/p", sizeBytes: chunks * chunk, preallocated: true),
-        ])
-        return Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 64 * chunk, createdAt: "")
+        Volume(key: 1, id: "v", name: "v", pool: try testPool(chunks: chunks, prepared: false), sizeBytes: 64 * chunk, createdAt: "")
     }
 
     @discardableResult

@@ -9,11 +9,7 @@ import Testing
     /// whose chunks 4..<8 are reserved-unwritten (mapped, clean) and 0..<4
     /// written.
     func setup() throws -> (Volume, Reservation) {
-        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [
-            Supplier(id: "s", kind: .file, path: "/p", sizeBytes: 100 * chunk, preallocated: true),
-        ])
-        pool.didPrepare(pool.startPreparing(100))
-        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 16 * chunk, createdAt: "")
+        let volume = Volume(key: 1, id: "v", name: "v", pool: try testPool(chunks: 100), sizeBytes: 16 * chunk, createdAt: "")
         _ = try volume.plannedWrite(offset: 0, length: Int(8 * chunk))
         let range = Reservation(id: "r", name: nil, volume: volume, kind: .range(firstChunk: 0), chunkCount: 8)
         for chunk in UInt64(4)..<8 { range.markUnwritten(chunk) }
@@ -29,10 +25,7 @@ import Testing
     }
 
     @Test func without_range_reservations_nothing_is_needed() throws {
-        let pool = try Pool(name: "p", chunkSize: chunk, suppliers: [
-            Supplier(id: "s", kind: .file, path: "/p", sizeBytes: 10 * chunk, preallocated: true),
-        ])
-        let volume = Volume(key: 1, id: "v", name: "v", pool: pool, sizeBytes: 4 * chunk, createdAt: "")
+        let volume = Volume(key: 1, id: "v", name: "v", pool: try testPool(chunks: 10, prepared: false), sizeBytes: 4 * chunk, createdAt: "")
         #expect(volume.copyOnWriteNeeds(assumingAllShared: true).isEmpty)
         let plan = volume.copyOnWritePlan([], growOnly: true)
         #expect(plan.resize.isEmpty && plan.create.isEmpty && plan.release.isEmpty && plan.growth == 0)

@@ -540,49 +540,22 @@ extension Engine {
                 return reply(.failure(.inUse("volume '\(name)' is being written")))
             }
             if let refusal = changeRefusal(volume.pool) { return reply(.failure(refusal)) }
-            // Range reservations stay whole: where the snapshot has a hole the
-            // chunk is reserved-unwritten (the one it had, or a fresh one);
-            // where it has data, the chunk is shared and needs copy-on-write space.
+            let plan: RevertPlan
+            do { plan = try volume.revertPlan(to: snapshot) } catch { return reply(.failure(error)) }
             let pool = volume.pool
-            let ranges = volume.reservations.filter { $0.range != nil && !$0.released }
-            if !ranges.isEmpty && snapshot.sizeBytes != volume.sizeBytes {
-                return reply(.failure(.inUse(
-                    "volume '\(name)' has range reservations and snapshot '\(snapshot.exportName)' has another size; release them before a revert")))
-            }
-            var keep: [(virtual: UInt64, physical: UInt64)] = []
-            var fresh: [(owner: Reservation, virtual: UInt64)] = []
-            var dropUnwritten: [(owner: Reservation, virtual: UInt64)] = []
-            var sharedInRanges: UInt64 = 0
-            var seen = Set<UInt64>()
-            for reservation in ranges {
-                for chunk in reservation.range! where seen.insert(chunk).inserted {  // invariant: filtered to ranges
-                    let inSnapshot = snapshot.map.lookup(chunk) != nil
-                    if let owner = volume.unwrittenOwner(of: chunk) {
-                        if inSnapshot {
-                            dropUnwritten.append((owner, chunk))
-                        } else if let physical = volume.map.lookup(chunk) {
-                            keep.append((chunk, physical))
-                        }
-                    } else if !inSnapshot {
-                        fresh.append((reservation, chunk))
-                    }
-                    if inSnapshot { sharedInRanges += 1 }
-                }
-            }
-            let held = volume.reservations.filter { $0.role == .copyOnWrite && !$0.released }.reduce(UInt64(0)) { $0 + $1.remaining }
-            let needed = UInt64(fresh.count) + (sharedInRanges > held ? sharedInRanges - held : 0)
+            let needed = plan.neededChunks
             guard pool.unreservedFreeChunks >= needed else {
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
-            guard pool.cleanChunksAvailable >= fresh.count else {
+            guard pool.cleanChunksAvailable >= plan.fresh.count else {
                 if chunksComing(pool) { return waitForChunks { [self] in revert(name, to: reference, reply) } }
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
-            let kept = Set(keep.map(\.physical))
+            let kept = Set(plan.keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }
             // What it shares with others it lets go of, not durably yet.
             let dropped = sharedInPlace(volume, in: 0..<volume.map.virtualChunks)
-            for (owner, chunk) in dropUnwritten {
+            for (owner, chunk) in plan.dropUnwritten {
                 owner.markWritten(chunk)
                 pool.unwrittenReservedChunks -= 1
             }
@@ -602,13 +575,13 @@ extension Engine {
             }
             volume.replaceMap(with: snapshot.map, sizeBytes: snapshot.sizeBytes)
             for (virtual, physical) in dropped { releaseShared(volume, virtual: virtual, physical: physical) }
-            for (chunk, physical) in keep {
+            for (chunk, physical) in plan.keep {
                 volume.map.map(chunk, to: physical)
                 volume.markOwned(chunk)
                 changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
             }
-            for (owner, chunk) in fresh { changes += reserveCleanChunk(volume, chunk, for: owner) }
-            if !fresh.isEmpty { prepareChunks(pool) }
+            for (owner, chunk) in plan.fresh { changes += reserveCleanChunk(volume, chunk, for: owner) }
+            if !plan.fresh.isEmpty { prepareChunks(pool) }
             let needs = volume.copyOnWriteNeeds(assumingAllShared: false)
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)
             changes += collectLayers(from: oldLayer)
