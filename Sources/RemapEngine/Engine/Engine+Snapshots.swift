@@ -1,44 +1,24 @@
 import RemapCore
 import RemapStore
 
-/// A mapping layer in metadata (see RemapCore's Snapshot.swift).
-struct LayerNode {
-    var parent: Int64?
-    var children: Set<Int64> = []
-    /// Images whose own layer this is (a volume's top, a snapshot's frozen one).
-    var images = 0
-}
-
 /// Snapshots, clones and revert on the engine thread.
 extension Engine {
     // MARK: - Layers
 
-    /// Drops what no image needs any more, starting at layer `key`: a layer
-    /// with no image and no child goes (then its parent is looked at); one
-    /// with no image and a single child takes that child in (`foldLayer`:
-    /// the child's rows are usually the few written since a snapshot, the
-    /// parent's the volume's whole history, so they move up, not down).
+    /// Collects the layers no image needs any more from layer `key` on
+    /// (`MappingLayer.collect`); returns the metadata changes and moves the
+    /// images and writes in flight of folded layers to where their rows now are.
     func collectLayers(from key: Int64) -> [MetadataChange] {
         var changes: [MetadataChange] = []
-        var current: Int64? = key
-        while let layerKey = current, let node = layers[layerKey], node.images == 0 {
-            current = nil
-            if node.children.isEmpty {
-                changes.append(.deleteLayer(key: layerKey))
-                layers[layerKey] = nil
-                if let parent = node.parent {
-                    layers[parent]?.children.remove(layerKey)
-                    current = parent
-                }
-            } else if node.children.count == 1, let child = node.children.first, let folded = layers[child] {
-                changes.append(.foldLayer(child: child, into: layerKey))
-                layers[layerKey] = LayerNode(parent: node.parent, children: folded.children, images: folded.images)
-                layers[child] = nil
-                for grandchild in folded.children { layers[grandchild]?.parent = layerKey }
-                for image in volumes.values where image.layer == child { image.layer = layerKey }
-                for image in snapshots.values where image.layer == child { image.layer = layerKey }
-                // Writes in flight land where their image's rows now are.
-                for (chunk, entry) in unsettled where entry.layer == child { unsettled[chunk]?.layer = layerKey }
+        for step in MappingLayer.collect(&layers, from: key) {
+            switch step {
+            case .delete(let layer):
+                changes.append(.deleteLayer(key: layer))
+            case .fold(let child, let into):
+                changes.append(.foldLayer(child: child, into: into))
+                for image in volumes.values where image.layer == child { image.layer = into }
+                for image in snapshots.values where image.layer == child { image.layer = into }
+                for (chunk, entry) in unsettled where entry.layer == child { unsettled[chunk]?.layer = into }
             }
         }
         return changes
@@ -392,8 +372,8 @@ extension Engine {
                         unwritten += 1
                     }
                 }
-                layers[newLayer] = LayerNode(parent: oldLayer, children: [], images: 1)
-                layers[oldLayer, default: LayerNode(images: 1)].children.insert(newLayer)
+                layers[newLayer] = MappingLayer(parent: oldLayer, children: [], images: 1)
+                layers[oldLayer, default: MappingLayer(images: 1)].children.insert(newLayer)
                 volume.layer = newLayer
                 volume.forgetOwnership()
                 snapshots[snapshot.id] = snapshot
@@ -503,7 +483,7 @@ extension Engine {
             clone.map = snapshot.map
             clone.layer = layer
             clone.originSnapshot = snapshot.id
-            layers[layer] = LayerNode(parent: snapshot.layer, children: [], images: 1)
+            layers[layer] = MappingLayer(parent: snapshot.layer, children: [], images: 1)
             layers[snapshot.layer]?.children.insert(layer)
             volumes[name] = clone
             undurable.insert(key)
@@ -562,7 +542,7 @@ extension Engine {
             let oldLayer = volume.layer
             let newLayer = nextVolumeKey
             nextVolumeKey += 1
-            layers[newLayer] = LayerNode(parent: snapshot.layer, children: [], images: 1)
+            layers[newLayer] = MappingLayer(parent: snapshot.layer, children: [], images: 1)
             layers[snapshot.layer]?.children.insert(newLayer)
             layers[oldLayer]?.images -= 1
             volume.layer = newLayer

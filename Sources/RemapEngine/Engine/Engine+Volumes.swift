@@ -92,7 +92,7 @@ extension Engine {
                                 sizeBytes: spec.sizeBytes, createdAt: utcTimestamp(), labels: spec.labels)
             nextVolumeKey += 1
             volumes[volume.name] = volume
-            layers[volume.layer] = LayerNode(images: 1)
+            layers[volume.layer] = MappingLayer(images: 1)
             undurable.insert(volume.key)
             if forImport { importing.insert(volume.key) }
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
