@@ -1,5 +1,6 @@
 import Glibc
 import RemapCore
+import RemapLog
 
 /// NBD_OPT_STARTTLS. A connection accepted with credentials is in the
 /// spec's FORCEDTLS mode: before TLS, every option but STARTTLS and ABORT
@@ -47,6 +48,8 @@ extension NBDConnection {
         send(encodeOptionReply(option: code, reply: .ack))
     }
 
+    static let tunnelFailures = LogThrottle()
+
     /// Hands the socket to a TLS tunnel once the ACK is sent; called when
     /// the reply queue empties during `.starting`, with no receive armed.
     func startTLSTunnel() {
@@ -54,7 +57,9 @@ extension NBDConnection {
         do {
             fd = try TLSTunnel.start(socket: fd, credentials: credentials, below: server.descriptorCeiling)
         } catch {
-            return protocolError("cannot start TLS: \(error)")
+            // Once per minute, not once per client: a shortage refuses many.
+            Self.tunnelFailures.log(.notice, "cannot start TLS", "NBD client dropped: cannot start TLS: \(error)")
+            return drop()
         }
         tlsState = .on
         receive()

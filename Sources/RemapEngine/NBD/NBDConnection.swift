@@ -313,7 +313,7 @@ final class NBDConnection {
     /// Gives up on the client: nothing more is read or sent. The socket is
     /// shut down before `endInput` may close it: once closed, its number
     /// can belong to a connection the ring accepts in the meantime.
-    private func drop() {
+    func drop() {
         guard !closed else { return }
         shutdown(fd, Int32(SHUT_RDWR))
         broken = true
