@@ -147,9 +147,6 @@ public final class HTTPServer: Sendable {
             response.stream?.end()
             return MHD_Result.NO
         }
-        // The request is in: from here the connection may take as long as
-        // the response needs, as long as it makes progress.
-        deadlines.requestReceived(connection)
         if response.stream != nil { cmhd_set_connection_timeout(connection, Self.responseIdleSeconds) }
         if let type = response.contentType { MHD_add_response_header(reply, "Content-Type", type) }
         for (name, value) in response.headers { MHD_add_response_header(reply, name, value) }
@@ -162,6 +159,10 @@ public final class HTTPServer: Sendable {
     /// for it: method, path, status and the time taken to answer (for a
     /// stream, to start answering).
     fileprivate func handle(_ connection: OpaquePointer, method: String, path: String, exchange: Exchange) -> MHD_Result {
+        // The request is in: from here the connection may take as long as
+        // answering needs (a slow commit, a long response), not the request
+        // timeout, which bounds only receiving it.
+        deadlines.requestReceived(connection)
         let started = ContinuousClock.now
         let response = answer(connection, method: method, path: path, exchange: exchange)
         log.debug("HTTP API: \(method) \(path) \(response.status) \(milliseconds(ContinuousClock.now - started)) ms")
