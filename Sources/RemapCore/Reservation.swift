@@ -91,6 +91,29 @@ public final class Reservation {
     /// Gives back a chunk drawn by a write that did not happen.
     public func undraw() { remaining += 1 }
 
+    /// Chunks it holds (pooled): those left and those owed back by failed
+    /// writes, which return once zeroed. A copy-on-write reservation's need
+    /// is measured against this, not `remaining`, or a failed copy's chunk
+    /// would be held twice.
+    public var held: UInt64 { remaining + owed }
+
+    /// Holds `count` chunks in all (pooled): grows `remaining`, or lowers it
+    /// and then what is owed (fewer chunks come back). Returns the change to
+    /// `remaining`, which the pool's reserved count follows.
+    public func hold(_ count: UInt64) -> Int64 {
+        precondition(kind == .pooled, "only pooled reservations count remaining chunks directly")
+        if count >= held {
+            let added = count - held
+            remaining += added
+            return Int64(added)
+        }
+        let cut = held - count
+        let fromRemaining = min(cut, remaining)
+        remaining -= fromRemaining
+        owed -= cut - fromRemaining
+        return -Int64(fromRemaining)
+    }
+
     // MARK: Range
 
     public var range: Range<UInt64>? {

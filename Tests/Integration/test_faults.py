@@ -440,3 +440,100 @@ def test_a_release_while_a_write_into_the_range_is_in_flight_keeps_the_write(fau
     d.restart(kill9=True)
     assert d.nbd("v").pread(2 * CHUNK, CHUNK - 4096) == data, "an acknowledged, flushed write was lost"
     assert pool_check(d)["ok"]
+
+
+def test_a_failed_copy_on_write_in_a_range_does_not_double_its_copy_on_write_space(faulty):
+    """Found by test_model's faults walk (REMAP_MODEL_SEED=666330411): a
+    range reservation of one chunk, written, then snapshotted, holds one
+    chunk of copy-on-write space. A copy on write into it that fails owes
+    that chunk back to it (it returns once zeroed); a second snapshot then
+    counted only the chunks left, not the one owed, and set another aside:
+    two chunks held for a range of one, in memory, in metadata and in the
+    pool's reserved bytes (`remapd check`: reservation-overdrawn)."""
+    d = faulty
+    d.create_volume("v", 8 * MiB)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations", body={"offsetBytes": 0, "lengthBytes": CHUNK})
+    assert status == 201, body
+    h = d.nbd("v")
+    h.pwrite(b"a" * CHUNK, 0)
+    h.flush()
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s1"})[0] == 201
+    reserved = d.pool()["reservedBytes"]
+    faults(d, {"target": "supplier-write", "error": "EIO", "count": 1})
+    assert nbd_errno(h.pwrite, b"b" * CHUNK, 0) == errno.EIO
+    assert d.api("POST", "/v1/pools/default/clear-errors")[0] == 200
+    assert d.api("POST", "/v1/volumes/v/snapshots", body={"name": "s2"})[0] == 201
+    assert pool_check(d)["ok"], pool_check(d)
+    assert wait_until(lambda: d.pool()["reservedBytes"] == reserved, timeout=10, interval=0.2), \
+        f"reserved {d.pool()['reservedBytes']} bytes, {reserved} before the failed write"
+    check_space(d.pool())
+    d.restart(kill9=True)
+    assert pool_check(d)["ok"], pool_check(d)
+    assert d.pool()["reservedBytes"] == reserved
+    # The range stays writable, and the copy on write takes the chunk held for it.
+    h = d.nbd("v")
+    h.pwrite(b"c" * CHUNK, 0)
+    h.flush()
+    assert d.nbd("v@s1").pread(CHUNK, 0) == b"a" * CHUNK
+    assert d.nbd("v@s2").pread(CHUNK, 0) == b"a" * CHUNK
+    assert pool_check(d)["ok"]
+
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_with_deadline(h, data, offset, seconds=20):
+    """An NBD write that must end (either way) within `seconds`: its errno, or None."""
+    buffer = nbd.Buffer.from_bytearray(bytearray(data))
+    cookie = h.aio_pwrite(buffer, offset)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if h.aio_command_completed(cookie):
+                return None
+        except nbd.Error as e:
+            return getattr(errno, e.errno) if isinstance(e.errno, str) else e.errno
+        assert time.monotonic() < deadline, f"a write at {offset} did not end in {seconds} s"
+        h.poll(1)
+
+
+@pytest.mark.timeout(120)
+def test_chunk_preparation_that_fails_fails_the_writes_that_need_it_without_spinning(faulty):
+    """Found by test_model's faults walk: with every metadata commit
+    failing, a write that needed more clean chunks than the stash held
+    waited for their preparation, whose failure woke it to start the next
+    one at once: a write that never ended and a core spinning, 1.4 million
+    log lines in minutes. Now the write fails with the commit's error,
+    preparation is tried again a second later, one log line says so, and
+    writes work again once commits do."""
+    d = faulty
+    d.create_volume("v", 256 * MiB)
+    h = d.nbd("v")
+    faults(d, {"target": "metadata-commit", "error": "EIO"})
+    data = os.urandom(MiB)
+    # The stash holds 1,024 prepared chunks (64 MiB of 64 KiB chunks): writes past it need more.
+    failed = None
+    for index in range(192):
+        failed = write_with_deadline(h, data, index * MiB)
+        if failed:
+            break
+    assert failed == errno.EIO, f"192 MiB of writes into fresh chunks ended with {failed}"
+    assert index >= 32, f"only {index} MiB written before the failure: the stash was not used"
+    cpu = cpu_seconds(d.proc.pid)
+    time.sleep(3)
+    for _ in range(5):
+        assert write_with_deadline(h, data, index * MiB) == errno.EIO
+    assert cpu_seconds(d.proc.pid) - cpu < 0.5, "remapd kept a core busy while preparation failed"
+    failures = d.log().count("preparing chunks of pool 'default' failed")
+    assert failures == 1, f"{failures} log lines for one failure"
+    clear_faults(d)
+    assert d.api("POST", "/v1/pools/default/clear-errors")[0] == 200
+    assert wait_until(lambda: write_with_deadline(h, data, index * MiB) is None, timeout=10, interval=0.5), \
+        "writes still fail after the faults ended"
+    h.flush()
+    assert h.pread(MiB, index * MiB) == data
+    assert "preparing chunks of pool 'default' works again" in d.log()
+    assert pool_check(d)["ok"]

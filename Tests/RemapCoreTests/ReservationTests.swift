@@ -30,6 +30,28 @@ import Testing
         #expect(volume.guaranteedWritableBytes == 10 * chunk)
     }
 
+    /// test_model's faults walk found a copy-on-write reservation holding
+    /// two chunks for a range of one: its need was set against `remaining`
+    /// while a failed copy's chunk was still owed back to it.
+    @Test func holding_counts_the_chunks_owed_back() throws {
+        let (_, volume) = try setup(chunks: 10)
+        let sticky = Reservation(id: "c", name: "r", volume: volume, kind: .pooled, role: .copyOnWrite, chunkCount: 1)
+        sticky.setRemaining(1)
+        #expect(sticky.draw())
+        sticky.owed += 1  // the copy failed: the chunk comes back once zeroed
+        #expect(sticky.held == 1 && sticky.durableRemaining == 1)
+        #expect(sticky.hold(1) == 0)
+        #expect(sticky.remaining == 0 && sticky.durableRemaining == 1)
+        // Growing adds only what is missing.
+        #expect(sticky.hold(3) == 2)
+        #expect(sticky.remaining == 2 && sticky.owed == 1 && sticky.held == 3)
+        // Shrinking lowers what is left first, then what is owed.
+        #expect(sticky.hold(1) == -2)
+        #expect(sticky.remaining == 0 && sticky.owed == 1)
+        #expect(sticky.hold(0) == 0)
+        #expect(sticky.remaining == 0 && sticky.owed == 0 && sticky.durableRemaining == 0)
+    }
+
     @Test func range_reservations_track_unwritten_chunks() throws {
         let (_, volume) = try setup(chunks: 10)
         let reservation = Reservation(id: "r", name: nil, volume: volume, kind: .range(firstChunk: 2), chunkCount: 3)

@@ -83,6 +83,8 @@ extension Engine {
                     log.notice("metadata commits succeed again (they failed with: \(failure))")
                     commitFailure = nil
                 }
+                // Metadata takes commits again: chunk preparation need not wait.
+                for pool in preparationFailures.keys { preparationFailures[pool]?.retryAt = 0 }
                 if !freed.isEmpty {
                     for group in Dictionary(grouping: freed, by: { $0.pool.name }).values {
                         draining.append((tag, group[0].pool, group.map(\.chunk)))

@@ -32,6 +32,7 @@ extension Engine {
         guard !preparingPools.contains(pool.name), pool.preparedCount < max(Self.stashLowWater, want),
               pool.state != .offline
         else { return }
+        if let failure = preparationFailures[pool.name], monotonicNanoseconds() < failure.retryAt { return }
         let chunks = pool.startPreparing(max(Self.stashTarget, want) - pool.preparedCount)
         guard !chunks.isEmpty else { return }
         preparingPools.insert(pool.name)
@@ -41,9 +42,19 @@ extension Engine {
             switch result {
             case .success:
                 pool.didPrepare(chunks)
+                if preparationFailures.removeValue(forKey: pool.name) != nil {
+                    log.notice("preparing chunks of pool '\(pool.name)' works again")
+                }
             case .failure(let error):
-                log.error("preparing chunks of pool '\(pool.name)' failed: \(error)")
                 pool.preparationFailed(chunks)
+                // Not again at once: the writers woken below would start
+                // the next try straight away, and so on, a core spinning.
+                if preparationFailures[pool.name] == nil {
+                    log.error("preparing chunks of pool '\(pool.name)' failed: \(error); writes that need a new chunk fail until it works, tried again every second")
+                }
+                let answer = RemapError.io(errno: error.errno ?? EIO,
+                                           context: "preparing chunks of pool '\(pool.name)' failed (\(error))")
+                preparationFailures[pool.name] = (answer, monotonicNanoseconds() + Self.commitRetryInterval)
             }
             wakeWritersWaitingForChunks()
         }
@@ -54,6 +65,13 @@ extension Engine {
     func chunksComing(_ pool: Pool, want: Int = 0) -> Bool {
         prepareChunks(pool, want: want)
         return preparingPools.contains(pool.name)
+    }
+
+    /// Why no chunks are coming when the pool has free space: its last
+    /// preparation failed and the next try is not due yet. What a request
+    /// that needs clean chunks fails with then, rather than ENOSPC.
+    func preparationError(_ pool: Pool) -> RemapError? {
+        preparationFailures[pool.name]?.error
     }
 
     /// Runs `retry` once chunk preparation has moved on.
@@ -217,8 +235,9 @@ extension Engine {
     private func returnToHeirs(_ chunks: [UInt64], of pool: Pool) {
         for chunk in chunks {
             guard let heir = reclaimHeirs.removeValue(forKey: ReclaimKey(pool: pool.name, chunk: chunk)),
-                  !heir.released, heir.kind == .pooled else { continue }
-            heir.owed -= min(heir.owed, 1)
+                  !heir.released, heir.kind == .pooled, heir.owed > 0 else { continue }
+            // (Owed nothing: a copy-on-write reservation that needs less now.)
+            heir.owed -= 1
             heir.undraw()
             pool.pooledReservedChunks += 1
             pending.append(.setReservationRemaining(id: heir.id, remaining: heir.durableRemaining))

@@ -351,10 +351,11 @@ extension Engine {
         let pool = volume.pool
         for (range, chunks) in needs {
             if let sticky = volume.reservations.first(where: { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }) {
-                let target = growOnly ? max(sticky.remaining, chunks) : min(sticky.remaining, chunks)
-                guard target != sticky.remaining else { continue }
-                pool.pooledReservedChunks = pool.pooledReservedChunks + target - sticky.remaining
-                sticky.setRemaining(target)
+                // What it holds counts the chunks failed copies owe it back.
+                let target = growOnly ? max(sticky.held, chunks) : min(sticky.held, chunks)
+                guard target != sticky.held else { continue }
+                let change = sticky.hold(target)
+                pool.pooledReservedChunks = UInt64(Int64(pool.pooledReservedChunks) + change)
                 pending.append(.setReservationRemaining(id: sticky.id, remaining: sticky.durableRemaining))
             } else if chunks > 0 && growOnly {
                 let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
@@ -399,7 +400,7 @@ extension Engine {
                 let needs = copyOnWriteNeeds(volume, assumingAllShared: true)
                 var extra: UInt64 = 0
                 for (range, chunks) in needs {
-                    let held = volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.remaining ?? 0
+                    let held = volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.held ?? 0
                     if chunks > held { extra += chunks - held }
                 }
                 let pool = volume.pool
@@ -599,14 +600,15 @@ extension Engine {
                     if inSnapshot { sharedInRanges += 1 }
                 }
             }
-            let held = volume.reservations.filter { $0.role == .copyOnWrite && !$0.released }.reduce(UInt64(0)) { $0 + $1.remaining }
+            let held = volume.reservations.filter { $0.role == .copyOnWrite && !$0.released }.reduce(UInt64(0)) { $0 + $1.held }
             let needed = UInt64(fresh.count) + (sharedInRanges > held ? sharedInRanges - held : 0)
             guard pool.unreservedFreeChunks >= needed else {
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
             guard pool.cleanChunksAvailable >= fresh.count else {
                 if chunksComing(pool) { return waitForChunks { [self] in revert(name, to: reference, reply) } }
-                return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
+                return reply(.failure(preparationError(pool)
+                    ?? .noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
             let kept = Set(keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }

@@ -144,14 +144,17 @@ extension Engine {
 
     /// A write found no chunk. Decides, per the pool's policy, whether it
     /// waits (`retry` runs later) or fails now (`fail` runs).
-    func noChunk(for volume: Volume, offset: UInt64, source: WriteChunks, deadline: Int64?,
-                 retry: @escaping (_ deadline: Int64?) -> Void, fail: @escaping () -> Void) {
+    /// `noSpace` is the error when the pool has no space; a pool whose
+    /// chunk preparation fails gives its error instead.
+    func noChunk(for volume: Volume, offset: UInt64, source: WriteChunks, deadline: Int64?, noSpace: RemapError,
+                 retry: @escaping (_ deadline: Int64?) -> Void, fail: @escaping (RemapError) -> Void) {
         assertEngineThread()
         // A request may need more chunks than the stash holds (a 16 MiB
         // write of 4 KiB chunks, a large WRITE_ZEROES keeping holes
         // allocated): the stash grows for it, doubling until it fits.
-        if source.waitingForPreparation && chunksComing(volume.pool, want: 2 * source.wanted) {
-            return waitForChunks { retry(deadline) }
+        if source.waitingForPreparation {
+            if chunksComing(volume.pool, want: 2 * source.wanted) { return waitForChunks { retry(deadline) } }
+            if let error = preparationError(volume.pool) { return fail(error) }
         }
         let pool = volume.pool
         let failed = { [self] in
@@ -161,7 +164,7 @@ extension Engine {
                 events.record(.poolNoSpace, pool: pool.name, volume: volume.name, offsetBytes: offset,
                               detail: "a write to volume '\(volume.name)' at offset \(offset) found no space in pool '\(pool.name)'")
             }
-            fail()
+            fail(noSpace)
         }
         if case .queue(let seconds) = pool.onNoSpace {
             let until = deadline ?? monotonicNanoseconds() + Int64(seconds) * 1_000_000_000
@@ -338,7 +341,8 @@ extension Engine {
             guard pool.cleanChunksAvailable >= holeCount else {
                 // Some are being prepared: try again once they are.
                 if chunksComing(pool) { return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) } }
-                return reply(.failure(.noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
+                return reply(.failure(preparationError(pool)
+                    ?? .noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
             }
             let holes = volume.map.holes(in: first..<(first + count))
             reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
@@ -355,7 +359,7 @@ extension Engine {
         if sharedCount > 0 {
             // The other range reservations keep what they hold.
             var needs = volume.reservations.filter { $0.range != nil && !$0.released && $0 !== reservation }.map { range in
-                (range: range, chunks: volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.remaining ?? 0)
+                (range: range, chunks: volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.held ?? 0)
             }
             needs.append((reservation, sharedCount))
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)

@@ -223,7 +223,8 @@ extension Engine {
                     if chunksComing(pool) {
                         return waitForChunks { [self] in applyPatch(volume, patch, tailZeroed: tailZeroed, reply: reply) }
                     }
-                    return reply(.failure(.noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
+                    return reply(.failure(preparationError(pool)
+                        ?? .noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
                 }
             }
             // Range reservations past the new end end or are cut short.

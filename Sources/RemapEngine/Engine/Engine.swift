@@ -155,6 +155,10 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     var waitingForChunks: [() -> Void] = []
     /// Pools with a chunk preparation commit in flight.
     var preparingPools: Set<String> = []
+    /// Pools whose last chunk preparation failed (its commit did): the
+    /// error, and when to try again. Until then writes that need a new
+    /// chunk fail with that error instead of waiting (see `noChunk`).
+    var preparationFailures: [String: (error: RemapError, retryAt: Int64)] = [:]
     /// Pool checks waiting for reclaim in flight to settle.
     var settleWaiters: [SettleWaiter] = []
     static let stashTarget = 1024

@@ -126,12 +126,12 @@ extension Engine {
         } catch {
             guard case .noSpace = error else { return completion(.failure(error)) }
             return noChunk(
-                for: volume, offset: offset, source: source, deadline: deadline,
+                for: volume, offset: offset, source: source, deadline: deadline, noSpace: error,
                 retry: { [self] in
                     planWrite(volume, offset: offset, length: length, data: data, owner: owner, bound: bound,
                               deadline: $0, completion: completion)
                 },
-                fail: { completion(.failure(error)) })
+                fail: { completion(.failure($0)) })
         }
         willWrite(volume, plan, drawnFrom: source, offset: offset, length: length)
         // Reserved chunks the write reaches in place are data from now on, so

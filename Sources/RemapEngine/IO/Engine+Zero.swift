@@ -74,19 +74,17 @@ extension Engine {
                 guard let chunk = chunks.take(for: hole.virtualChunk, copyOnWrite: false) else {
                     for chunk in taken.reversed() { chunks.giveBack(chunk) }
                     endVolumeWrite(volume)
+                    let pool = volume.pool
                     return noChunk(
                         for: volume, offset: request.offset, source: chunks, deadline: deadline,
+                        noSpace: .noSpace(requestedBytes: UInt64(holes.count) * pool.chunkSize, availableBytes: pool.freeBytes),
                         retry: { [self] deadline in
                             whenWritable(volume) { [self] in
                                 beginVolumeWrite(volume)
                                 planZero(volume, request, deadline: deadline, completion: completion)
                             }
                         },
-                        fail: {
-                            let pool = volume.pool
-                            completion(.failure(.noSpace(requestedBytes: UInt64(holes.count) * pool.chunkSize,
-                                                         availableBytes: pool.freeBytes)))
-                        })
+                        fail: { completion(.failure($0)) })
                 }
                 taken.append(chunk)
             }
