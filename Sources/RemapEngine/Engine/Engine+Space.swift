@@ -372,10 +372,19 @@ extension Engine {
     /// one for ranges up to 65,536 chunks; beyond, every mapped chunk counts
     /// (an upper bound from the extents, so the engine thread never walks a
     /// huge range).
+    /// Only chunks another image maps count: one another image let go of,
+    /// not durably yet (`Family.pendingReleases`), is this volume's alone
+    /// once the release is durable, and nothing gives back copy-on-write
+    /// space set aside for it then (copy-on-write space shrinks only when an
+    /// image of the family goes).
     func sharedChunks(_ volume: Volume, in range: Range<UInt64>) -> UInt64 {
-        guard volume.family.members.count > 1 else { return 0 }
+        let others = volume.family.members.filter { $0 !== volume }
+        guard !others.isEmpty else { return 0 }
         if range.count > 1 << 16 { return volume.map.mappedCount(in: range) }
-        return UInt64(range.filter { chunk in volume.map.lookup(chunk).map { volume.isShared(chunk, $0) } ?? false }.count)
+        return UInt64(range.filter { chunk in
+            guard let physical = volume.map.lookup(chunk) else { return false }
+            return others.contains { chunk < $0.map.virtualChunks && $0.map.lookup(chunk) == physical }
+        }.count)
     }
 
     private func matches(_ reservation: Reservation, _ spec: ReservationSpec) -> Bool {
