@@ -21,6 +21,9 @@ struct CommitWaiter {
 extension Engine {
     /// How long after a failed commit `tick` tries again.
     static let commitRetryInterval: Int64 = 1_000_000_000
+    /// The periodic commit's failures, retried every second while commits
+    /// fail: one line a minute, not 3,600 an hour.
+    static let periodicCommitFailures = LogThrottle()
 
     /// FLUSH of `volume`: syncs its pool's suppliers, then commits every
     /// pending change; `completion` runs on the engine thread once both are
@@ -123,7 +126,9 @@ extension Engine {
         let interval = commitFailure == nil ? Self.commitInterval : Self.commitRetryInterval
         guard now - lastCommit > interval else { return }
         commit { result in
-            if case .failure(let error) = result { log.error("periodic metadata commit failed: \(error)") }
+            if case .failure(let error) = result {
+                Self.periodicCommitFailures.log(.error, "periodic", "periodic metadata commit failed: \(error)")
+            }
         }
     }
 
