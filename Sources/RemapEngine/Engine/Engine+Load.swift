@@ -120,9 +120,9 @@ extension Engine {
     /// over its parent's, from the roots up; marks what they map as used.
     /// Returns fixes for unwritten marks no reservation owns.
     func loadMappings(volumes byKey: [Int64: Volume]) throws(RemapError) -> [MetadataChange] {
-        var nodes: [Int64: LayerNode] = [:]
-        for (key, parent) in try store.layerParents() { nodes[key] = LayerNode(parent: parent) }
-        for volume in byKey.values where nodes[volume.layer] == nil { nodes[volume.layer] = LayerNode() }
+        var nodes: [Int64: MappingLayer] = [:]
+        for (key, parent) in try store.layerParents() { nodes[key] = MappingLayer(parent: parent) }
+        for volume in byKey.values where nodes[volume.layer] == nil { nodes[volume.layer] = MappingLayer() }
         var images: [Int64: [Volume]] = [:]
         for volume in byKey.values { images[volume.layer, default: []].append(volume) }
         for stored in try store.snapshots() {
@@ -135,12 +135,12 @@ extension Engine {
                 pool: pool, sizeBytes: stored.sizeBytes, createdAt: stored.createdAt, layer: stored.layer, family: Family())
             snapshots[snapshot.id] = snapshot
             images[stored.layer, default: []].append(snapshot)
-            if nodes[stored.layer] == nil { nodes[stored.layer] = LayerNode() }
+            if nodes[stored.layer] == nil { nodes[stored.layer] = MappingLayer() }
             nextVolumeKey = max(nextVolumeKey, stored.key + 1, stored.layer + 1)
         }
         // A volume's first layer is its key and has no row of its own: a
         // parent with no row is such a root.
-        for parent in nodes.values.compactMap(\.parent) where nodes[parent] == nil { nodes[parent] = LayerNode() }
+        for parent in nodes.values.compactMap(\.parent) where nodes[parent] == nil { nodes[parent] = MappingLayer() }
         for (key, node) in nodes {
             nextVolumeKey = max(nextVolumeKey, key + 1)
             guard let parent = node.parent else { continue }

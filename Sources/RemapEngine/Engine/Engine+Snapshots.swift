@@ -1,44 +1,24 @@
 import RemapCore
 import RemapStore
 
-/// A mapping layer in metadata (see RemapCore's Snapshot.swift).
-struct LayerNode {
-    var parent: Int64?
-    var children: Set<Int64> = []
-    /// Images whose own layer this is (a volume's top, a snapshot's frozen one).
-    var images = 0
-}
-
 /// Snapshots, clones and revert on the engine thread.
 extension Engine {
     // MARK: - Layers
 
-    /// Drops what no image needs any more, starting at layer `key`: a layer
-    /// with no image and no child goes (then its parent is looked at); one
-    /// with no image and a single child takes that child in (`foldLayer`:
-    /// the child's rows are usually the few written since a snapshot, the
-    /// parent's the volume's whole history, so they move up, not down).
+    /// Collects the layers no image needs any more from layer `key` on
+    /// (`MappingLayer.collect`); returns the metadata changes and moves the
+    /// images and writes in flight of folded layers to where their rows now are.
     func collectLayers(from key: Int64) -> [MetadataChange] {
         var changes: [MetadataChange] = []
-        var current: Int64? = key
-        while let layerKey = current, let node = layers[layerKey], node.images == 0 {
-            current = nil
-            if node.children.isEmpty {
-                changes.append(.deleteLayer(key: layerKey))
-                layers[layerKey] = nil
-                if let parent = node.parent {
-                    layers[parent]?.children.remove(layerKey)
-                    current = parent
-                }
-            } else if node.children.count == 1, let child = node.children.first, let folded = layers[child] {
-                changes.append(.foldLayer(child: child, into: layerKey))
-                layers[layerKey] = LayerNode(parent: node.parent, children: folded.children, images: folded.images)
-                layers[child] = nil
-                for grandchild in folded.children { layers[grandchild]?.parent = layerKey }
-                for image in volumes.values where image.layer == child { image.layer = layerKey }
-                for image in snapshots.values where image.layer == child { image.layer = layerKey }
-                // Writes in flight land where their image's rows now are.
-                for (chunk, entry) in unsettled where entry.layer == child { unsettled[chunk]?.layer = layerKey }
+        for step in MappingLayer.collect(&layers, from: key) {
+            switch step {
+            case .delete(let layer):
+                changes.append(.deleteLayer(key: layer))
+            case .fold(let child, let into):
+                changes.append(.foldLayer(child: child, into: into))
+                for image in volumes.values where image.layer == child { image.layer = into }
+                for image in snapshots.values where image.layer == child { image.layer = into }
+                for (chunk, entry) in unsettled where entry.layer == child { unsettled[chunk]?.layer = into }
             }
         }
         return changes
@@ -141,7 +121,7 @@ extension Engine {
         }
         freeChunks(later, of: image.pool)
         for member in image.family.members where !member.isSnapshot && !isLeaving(member) {
-            applyCopyOnWriteNeeds(member, copyOnWriteNeeds(member, assumingAllShared: false), growOnly: false)
+            applyCopyOnWriteNeeds(member, member.copyOnWriteNeeds(assumingAllShared: false), growOnly: false)
         }
         if !later.isEmpty { commit { _ in } }
         reclaimDrained()
@@ -324,54 +304,27 @@ extension Engine {
 
     // MARK: - Sticky reservations
 
-    /// Copy-on-write chunks each live range reservation of `volume` must
-    /// hold so that all of its range stays writable: one per chunk of the
-    /// range that holds data shared with another image.
-    func copyOnWriteNeeds(_ volume: Volume, assumingAllShared: Bool) -> [(range: Reservation, chunks: UInt64)] {
-        var needs: [(Reservation, UInt64)] = []
-        for reservation in volume.reservations where !reservation.released {
-            guard let range = reservation.range else { continue }
-            var count: UInt64 = 0
-            if assumingAllShared {
-                count = volume.map.mappedCount(in: range) - reservation.remaining
-            } else {
-                for chunk in range where !reservation.isUnwritten(chunk) {
-                    if let physical = volume.map.lookup(chunk), volume.isShared(chunk, physical) { count += 1 }
-                }
-            }
-            needs.append((reservation, count))
-        }
-        return needs
-    }
-
-    /// Sets the copy-on-write reservations of `volume` to `needs`: grows
-    /// them (the caller checked the space) or gives back what is no longer
-    /// needed; drops those whose range reservation is gone.
+    /// Sets the copy-on-write reservations of `volume` to `needs`
+    /// (`Volume.copyOnWritePlan`): with `growOnly` the caller checked the space.
     func applyCopyOnWriteNeeds(_ volume: Volume, _ needs: [(range: Reservation, chunks: UInt64)], growOnly: Bool) {
+        let plan = volume.copyOnWritePlan(needs, growOnly: growOnly)
         let pool = volume.pool
-        for (range, chunks) in needs {
-            if let sticky = volume.reservations.first(where: { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }) {
-                // What it holds counts the chunks failed copies owe it back.
-                let target = growOnly ? max(sticky.held, chunks) : min(sticky.held, chunks)
-                guard target != sticky.held else { continue }
-                let change = sticky.hold(target)
-                pool.pooledReservedChunks = UInt64(Int64(pool.pooledReservedChunks) + change)
-                pending.append(.setReservationRemaining(id: sticky.id, remaining: sticky.durableRemaining))
-            } else if chunks > 0 && growOnly {
-                let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
-                                         role: .copyOnWrite, chunkCount: chunks)
-                sticky.setRemaining(chunks)
-                pool.pooledReservedChunks += chunks
-                volume.reservations.append(sticky)
-                pending.append(.createReservation(StoredReservation(
-                    id: sticky.id, volume: volume.key, name: range.id, firstChunk: nil, chunkCount: chunks, remaining: chunks,
-                    role: Reservation.Role.copyOnWrite.rawValue, ttlSeconds: nil, expiresAt: nil)))
-            }
+        for (sticky, target) in plan.resize {
+            let change = sticky.hold(target)
+            pool.pooledReservedChunks = UInt64(Int64(pool.pooledReservedChunks) + change)
+            pending.append(.setReservationRemaining(id: sticky.id, remaining: sticky.durableRemaining))
         }
-        let live = Set(needs.map(\.range.id))
-        for sticky in volume.reservations where sticky.role == .copyOnWrite && !sticky.released && !live.contains(sticky.name ?? "") {
-            release(sticky)
+        for (range, chunks) in plan.create {
+            let sticky = Reservation(id: "r-" + randomUUID(), name: range.id, volume: volume, kind: .pooled,
+                                     role: .copyOnWrite, chunkCount: chunks)
+            sticky.setRemaining(chunks)
+            pool.pooledReservedChunks += chunks
+            volume.reservations.append(sticky)
+            pending.append(.createReservation(StoredReservation(
+                id: sticky.id, volume: volume.key, name: range.id, firstChunk: nil, chunkCount: chunks, remaining: chunks,
+                role: Reservation.Role.copyOnWrite.rawValue, ttlSeconds: nil, expiresAt: nil)))
         }
+        for sticky in plan.release { release(sticky) }
     }
 
     // MARK: - Control plane (blocking, from other threads)
@@ -397,12 +350,8 @@ extension Engine {
                 defer { resume() }
                 guard volumes[name] === volume else { return reply(.failure(.notFound(kind: "volume", name: name))) }
                 // Sticky: every written chunk of a range reservation becomes shared.
-                let needs = copyOnWriteNeeds(volume, assumingAllShared: true)
-                var extra: UInt64 = 0
-                for (range, chunks) in needs {
-                    let held = volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.held ?? 0
-                    if chunks > held { extra += chunks - held }
-                }
+                let needs = volume.copyOnWriteNeeds(assumingAllShared: true)
+                let extra = volume.copyOnWritePlan(needs, growOnly: true).growth
                 let pool = volume.pool
                 guard pool.unreservedFreeChunks >= extra else {
                     // The range reservations would need this much copy-on-write space to stay writable.
@@ -423,8 +372,8 @@ extension Engine {
                         unwritten += 1
                     }
                 }
-                layers[newLayer] = LayerNode(parent: oldLayer, children: [], images: 1)
-                layers[oldLayer, default: LayerNode(images: 1)].children.insert(newLayer)
+                layers[newLayer] = MappingLayer(parent: oldLayer, children: [], images: 1)
+                layers[oldLayer, default: MappingLayer(images: 1)].children.insert(newLayer)
                 volume.layer = newLayer
                 volume.forgetOwnership()
                 snapshots[snapshot.id] = snapshot
@@ -534,7 +483,7 @@ extension Engine {
             clone.map = snapshot.map
             clone.layer = layer
             clone.originSnapshot = snapshot.id
-            layers[layer] = LayerNode(parent: snapshot.layer, children: [], images: 1)
+            layers[layer] = MappingLayer(parent: snapshot.layer, children: [], images: 1)
             layers[snapshot.layer]?.children.insert(layer)
             volumes[name] = clone
             undurable.insert(key)
@@ -571,57 +520,30 @@ extension Engine {
                 return reply(.failure(.inUse("volume '\(name)' is being written")))
             }
             if let refusal = changeRefusal(volume.pool) { return reply(.failure(refusal)) }
-            // Range reservations stay whole: where the snapshot has a hole the
-            // chunk is reserved-unwritten (the one it had, or a fresh one);
-            // where it has data, the chunk is shared and needs copy-on-write space.
+            let plan: RevertPlan
+            do { plan = try volume.revertPlan(to: snapshot) } catch { return reply(.failure(error)) }
             let pool = volume.pool
-            let ranges = volume.reservations.filter { $0.range != nil && !$0.released }
-            if !ranges.isEmpty && snapshot.sizeBytes != volume.sizeBytes {
-                return reply(.failure(.inUse(
-                    "volume '\(name)' has range reservations and snapshot '\(snapshot.exportName)' has another size; release them before a revert")))
-            }
-            var keep: [(virtual: UInt64, physical: UInt64)] = []
-            var fresh: [(owner: Reservation, virtual: UInt64)] = []
-            var dropUnwritten: [(owner: Reservation, virtual: UInt64)] = []
-            var sharedInRanges: UInt64 = 0
-            var seen = Set<UInt64>()
-            for reservation in ranges {
-                for chunk in reservation.range! where seen.insert(chunk).inserted {  // invariant: filtered to ranges
-                    let inSnapshot = snapshot.map.lookup(chunk) != nil
-                    if let owner = volume.unwrittenOwner(of: chunk) {
-                        if inSnapshot {
-                            dropUnwritten.append((owner, chunk))
-                        } else if let physical = volume.map.lookup(chunk) {
-                            keep.append((chunk, physical))
-                        }
-                    } else if !inSnapshot {
-                        fresh.append((reservation, chunk))
-                    }
-                    if inSnapshot { sharedInRanges += 1 }
-                }
-            }
-            let held = volume.reservations.filter { $0.role == .copyOnWrite && !$0.released }.reduce(UInt64(0)) { $0 + $1.held }
-            let needed = UInt64(fresh.count) + (sharedInRanges > held ? sharedInRanges - held : 0)
+            let needed = plan.neededChunks
             guard pool.unreservedFreeChunks >= needed else {
                 return reply(.failure(.noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
-            guard pool.cleanChunksAvailable >= fresh.count else {
+            guard pool.cleanChunksAvailable >= plan.fresh.count else {
                 if chunksComing(pool) { return waitForChunks { [self] in revert(name, to: reference, reply) } }
                 return reply(.failure(preparationError(pool)
                     ?? .noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
             }
-            let kept = Set(keep.map(\.physical))
+            let kept = Set(plan.keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }
             // What it shares with others it lets go of, not durably yet.
             let dropped = sharedInPlace(volume, in: 0..<volume.map.virtualChunks)
-            for (owner, chunk) in dropUnwritten {
+            for (owner, chunk) in plan.dropUnwritten {
                 owner.markWritten(chunk)
                 pool.unwrittenReservedChunks -= 1
             }
             let oldLayer = volume.layer
             let newLayer = nextVolumeKey
             nextVolumeKey += 1
-            layers[newLayer] = LayerNode(parent: snapshot.layer, children: [], images: 1)
+            layers[newLayer] = MappingLayer(parent: snapshot.layer, children: [], images: 1)
             layers[snapshot.layer]?.children.insert(newLayer)
             layers[oldLayer]?.images -= 1
             volume.layer = newLayer
@@ -634,14 +556,14 @@ extension Engine {
             }
             volume.replaceMap(with: snapshot.map, sizeBytes: snapshot.sizeBytes)
             for (virtual, physical) in dropped { releaseShared(volume, virtual: virtual, physical: physical) }
-            for (chunk, physical) in keep {
+            for (chunk, physical) in plan.keep {
                 volume.map.map(chunk, to: physical)
                 volume.markOwned(chunk)
                 changes.append(.reserveChunk(volume: newLayer, virtualChunk: chunk, physicalChunk: physical))
             }
-            for (owner, chunk) in fresh { changes += reserveCleanChunk(volume, chunk, for: owner) }
-            if !fresh.isEmpty { prepareChunks(pool) }
-            let needs = copyOnWriteNeeds(volume, assumingAllShared: false)
+            for (owner, chunk) in plan.fresh { changes += reserveCleanChunk(volume, chunk, for: owner) }
+            if !plan.fresh.isEmpty { prepareChunks(pool) }
+            let needs = volume.copyOnWriteNeeds(assumingAllShared: false)
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)
             changes += collectLayers(from: oldLayer)
             freeChunks(freed, of: pool)
@@ -674,29 +596,8 @@ extension Engine {
             }
             reply(.success((ImageView(snapshot), ImageView(base))))
         }
-        var runs: [Range<UInt64>] = []
-        if let base {
-            runs = snapshot.map.changedRuns(comparedWith: base.map)
-        } else {
-            snapshot.map.forEachRun { virtual, _, length in
-                if let last = runs.last, last.upperBound == virtual {
-                    runs[runs.count - 1] = last.lowerBound..<(virtual + length)
-                } else {
-                    runs.append(virtual..<(virtual + length))
-                }
-            }
-        }
-        var ranges: [ByteRange] = []
-        var total: UInt64 = 0
-        for run in runs {
-            let start = run.lowerBound * snapshot.chunkSize
-            guard start < snapshot.sizeBytes else { break }
-            let end = min(run.upperBound * snapshot.chunkSize, snapshot.sizeBytes)
-            ranges.append(ByteRange(offsetBytes: start, lengthBytes: end - start))
-            total += end - start
-        }
-        return SnapshotChanges(snapshot: snapshot.id, base: base?.id, sizeBytes: snapshot.sizeBytes,
-                               granularityBytes: snapshot.chunkSize, changedBytes: total, ranges: ranges)
+        return SnapshotChanges(snapshot: snapshot.id, map: snapshot.map, sizeBytes: snapshot.sizeBytes, chunkSize: snapshot.chunkSize,
+                               base: base.map { ($0.id, $0.map) })
     }
 }
 

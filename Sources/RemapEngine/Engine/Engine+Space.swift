@@ -32,33 +32,27 @@ extension Engine {
         }
 
         func take(for virtual: UInt64, copyOnWrite: Bool) -> UInt64? {
-            guard !metadataShort else { return nil }
-            // Copy on write inside a range reservation draws first on the
-            // copy-on-write space a snapshot set aside for it (sticky).
-            let sticky = copyOnWrite ? copyOnWriteReservations(covering: virtual) : []
-            for reservation in sticky + reservations where !reservation.released && reservation.remaining > 0 {
+            switch ChunkDraw.next(for: volume, virtual: virtual, copyOnWrite: copyOnWrite, drawOn: reservations,
+                                  unreservedFreeChunks: pool.unreservedFreeChunks, metadataShort: metadataShort) {
+            case .reservation(let reservation):
                 guard let chunk = pool.takeChunk() else { return outOfPrepared() }
                 _ = reservation.draw()
                 pool.pooledReservedChunks -= 1
                 taken.append((chunk, reservation))
                 return chunk
+            case .unreserved:
+                guard let chunk = pool.takeChunk() else { return outOfPrepared() }
+                taken.append((chunk, nil))
+                return chunk
+            case .none:
+                return nil
             }
-            guard pool.unreservedFreeChunks > 0 else { return nil }
-            guard let chunk = pool.takeChunk() else { return outOfPrepared() }
-            taken.append((chunk, nil))
-            return chunk
         }
 
         private func outOfPrepared() -> UInt64? {
             waitingForPreparation = true
             wanted = max(wanted, taken.count + 1)
             return nil
-        }
-
-        private func copyOnWriteReservations(covering virtual: UInt64) -> [Reservation] {
-            let ranges = volume.reservations.filter { $0.range?.contains(virtual) == true && !$0.released }.map(\.id)
-            guard !ranges.isEmpty else { return [] }
-            return volume.reservations.filter { $0.role == .copyOnWrite && ranges.contains($0.name ?? "") }
         }
 
         func giveBack(_ chunk: UInt64) {
@@ -92,12 +86,7 @@ extension Engine {
     /// `bound` (a reservation id), in the documented order.
     func chunkSource(for volume: Volume, bound: String?) -> WriteChunks {
         assertEngineThread()
-        var drawOn: [Reservation] = []
-        if let bound, let reservation = volume.reservations.first(where: { $0.id == bound && $0.kind == .pooled }) {
-            drawOn.append(reservation)
-        }
-        drawOn += volume.reservations.filter { $0.role == .volumeDefault && $0.kind == .pooled }
-        return WriteChunks(volume: volume, reservations: drawOn, metadataShort: metadataShort)
+        return WriteChunks(volume: volume, reservations: volume.drawOrder(bound: bound), metadataShort: metadataShort)
     }
 
     /// A write planned with `source` is under way: hold the reservations it
@@ -359,7 +348,7 @@ extension Engine {
         if sharedCount > 0 {
             // The other range reservations keep what they hold.
             var needs = volume.reservations.filter { $0.range != nil && !$0.released && $0 !== reservation }.map { range in
-                (range: range, chunks: volume.reservations.first { $0.role == .copyOnWrite && $0.name == range.id && !$0.released }?.held ?? 0)
+                (range: range, chunks: volume.stickySpace(for: range)?.held ?? 0)
             }
             needs.append((reservation, sharedCount))
             applyCopyOnWriteNeeds(volume, needs, growOnly: true)

@@ -92,7 +92,7 @@ extension Engine {
                                 sizeBytes: spec.sizeBytes, createdAt: utcTimestamp(), labels: spec.labels)
             nextVolumeKey += 1
             volumes[volume.name] = volume
-            layers[volume.layer] = LayerNode(images: 1)
+            layers[volume.layer] = MappingLayer(images: 1)
             undurable.insert(volume.key)
             if forImport { importing.insert(volume.key) }
             let stored = StoredVolume(key: volume.key, id: volume.id, name: volume.name, pool: pool.name,
@@ -251,7 +251,7 @@ extension Engine {
             // Copy-on-write space follows what is left of the range reservations:
             // that of a range cut off ends, that of one cut short shrinks.
             if newChunks < oldChunks, volume.reservations.contains(where: { $0.role == .copyOnWrite }) {
-                applyCopyOnWriteNeeds(volume, copyOnWriteNeeds(volume, assumingAllShared: false), growOnly: false)
+                applyCopyOnWriteNeeds(volume, volume.copyOnWriteNeeds(assumingAllShared: false), growOnly: false)
             }
             if let thick, newChunks > oldChunks {
                 thick.resizeRange(chunkCount: newChunks)

@@ -83,7 +83,7 @@ public final class Engine: @unchecked Sendable {  // mutable state is only touch
     /// from the API and NBD, still in their families (see `beginLeaving`).
     var leaving: [Volume] = []
     /// The mapping layers (see RemapCore's Snapshot.swift), by key.
-    var layers: [Int64: LayerNode] = [:]
+    var layers: [Int64: MappingLayer] = [:]
     /// Reference counts of families, by the fingerprint they were counted at.
     var usageCache: [ObjectIdentifier: (fingerprint: [UInt64], counts: [UInt8])] = [:]
     /// Writes (and TRIM/WRITE_ZEROES) in flight per volume key.
