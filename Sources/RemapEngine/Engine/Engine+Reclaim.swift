@@ -70,8 +70,11 @@ extension Engine {
     /// Why no chunks are coming when the pool has free space: its last
     /// preparation failed and the next try is not due yet. What a request
     /// that needs clean chunks fails with then, rather than ENOSPC.
+    /// Past the wait (a commit succeeded, or a second went by) the error
+    /// no longer stands: a pool with no free chunk to prepare answers ENOSPC.
     func preparationError(_ pool: Pool) -> RemapError? {
-        preparationFailures[pool.name]?.error
+        guard let failure = preparationFailures[pool.name], monotonicNanoseconds() < failure.retryAt else { return nil }
+        return failure.error
     }
 
     /// Runs `retry` once chunk preparation has moved on.
