@@ -88,11 +88,17 @@ public final class Volume {
         if !family.pendingReleases.isEmpty, family.pendingReleases[physical] != nil { return true }
         let word = Int(virtual / 64)
         if word < ownedChunks.count, ownedChunks[word] & (1 << (virtual % 64)) != 0 { return false }
-        for other in family.members.reversed() where other !== self {
-            if virtual < other.map.virtualChunks, other.map.lookup(virtual) == physical { return true }
-        }
+        if mappedByAnother(virtual, physical) { return true }
         markOwned(virtual)
         return false
+    }
+
+    /// Whether another image of the family maps `virtual` to `physical` now
+    /// (`isShared` without the releases not yet durable).
+    public func mappedByAnother(_ virtual: UInt64, _ physical: UInt64) -> Bool {
+        family.members.reversed().contains {
+            $0 !== self && virtual < $0.map.virtualChunks && $0.map.lookup(virtual) == physical
+        }
     }
 
     /// Records that the mapping of `virtual` is this image's alone.

@@ -77,6 +77,12 @@ extension Engine {
         return failure.error
     }
 
+    /// What a control-plane change that needs `needed` clean chunks, and
+    /// found none coming, answers: the failed preparation's error, else ENOSPC.
+    func noCleanChunks(_ pool: Pool, needed: UInt64) -> RemapError {
+        preparationError(pool) ?? .noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)
+    }
+
     /// Runs `retry` once chunk preparation has moved on.
     func waitForChunks(_ retry: @escaping () -> Void) {
         waitingForChunks.append(retry)

@@ -529,8 +529,7 @@ extension Engine {
             }
             guard pool.cleanChunksAvailable >= plan.fresh.count else {
                 if chunksComing(pool) { return waitForChunks { [self] in revert(name, to: reference, reply) } }
-                return reply(.failure(preparationError(pool)
-                    ?? .noSpace(requestedBytes: needed * pool.chunkSize, availableBytes: pool.freeBytes)))
+                return reply(.failure(noCleanChunks(pool, needed: needed)))
             }
             let kept = Set(plan.keep.map(\.physical))
             let freed = volume.chunksOnlyHere().filter { !kept.contains($0) && volume.family.pendingReleases[$0] == nil }

@@ -330,8 +330,7 @@ extension Engine {
             guard pool.cleanChunksAvailable >= holeCount else {
                 // Some are being prepared: try again once they are.
                 if chunksComing(pool) { return waitForChunks { [self] in reserve(volume, spec, role: role, reply: reply) } }
-                return reply(.failure(preparationError(pool)
-                    ?? .noSpace(requestedBytes: holeCount * chunkSize, availableBytes: pool.freeBytes)))
+                return reply(.failure(noCleanChunks(pool, needed: holeCount)))
             }
             let holes = volume.map.holes(in: first..<(first + count))
             reservation = Reservation(id: "r-" + randomUUID(), name: spec.name, volume: volume, kind: .range(firstChunk: first),
@@ -367,13 +366,9 @@ extension Engine {
     /// space set aside for it then (copy-on-write space shrinks only when an
     /// image of the family goes).
     func sharedChunks(_ volume: Volume, in range: Range<UInt64>) -> UInt64 {
-        let others = volume.family.members.filter { $0 !== volume }
-        guard !others.isEmpty else { return 0 }
+        guard volume.family.members.count > 1 else { return 0 }
         if range.count > 1 << 16 { return volume.map.mappedCount(in: range) }
-        return UInt64(range.filter { chunk in
-            guard let physical = volume.map.lookup(chunk) else { return false }
-            return others.contains { chunk < $0.map.virtualChunks && $0.map.lookup(chunk) == physical }
-        }.count)
+        return UInt64(range.filter { chunk in volume.map.lookup(chunk).map { volume.mappedByAnother(chunk, $0) } ?? false }.count)
     }
 
     private func matches(_ reservation: Reservation, _ spec: ReservationSpec) -> Bool {

@@ -223,8 +223,7 @@ extension Engine {
                     if chunksComing(pool) {
                         return waitForChunks { [self] in applyPatch(volume, patch, tailZeroed: tailZeroed, reply: reply) }
                     }
-                    return reply(.failure(preparationError(pool)
-                        ?? .noSpace(requestedBytes: needed * chunkSize, availableBytes: pool.freeBytes)))
+                    return reply(.failure(noCleanChunks(pool, needed: needed)))
                 }
             }
             // Range reservations past the new end end or are cut short.
