@@ -501,18 +501,21 @@ def write_with_deadline(h, data, offset, seconds=20):
 
 
 @pytest.mark.timeout(120)
-def test_chunk_preparation_that_fails_fails_the_writes_that_need_it_without_spinning(faulty):
+@pytest.mark.parametrize("error", ["EIO", "ENOSPC"])
+def test_chunk_preparation_that_fails_fails_the_writes_that_need_it_without_spinning(faulty, error):
     """Found by test_model's faults walk: with every metadata commit
     failing, a write that needed more clean chunks than the stash held
     waited for their preparation, whose failure woke it to start the next
     one at once: a write that never ended and a core spinning, 1.4 million
     log lines in minutes. Now the write fails with the commit's error,
     preparation is tried again a second later, one log line says so, and
-    writes work again once commits do."""
+    writes work again once commits do. A full state filesystem (ENOSPC)
+    reaches the writer as ENOSPC; a range reservation meanwhile is answered
+    500 with the reason, not left waiting."""
     d = faulty
     d.create_volume("v", 256 * MiB)
     h = d.nbd("v")
-    faults(d, {"target": "metadata-commit", "error": "EIO"})
+    faults(d, {"target": "metadata-commit", "error": error})
     data = os.urandom(MiB)
     # The stash holds 1,024 prepared chunks (64 MiB of 64 KiB chunks): writes past it need more.
     failed = None
@@ -520,12 +523,17 @@ def test_chunk_preparation_that_fails_fails_the_writes_that_need_it_without_spin
         failed = write_with_deadline(h, data, index * MiB)
         if failed:
             break
-    assert failed == errno.EIO, f"192 MiB of writes into fresh chunks ended with {failed}"
+    assert failed == getattr(errno, error), f"192 MiB of writes into fresh chunks ended with {failed}"
     assert index >= 32, f"only {index} MiB written before the failure: the stash was not used"
     cpu = cpu_seconds(d.proc.pid)
     time.sleep(7)  # past the periodic commit's interval: it fails, and is retried every second
     for _ in range(5):
-        assert write_with_deadline(h, data, index * MiB) == errno.EIO
+        assert write_with_deadline(h, data, index * MiB) == getattr(errno, error)
+    status, _, body = d.api("POST", "/v1/volumes/v/reservations",
+                            body={"offsetBytes": 192 * MiB, "lengthBytes": 64 * MiB}, timeout=20)
+    # Answered at once: by the failed preparation, or by its own commit failing.
+    assert status == 500 and ("preparing chunks" in body.get("detail", "")
+                              or "committing metadata" in body.get("detail", "")), (status, body)
     assert cpu_seconds(d.proc.pid) - cpu < 1, "remapd kept a core busy while preparation failed"
     failures = d.log().count("preparing chunks of pool 'default' failed")
     assert failures == 1, f"{failures} log lines for one failure"
